@@ -1,0 +1,86 @@
+"""Shared fixtures: a user per clinic role, a small clinic (linacs, a CT simulator) and a patient with a course."""
+
+import datetime as dt
+from decimal import Decimal
+
+import pytest
+from django.contrib.auth.models import Group, User
+
+from workflow import roles
+from workflow.models import Course, Diagnosis, Machine, MachineKind, Patient
+
+PASSWORD = "radpath-test-pw"
+
+
+def make_user(username, role=None, **extra):
+    user = User.objects.create_user(username=username, password=PASSWORD, **extra)
+    if role:
+        user.groups.add(Group.objects.get(name=role))
+    return user
+
+
+@pytest.fixture
+def users(db):
+    return {role: make_user(role, role) for role in roles.ROLES}
+
+
+@pytest.fixture
+def therapist(users):
+    return users[roles.THERAPIST]
+
+
+@pytest.fixture
+def oncologist(users):
+    return users[roles.ONCOLOGIST]
+
+
+@pytest.fixture
+def clinic(db):
+    """Two IMRT/VMAT linacs, one 3D-CRT-only linac and a CT simulator, open 07:00-19:00."""
+    return {
+        "linac1": Machine.objects.create(name="Linac 1", techniques=["IMRT", "VMAT", "3DCRT", "SBRT"]),
+        "linac2": Machine.objects.create(name="Linac 2", techniques=["IMRT", "VMAT", "3DCRT"]),
+        "linac3": Machine.objects.create(name="Linac 3", techniques=["3DCRT"]),
+        "ct": Machine.objects.create(name="CT Sim", kind=MachineKind.CT_SIM, techniques=[]),
+    }
+
+
+@pytest.fixture
+def patient(db):
+    return Patient.objects.create(mrn="MRN0001", given_name="Ada", family_name="Pleura", birth_date=dt.date(1955, 3, 14), sex="F")
+
+
+@pytest.fixture
+def diagnosis(patient):
+    return Diagnosis.objects.create(
+        patient=patient, site="pleural_mesothelioma", histology="Epithelioid", stage="T2N0M0", diagnosed_on=dt.date(2026, 6, 1)
+    )
+
+
+def make_course(patient, diagnosis=None, fractions=25, dose=Decimal("2.00"), technique="IMRT", **extra):
+    fields = dict(
+        patient=patient,
+        diagnosis=diagnosis,
+        intent="adjuvant",
+        technique=technique,
+        treated_site="Left hemithorax",
+        total_dose_gy=Decimal(fractions) * dose,
+        fractions_planned=fractions,
+        dose_per_fraction_gy=dose,
+    )
+    fields.update(extra)
+    course = Course(**fields)
+    course.full_clean()
+    course.save()
+    return course
+
+
+@pytest.fixture
+def course(patient, diagnosis):
+    return make_course(patient, diagnosis)
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings):
+    """PBKDF2's deliberate slowness protects real passwords, not test users; MD5 keeps fixtures quick."""
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]

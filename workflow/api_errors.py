@@ -1,0 +1,32 @@
+"""API errors: bad input is a 400 naming the field, a clash with existing bookings a 409, never a 500.
+
+Service functions raise Django's ``ValidationError`` (with field names) for bad input and ``workflow.errors``
+exceptions for rule conflicts; this handler turns both into DRF responses so views stay thin.
+"""
+
+from django.core.exceptions import PermissionDenied as DjangoPermissionDenied
+from django.core.exceptions import ValidationError as DjangoValidationError
+from rest_framework import status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from .errors import ConflictError, RuleViolation
+
+
+def exception_handler(exc, context):
+    if isinstance(exc, DjangoValidationError):
+        if hasattr(exc, "error_dict"):
+            detail = {field: [str(m) for e in errs for m in e.messages] for field, errs in exc.error_dict.items()}
+        else:
+            detail = {"non_field_errors": exc.messages}
+        return Response(detail, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, ConflictError):
+        return Response({"detail": str(exc), "code": exc.code}, status=status.HTTP_409_CONFLICT)
+    if isinstance(exc, RuleViolation):
+        body = {"detail": str(exc), "code": exc.code}
+        if exc.field:
+            body[exc.field] = [str(exc)]
+        return Response(body, status=status.HTTP_400_BAD_REQUEST)
+    if isinstance(exc, DjangoPermissionDenied):
+        return Response({"detail": str(exc) or "Permission denied."}, status=status.HTTP_403_FORBIDDEN)
+    return drf_exception_handler(exc, context)

@@ -1,0 +1,14 @@
+from django.apps import AppConfig
+
+
+class WorkflowConfig(AppConfig):
+    default_auto_field = "django.db.models.BigAutoField"
+    name = "workflow"
+    verbose_name = "Care pathway"
+
+    def ready(self):
+        from django.db.models.signals import post_migrate
+
+        from . import roles
+
+        post_migrate.connect(roles.sync_role_groups, sender=self)
