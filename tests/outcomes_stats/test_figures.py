@@ -1,0 +1,51 @@
+"""Figures are real PNG / SVG bytes with the at-risk table and legend content."""
+
+import re
+
+import pytest
+from lifelines.datasets import load_lung
+
+from outcomes.figures import SwimmerLane, km_figure, swimmer_figure
+from outcomes.survival import kaplan_meier_by_group, number_at_risk
+
+
+@pytest.fixture(scope="module")
+def curves():
+    return kaplan_meier_by_group(load_lung(), "time", "status", "sex")
+
+
+def test_km_png(curves):
+    png = km_figure(curves, risk_times=[0, 250, 500, 750, 1000])
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert len(png) > 10_000
+
+
+def test_km_svg_has_at_risk_table_and_method(curves):
+    times = [0, 250, 500, 750, 1000]
+    svg = km_figure(curves, risk_times=times, fmt="svg", title="OS by sex").decode()
+    assert svg.lstrip().startswith("<?xml") and "<svg" in svg
+    texts = re.findall(r">([^<>]+)</text>", svg)
+    assert "Number at risk" in texts
+    for label, km in curves.items():
+        counts = [str(c) for c in number_at_risk(km, times)]
+        assert all(c in texts for c in counts), (label, counts)
+    assert any("log method" in t for t in texts)
+    assert "OS by sex" in texts
+
+
+def test_swimmer_png_and_svg():
+    lanes = [
+        SwimmerLane("P01", 26.0, [(3.0, "PR"), (6.1, "CR"), (18.2, "recurrence")], alive=True, group="P/D + IMRT"),
+        SwimmerLane("P02", 11.5, [(2.9, "SD"), (8.0, "PD"), (11.5, "death")], alive=False, group="IMRT alone"),
+        SwimmerLane("P03", 30.0, [(3.2, "CR")], alive=True, group="P/D + IMRT"),
+    ]
+    png = swimmer_figure(lanes)
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    svg = swimmer_figure(lanes, fmt="svg").decode()
+    texts = re.findall(r">([^<>]+)</text>", svg)
+    for want in ("P01", "P02", "P03", "CR", "PD", "Recurrence", "Death", "Alive (censored)", "IMRT alone"):
+        assert want in texts, want
+    with pytest.raises(ValueError):
+        swimmer_figure([SwimmerLane("P9", 3.0, [(1.0, "XX")])])
+    with pytest.raises(ValueError):
+        km_figure({}, fmt="png")
