@@ -1,0 +1,316 @@
+#!/usr/bin/env python
+"""Benchmark: RadPath's planning engine against pyRadPlan on the TG-119 C-shape (matRad's TG119.mat).
+
+    python benchmarks/planning.py            # 9 equispaced beams, 5 mm beamlets, 5 mm dose grid
+    python benchmarks/planning.py --quick    # 3 beams, 7 mm dose grid, 40 iterations (< 1 min when idle)
+
+pyRadPlan (pip ``pyradplan==0.5.0``) is NOT a RadPath dependency: this script creates its own venv under
+``.bench/pyradplan-venv`` on first use and runs pyRadPlan there in a subprocess (this same file in
+``--worker`` mode, which imports nothing from RadPath). Both engines plan the identical voxels: the worker
+reports pyRadPlan's dose grid, and RadPath reads the TG119.mat shipped in the pyRadPlan wheel with
+``planning.engine.matrad`` and resamples it onto that grid (density trilinear, structures nearest
+neighbour, density outside the structures ignored as matRad does). Same gantry angles, same 5 mm
+beamlets, same isocentre, same objectives (the ones stored in the file's cst: target squared deviation
+from 50 Gy x1000, core squared overdose above 25 Gy x300, body squared overdose above 30 Gy x100).
+
+Reported: sizes (voxels, beamlets, nonzeros), dose-influence and optimisation times and their ratios,
+both plans' TG-119 metrics (each normalised so PTV D95 = 50 Gy, and raw), peak memory of each process,
+and the memory-bandwidth bound of one optimisation iteration (bytes of the two sparse products divided by
+the bandwidth of a large numpy copy). The last line of output is one JSON object with every figure.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+VENV = ROOT / ".bench" / "pyradplan-venv"
+PIP_SPEC = ["pyradplan==0.5.0", "pydantic==2.11.*"]
+
+
+def peak_rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+# --------------------------------------------------------------------------- pyRadPlan side (subprocess)
+def worker(a) -> None:
+    import logging
+
+    import numpy as np
+
+    logging.disable(logging.WARNING)
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    from pyRadPlan import PhotonPlan, calc_dose_influence, fluence_optimization, generate_stf, load_tg119
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    ct, cst = load_tg119()
+    t_load = time.perf_counter()
+    c_load = time.process_time()
+    angles = np.linspace(0, 360, a.beams, endpoint=False)
+    pln = PhotonPlan(machine="Generic")
+    pln.prop_stf = {"gantry_angles": angles, "couch_angles": np.zeros(a.beams), "bixel_width": a.bixel}
+    pln.prop_dose_calc = {"dose_grid": {"resolution": {"x": a.res, "y": a.res, "z": a.res}}}
+    pln.prop_opt = {"max_iter": a.max_iter, "display": False}
+    stf = generate_stf(ct, cst, pln)
+    t_stf = time.perf_counter()
+    c_stf = time.process_time()
+    dij = calc_dose_influence(ct, cst, stf, pln)
+    t_dij = time.perf_counter()
+    c_dij = time.process_time()
+    info: dict = {}
+    fluence = fluence_optimization(ct, cst, stf, dij, pln, opt_info=info)
+    t_opt = time.perf_counter()
+    c_opt = time.process_time()
+    img = dij.compute_result_dose_grid(fluence)["physical_dose"]
+    dose = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
+    g = dij.dose_grid
+    D = dij.physical_dose.flat[0]
+    try:
+        iso = np.asarray(stf.beams[0].iso_center, float).tolist()
+    except Exception:  # noqa: BLE001
+        iso = None
+    meta = {
+        "t_load_s": t_load - t0, "t_stf_s": t_stf - t_load, "t_dij_s": t_dij - t_stf, "t_opt_s": t_opt - t_dij,
+        "cpu_stf_s": c_stf - c_load, "cpu_dij_s": c_dij - c_stf, "cpu_opt_s": c_opt - c_dij,
+        "voxels_grid": int(D.shape[0]), "beamlets": int(D.shape[1]), "nnz": int(D.nnz),
+        "format": D.format, "dtype": str(D.dtype), "iterations": info.get("num_iter"),
+        "solver": str((info.get("result_info") or {}).get("solver", "")) or "default (scipy L-BFGS-B unless "
+        "IPOPT is installed)", "peak_rss_mb": peak_rss_mb(), "iso": iso,
+    }
+    np.savez(a.worker, dose=dose.astype(np.float32), x=np.asarray(g.x), y=np.asarray(g.y), z=np.asarray(g.z),
+             fluence=np.asarray(fluence), meta=json.dumps(meta))
+
+
+def ensure_venv() -> Path:
+    py = VENV / "bin" / "python"
+    ok = py.exists() and subprocess.run([str(py), "-c", "import pyRadPlan"], capture_output=True).returncode == 0
+    if not ok:
+        print(f"installing pyRadPlan into {VENV} ...", flush=True)
+        VENV.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+        subprocess.run([str(py), "-m", "pip", "install", "-q", *PIP_SPEC], check=True)
+    return py
+
+
+def run_pyradplan(py: Path, a, out: Path) -> dict:
+    cmd = [str(py), str(Path(__file__).resolve()), "--worker", str(out), "--beams", str(a.beams),
+           "--bixel", str(a.bixel), "--res", str(a.res), "--max-iter", str(a.max_iter)]
+    t0 = time.perf_counter()
+    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
+    wall = time.perf_counter() - t0
+    if r.returncode != 0:
+        sys.stderr.write(r.stderr[-4000:])
+        raise SystemExit("pyRadPlan worker failed")
+    import numpy as np
+
+    z = np.load(out)
+    meta = json.loads(str(z["meta"]))
+    meta["wall_s"] = wall
+    return {"meta": meta, "dose": z["dose"], "x": z["x"], "y": z["y"], "z": z["z"]}
+
+
+# --------------------------------------------------------------------------- RadPath side
+def memory_bandwidth_gbs(n_bytes: int = 256 * 2**20) -> float:
+    """Bandwidth of a large numpy copy (bytes read + written per second), best of 5."""
+    import numpy as np
+
+    src = np.ones(n_bytes // 4, np.float32)
+    dst = np.empty_like(src)
+    best = np.inf
+    for _ in range(5):
+        t = time.perf_counter()
+        np.copyto(dst, src)
+        best = min(best, time.perf_counter() - t)
+    return 2 * src.nbytes / best / 1e9
+
+
+def product_bytes(M) -> int:
+    """Bytes one CSR mat-vec touches: values, column indices, row pointers, input and output vectors."""
+    return int(M.data.nbytes + M.indices.nbytes + M.indptr.nbytes + 4 * M.shape[0] + 4 * M.shape[1])
+
+
+def metrics(dose_cube, geo, target="OuterTarget", core="Core", rx=50.0) -> dict:
+    import numpy as np
+
+    from planning.engine import dvh
+
+    t = dose_cube[geo.structures[target].mask]
+    out = {}
+    for label, s in (("raw", 1.0), ("norm", rx / dvh.d_pct(t, 95))):
+        c = dose_cube * s
+        tt, cc = c[geo.structures[target].mask], c[geo.structures[core].mask]
+        out[label] = {
+            "PTV_D95": round(dvh.d_pct(tt, 95), 2), "PTV_D10": round(dvh.d_pct(tt, 10), 2),
+            "PTV_HI": round(dvh.homogeneity_index(tt), 3),
+            "CI": round(dvh.paddick_ci(c, geo.structures[target].mask, geo.body.mask, rx), 3),
+            "Core_D10": round(dvh.d_pct(cc, 10), 2), "Core_Dmean": round(float(np.mean(cc)), 2),
+            "Body_Dmean": round(float(np.mean(c[geo.body.mask])), 2),
+        }
+        n = out[label]
+        n["goals_passed"] = int(n["PTV_D95"] >= 50 - 1e-6) + int(n["PTV_D10"] <= 55) + int(n["Core_D10"] <= 25)
+        n["hard_goal"] = bool(n["Core_D10"] <= 10 and n["PTV_D95"] >= 50 - 1e-6 and n["PTV_D10"] <= 55)
+    return out
+
+
+def run_radpath(a, mat_path: str, axes, iso) -> dict:
+    import numpy as np
+
+    from planning.engine import beams as bm, matrad, objectives as ob, optimize as opt, pencilbeam as pb
+
+    t0 = time.perf_counter()
+    ct_geo = matrad.load_matrad(mat_path)
+    geo = matrad.resample(ct_geo, *axes)
+    inside = np.zeros(geo.grid.shape, bool)
+    for s in geo.structures.values():
+        inside |= s.mask
+    geo.density[~inside] = 0.0  # matRad/pyRadPlan ignore densities outside the structures
+    t_load = time.perf_counter()
+    c_load = time.process_time()
+    iso = ct_geo.isocentre() if iso is None else np.asarray(iso, float)
+    angles = np.linspace(0, 360, a.beams, endpoint=False)
+    bs = bm.make_beams(geo, angles, bixel_mm=a.bixel, isocentre=iso,
+                       target_mask=geo.structures["OuterTarget"].mask)
+    t_stf = time.perf_counter()
+    c_stf = time.process_time()
+    calc = inside  # dose on the voxels of the structures (as pyRadPlan)
+    dij = pb.dose_influence(geo, bs, calc_mask=calc)
+    t_dij = time.perf_counter()
+    c_dij = time.process_time()
+    rows = {k: dij.row_index(m) for k, m in geo.masks.items()}
+    objs = [ob.SquaredDeviation("OuterTarget", 50.0, 1000.0), ob.SquaredOverdose("Core", 25.0, 300.0),
+            ob.SquaredOverdose("BODY", 30.0, 100.0)]
+    res = opt.optimize(dij, rows, objs, target="OuterTarget", rx=50.0, max_iter=a.max_iter, normalise_to=None,
+                       tol=1e-7)
+    t_opt = time.perf_counter()
+    c_opt = time.process_time()
+    cube = dij.dose_cube(res.weights)
+    # one optimisation iteration: D @ w and D^T @ g
+    prob = opt.PlanningProblem(dij, rows, objs)
+    w32 = res.weights.astype(np.float32)
+    g32 = np.ones(dij.n_voxels, np.float32)
+    n_rep = 10
+    t, c = time.perf_counter(), time.process_time()
+    for _ in range(n_rep):
+        dij.D @ w32
+        dij.DT @ g32
+    t_products = (time.perf_counter() - t) / n_rep
+    c_products = (time.process_time() - c) / n_rep
+    t = time.perf_counter()
+    for _ in range(n_rep):
+        prob.value_and_grad(res.weights)
+    t_eval = (time.perf_counter() - t) / n_rep
+    return {
+        "geo": geo, "cube": cube, "t_load_s": t_load - t0, "t_stf_s": t_stf - t_load, "t_dij_s": t_dij - t_stf,
+        "t_opt_s": t_opt - t_dij, "iterations": res.iterations, "voxels_grid": int(np.prod(geo.grid.shape)),
+        "voxels_calc": int(dij.n_voxels), "beamlets": int(dij.n_beamlets), "nnz": int(dij.nnz),
+        "iter_bytes": product_bytes(dij.D) + product_bytes(dij.DT), "t_products_s": t_products,
+        "t_eval_s": t_eval, "c_products_s": c_products,
+        "cpu_stf_s": c_stf - c_load, "cpu_dij_s": c_dij - c_stf, "cpu_opt_s": c_opt - c_dij,
+        "t_opt_per_iter_s": (t_opt - t_dij) / max(res.iterations, 1),
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="3 beams, 7 mm dose grid, 40 iterations (< 1 min on an idle"
+                    " 2-core machine)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    ap.add_argument("--beams", type=int, default=None)
+    ap.add_argument("--bixel", type=float, default=5.0)
+    ap.add_argument("--res", type=float, default=None, help="dose grid resolution, mm (default 5, quick 7)")
+    ap.add_argument("--max-iter", type=int, default=None)
+    a = ap.parse_args(argv)
+    a.beams = a.beams or (3 if a.quick else 9)
+    a.max_iter = a.max_iter or (40 if a.quick else 300)
+    a.res = a.res or (7.0 if a.quick else 5.0)
+    if a.worker:
+        worker(a)
+        return 0
+
+    sys.path.insert(0, str(ROOT))
+    py = ensure_venv()
+    mats = glob.glob(str(VENV / "lib" / "python*" / "site-packages" / "pyRadPlan" / "data" / "phantoms" /
+                          "TG119.mat"))
+    if not mats:
+        raise SystemExit("TG119.mat not found in the pyRadPlan wheel")
+    out = ROOT / ".bench" / "pyradplan_result.npz"
+    print(f"TG-119 C-shape (matRad TG119.mat), {a.beams} beams, {a.bixel:g} mm beamlets, {a.res:g} mm dose grid,"
+          f" max {a.max_iter} iterations", flush=True)
+    print("running pyRadPlan in its venv ...", flush=True)
+    prp = run_pyradplan(py, a, out)
+    pm = prp["meta"]
+    print("running RadPath ...", flush=True)
+    rp = run_radpath(a, mats[0], (prp["x"], prp["y"], prp["z"]), pm.get("iso"))
+    geo = rp["geo"]
+    m_rp = metrics(rp["cube"], geo)
+    m_prp = metrics(prp["dose"].astype("float32"), geo)
+    rss_radpath = peak_rss_mb()  # before the bandwidth probe allocates its buffers
+    bw = memory_bandwidth_gbs()
+    bound = rp["iter_bytes"] / (bw * 1e9)
+    rp_total = rp["t_stf_s"] + rp["t_dij_s"] + rp["t_opt_s"]
+    prp_total = pm["t_stf_s"] + pm["t_dij_s"] + pm["t_opt_s"]
+    fig = {
+        "beams": a.beams, "bixel_mm": a.bixel, "dose_grid_mm": a.res,
+        "grid_voxels": rp["voxels_grid"], "radpath_calc_voxels": rp["voxels_calc"],
+        "radpath_beamlets": rp["beamlets"], "pyradplan_beamlets": pm["beamlets"],
+        "radpath_nnz": rp["nnz"], "pyradplan_nnz": pm["nnz"],
+        "radpath_dij_s": round(rp["t_dij_s"], 2), "pyradplan_dij_s": round(pm["t_dij_s"], 2),
+        "radpath_opt_s": round(rp["t_opt_s"], 2), "pyradplan_opt_s": round(pm["t_opt_s"], 2),
+        "radpath_iterations": rp["iterations"], "pyradplan_iterations": pm["iterations"],
+        "radpath_total_s": round(rp_total, 2), "pyradplan_total_s": round(prp_total, 2),
+        "speedup_dij": round(pm["t_dij_s"] / rp["t_dij_s"], 2),
+        "speedup_opt": round(pm["t_opt_s"] / rp["t_opt_s"], 2),
+        "speedup_total": round(prp_total / rp_total, 2),
+        "radpath_cpu_total_s": round(rp["cpu_stf_s"] + rp["cpu_dij_s"] + rp["cpu_opt_s"], 2),
+        "pyradplan_cpu_total_s": round(pm["cpu_stf_s"] + pm["cpu_dij_s"] + pm["cpu_opt_s"], 2),
+        "speedup_total_cpu": round((pm["cpu_stf_s"] + pm["cpu_dij_s"] + pm["cpu_opt_s"])
+                                   / max(rp["cpu_stf_s"] + rp["cpu_dij_s"] + rp["cpu_opt_s"], 1e-9), 2),
+        "radpath_cpu_dij_s": round(rp["cpu_dij_s"], 2), "pyradplan_cpu_dij_s": round(pm["cpu_dij_s"], 2),
+        "radpath_cpu_opt_s": round(rp["cpu_opt_s"], 2), "pyradplan_cpu_opt_s": round(pm["cpu_opt_s"], 2),
+        "radpath_peak_rss_mb": round(rss_radpath, 1), "pyradplan_peak_rss_mb": round(pm["peak_rss_mb"], 1),
+        "mem_bandwidth_gbs": round(bw, 2), "iter_bytes_mb": round(rp["iter_bytes"] / 1e6, 1),
+        "iter_bound_ms": round(1e3 * bound, 2), "iter_products_ms": round(1e3 * rp["t_products_s"], 2),
+        "iter_eval_ms": round(1e3 * rp["t_eval_s"], 2),
+        "iter_opt_ms": round(1e3 * rp["t_opt_per_iter_s"], 2),
+        "iter_vs_bound": round(rp["t_products_s"] / bound, 2),
+        "iter_products_cpu_ms": round(1e3 * rp["c_products_s"], 2),
+        "iter_vs_bound_cpu": round(rp["c_products_s"] / bound, 2),
+        "eval_vs_bound": round(rp["t_eval_s"] / bound, 2),
+        "radpath_metrics": m_rp, "pyradplan_metrics": m_prp,
+        "load_cpu": round(os.getloadavg()[0], 2),
+    }
+    print(f"\nsizes: grid {fig['grid_voxels']:,} voxels (RadPath calc {fig['radpath_calc_voxels']:,}); beamlets "
+          f"RadPath {fig['radpath_beamlets']} / pyRadPlan {fig['pyradplan_beamlets']}; nonzeros RadPath "
+          f"{fig['radpath_nnz']:,} / pyRadPlan {fig['pyradplan_nnz']:,}")
+    print(f"{'':22s}{'RadPath':>10s}{'pyRadPlan':>11s}{'ratio':>8s}")
+    for k, lab in (("dij", "dose influence (s)"), ("opt", "optimisation (s)"), ("total", "end to end (s)")):
+        print(f"{lab:22s}{fig['radpath_' + k + '_s']:10.2f}{fig['pyradplan_' + k + '_s']:11.2f}"
+              f"{fig['speedup_' + k]:7.1f}x")
+    print(f"{'CPU time total (s)':22s}{fig['radpath_cpu_total_s']:10.2f}{fig['pyradplan_cpu_total_s']:11.2f}"
+          f"{fig['pyradplan_cpu_total_s'] / max(fig['radpath_cpu_total_s'], 1e-9):7.1f}x")
+    print(f"{'peak memory (MB)':22s}{fig['radpath_peak_rss_mb']:10.0f}{fig['pyradplan_peak_rss_mb']:11.0f}")
+    print(f"iterations: RadPath {fig['radpath_iterations']}, pyRadPlan {fig['pyradplan_iterations']}")
+    print("TG-119 metrics (normalised to PTV D95 = 50 Gy):")
+    for k in ("PTV_D95", "PTV_D10", "PTV_HI", "CI", "Core_D10", "Core_Dmean", "Body_Dmean", "goals_passed",
+              "hard_goal"):
+        print(f"  {k:12s}{str(m_rp['norm'][k]):>10s}{str(m_prp['norm'][k]):>11s}")
+    print(f"memory bandwidth {bw:.1f} GB/s (numpy copy); one iteration touches {fig['iter_bytes_mb']} MB -> bound "
+          f"{fig['iter_bound_ms']} ms; measured D@w + D^T@g {fig['iter_products_ms']} ms "
+          f"({fig['iter_vs_bound']}x bound; CPU time {fig['iter_products_cpu_ms']} ms, {fig['iter_vs_bound_cpu']}x), "
+          f"full objective+gradient {fig['iter_eval_ms']} ms "
+          f"({fig['eval_vs_bound']}x)")
+    print(f"(load average during the run: {fig['load_cpu']} on {os.cpu_count()} cores)")
+    print(json.dumps(fig))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
