@@ -1,0 +1,199 @@
+"""REST API for plans (mounted at /api/planning/ by ``planning.api_urls``).
+
+Thin viewsets over ``planning.services``: create/update a plan (``planning.run_plan``), start / cancel / retry its
+job, read its status (runs the stale-job reaper), approve / reject (``planning.approve_plan``), make a new
+version, read planned vs delivered dose and the re-irradiation EQD2 summary, import DICOM RT and export a plan
+as DICOM RT. Errors: 400 naming the field, 403 for a role that may not, 409 for a wrong plan state.
+"""
+
+from django.http import HttpResponse
+from rest_framework import mixins, serializers, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.response import Response
+
+from workflow.models import Course
+
+from . import services
+from .models import ImportedGeometry, Plan, StructureDose
+
+READ = ["workflow.view_identified", "planning.view_plan"]
+RUN = READ + ["planning.run_plan"]
+APPROVE = READ + ["planning.approve_plan"]
+
+
+class StructureDoseSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = StructureDose
+        fields = ["name", "kind", "volume_cc", "metrics", "dvh_dose_gy", "dvh_volume_pct"]
+
+
+class PlanSerializer(serializers.ModelSerializer):
+    structures = StructureDoseSerializer(source="structure_doses", many=True, read_only=True)
+    approved_by = serializers.CharField(source="approved_by.username", default=None, read_only=True)
+
+    class Meta:
+        model = Plan
+        fields = [
+            "id", "course", "version", "name", "parent", "method", "geometry_source", "phantom", "imported_geometry",
+            "grid_mm", "gantry_angles", "beam_weights", "beamlet_mm", "max_iterations", "objectives", "goals",
+            "prescription_gy", "fractions", "status", "attempts", "progress_pct", "iteration", "objective_value",
+            "progress_message", "failure_reason", "queued_at", "started_at", "finished_at", "heartbeat_at", "task_id",
+            "metrics", "goal_results", "beam_summary", "total_mu", "approved_by", "approved_at", "reviewed_at",
+            "review_comment", "superseded_at", "created_at", "structures",
+        ]
+        read_only_fields = fields
+
+
+class PlanInputSerializer(serializers.Serializer):
+    course = serializers.PrimaryKeyRelatedField(queryset=Course.objects.all(), required=False)
+    name = serializers.CharField(required=False, allow_blank=True, max_length=120)
+    method = serializers.CharField(required=False)
+    geometry_source = serializers.CharField(required=False)
+    phantom = serializers.CharField(required=False, allow_blank=True)
+    imported_geometry = serializers.PrimaryKeyRelatedField(queryset=ImportedGeometry.objects.all(), required=False, allow_null=True)
+    grid_mm = serializers.FloatField(required=False)
+    gantry_angles = serializers.ListField(child=serializers.FloatField(), required=False)
+    beam_weights = serializers.ListField(child=serializers.FloatField(), required=False)
+    beamlet_mm = serializers.FloatField(required=False)
+    max_iterations = serializers.IntegerField(required=False)
+    objectives = serializers.JSONField(required=False)
+    goals = serializers.JSONField(required=False)
+    start = serializers.BooleanField(required=False, default=False)
+
+
+class ReviewSerializer(serializers.Serializer):
+    comment = serializers.CharField(required=False, allow_blank=True, default="")
+
+
+class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    serializer_class = PlanSerializer
+    required_perms = {"read": READ, "write": RUN, "create": RUN, "partial_update": RUN, "update": RUN, "start": RUN,
+                      "cancel": RUN, "retry": RUN, "new_version": RUN, "approve": APPROVE, "reject": APPROVE,
+                      "status": READ, "dose": READ, "reirradiation": READ, "dicom": READ}
+
+    def get_queryset(self):
+        qs = Plan.objects.filter(voided_at__isnull=True).select_related("approved_by").prefetch_related("structure_doses")
+        course = self.request.query_params.get("course")
+        if course:
+            qs = qs.filter(course_id=course)
+        return qs.order_by("course_id", "-version")
+
+    def get_serializer_class(self):
+        if self.action in ("create", "partial_update", "update", "new_version"):
+            return PlanInputSerializer
+        if self.action in ("approve", "reject"):
+            return ReviewSerializer
+        return PlanSerializer
+
+    def _out(self, plan, code=status.HTTP_200_OK):
+        plan = Plan.objects.prefetch_related("structure_doses").get(pk=plan.pk)
+        return Response(PlanSerializer(plan).data, status=code)
+
+    def create(self, request):
+        ser = PlanInputSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        data = dict(ser.validated_data)
+        course = data.pop("course", None)
+        if course is None:
+            raise serializers.ValidationError({"course": ["This field is required."]})
+        start = data.pop("start", False)
+        plan = services.create_plan(course, user=request.user, **data)
+        if start:
+            plan = services.start_plan(plan, user=request.user)
+        return self._out(plan, status.HTTP_201_CREATED)
+
+    def partial_update(self, request, pk=None):
+        ser = PlanInputSerializer(data=request.data, partial=True)
+        ser.is_valid(raise_exception=True)
+        data = {k: v for k, v in ser.validated_data.items() if k not in ("course", "start")}
+        return self._out(services.update_plan(self.get_object(), user=request.user, **data))
+
+    @action(detail=True, methods=["post"])
+    def start(self, request, pk=None):
+        return self._out(services.start_plan(self.get_object(), user=request.user))
+
+    @action(detail=True, methods=["post"])
+    def cancel(self, request, pk=None):
+        return self._out(services.cancel_plan(self.get_object(), user=request.user))
+
+    @action(detail=True, methods=["post"])
+    def retry(self, request, pk=None):
+        return self._out(services.retry_plan(self.get_object(), user=request.user))
+
+    @action(detail=True, methods=["post"], url_path="new-version")
+    def new_version(self, request, pk=None):
+        ser = PlanInputSerializer(data=request.data, partial=True)
+        ser.is_valid(raise_exception=True)
+        data = {k: v for k, v in ser.validated_data.items() if k not in ("course", "start")}
+        return self._out(services.new_version(self.get_object(), user=request.user, **data), status.HTTP_201_CREATED)
+
+    @action(detail=True, methods=["post"])
+    def approve(self, request, pk=None):
+        ser = ReviewSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        return self._out(services.approve_plan(self.get_object(), user=request.user, comment=ser.validated_data["comment"]))
+
+    @action(detail=True, methods=["post"])
+    def reject(self, request, pk=None):
+        ser = ReviewSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        return self._out(services.reject_plan(self.get_object(), user=request.user, comment=ser.validated_data["comment"]))
+
+    @action(detail=True, methods=["get"])
+    def status(self, request, pk=None):
+        return Response(services.plan_status(self.get_object()))
+
+    @action(detail=True, methods=["get"])
+    def dose(self, request, pk=None):
+        plan = self.get_object()
+        summary = services.course_dose(plan.course)
+        summary["plan"] = summary["plan"].pk if summary["plan"] else None
+        return Response(summary)
+
+    @action(detail=True, methods=["get"])
+    def reirradiation(self, request, pk=None):
+        summary = services.reirradiation_summary(self.get_object())
+        summary["earlier_courses"] = [c.pk for c in summary["earlier_courses"]]
+        return Response(summary)
+
+    @action(detail=True, methods=["get"])
+    def dicom(self, request, pk=None):
+        from . import dicom_io
+
+        plan = self.get_object()
+        resp = HttpResponse(dicom_io.export_plan_zip(plan), content_type="application/zip")
+        resp["Content-Disposition"] = f'attachment; filename="radpath-plan-{plan.pk}-v{plan.version}-dicom.zip"'
+        return resp
+
+
+class ImportedGeometrySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = ImportedGeometry
+        fields = ["id", "patient", "course", "name", "grid", "structures", "study_uid", "frame_of_reference_uid", "created_at"]
+        read_only_fields = fields
+
+
+class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """``POST`` multipart ``files`` (+ ``course``, ``name``, ``attach_plan``) imports CT + RT Structure Set (+ RT Dose/Plan)."""
+
+    serializer_class = ImportedGeometrySerializer
+    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    required_perms = {"read": ["workflow.view_identified", "planning.view_importedgeometry"],
+                      "create": ["workflow.view_identified", "planning.import_dicom"]}
+
+    def get_queryset(self):
+        return ImportedGeometry.objects.filter(voided_at__isnull=True).order_by("-created_at")
+
+    def create(self, request):
+        from . import dicom_io
+
+        course = Course.objects.filter(pk=request.data.get("course") or 0).first()
+        if course is None:
+            raise serializers.ValidationError({"course": ["Give the course to import into."]})
+        files = [(f.name, f.read()) for f in request.FILES.getlist("files")]
+        result = dicom_io.import_files(files, course=course, user=request.user, name=request.data.get("name", ""),
+                                       attach_plan=str(request.data.get("attach_plan", "1")).lower() in ("1", "true", "yes", "on"))
+        body = {"geometry": ImportedGeometrySerializer(result["geometry"]).data, "message": result["message"],
+                "plan": PlanSerializer(result["plan"]).data if result.get("plan") else None}
+        return Response(body, status=status.HTTP_201_CREATED)

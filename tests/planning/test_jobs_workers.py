@@ -1,0 +1,95 @@
+"""Plan jobs on real worker processes: two workers run two plans concurrently, a running job is cancelled, a
+worker killed mid-job leaves the plan failed (heartbeat reaper) and the retry completes.
+
+Workers are ``manage.py db_worker`` subprocesses on the test database (the embedded default); with
+RADPATH_CI_REDIS=1 (CI's second pass) the same tests run on RQ workers (``manage.py rqworker --job-class
+django_tasks_rq.Job``) on the Redis at 127.0.0.1:6379 (or REDIS_URL).
+"""
+
+import os
+import signal
+import time
+
+from planning import services
+from planning.models import Plan, PlanStatus
+
+from .conftest import FAST, wait_for
+
+
+def _status(plan):
+    return Plan.objects.get(pk=plan.pk)
+
+
+def _done(plan, workers):
+    def check():
+        p = _status(plan)
+        if p.status == PlanStatus.FAILED:
+            raise AssertionError(f"plan failed: {p.failure_reason}\n{workers.logs()}")
+        return p.status == PlanStatus.DONE
+
+    return check
+
+
+def test_two_workers_run_two_plans_concurrently(workers, cshape_course, patient, physicist):
+    from tests.conftest import make_course
+
+    other = make_course(patient, cshape_course.diagnosis, treated_site="Second site")
+    workers.start(2)
+    inputs = dict(FAST, max_iterations=60)
+    a = services.start_plan(services.create_plan(cshape_course, user=physicist, **inputs), user=physicist)
+    b = services.start_plan(services.create_plan(other, user=physicist, **inputs), user=physicist)
+    assert a.status == b.status == PlanStatus.QUEUED and a.task_id and b.task_id
+    seen_progress = set()
+
+    def both_done():
+        pa, pb = _status(a), _status(b)
+        for p in (pa, pb):
+            if p.status == PlanStatus.FAILED:
+                raise AssertionError(f"{p.failure_reason}\n{workers.logs()}")
+            if p.status == PlanStatus.RUNNING and p.iteration:
+                seen_progress.add((p.pk, p.iteration))
+        return pa.status == pb.status == PlanStatus.DONE
+
+    wait_for(both_done, timeout=120, message="both plans done")
+    pa, pb = _status(a), _status(b)
+    assert pa.worker and pb.worker and pa.worker != pb.worker, "each plan ran on its own worker process"
+    assert pa.started_at < pb.finished_at and pb.started_at < pa.finished_at, "the two jobs overlapped in time"
+    assert seen_progress, "progress (iteration, objective) was reported while running"
+    assert pa.structure_doses.count() == 3 and pb.total_mu > 0
+
+
+def test_cancel_running_job(workers, cshape_course, physicist):
+    workers.start(1)
+    plan = services.start_plan(services.create_plan(cshape_course, user=physicist, **dict(FAST, max_iterations=3000)), user=physicist)
+    wait_for(lambda: _status(plan).iteration >= 2, timeout=60, message="the optimisation to start")
+    services.cancel_plan(plan, user=physicist)
+    wait_for(lambda: _status(plan).status == PlanStatus.FAILED, timeout=30, message="cancellation")
+    p = _status(plan)
+    assert p.failure_reason == "Cancelled by physicist while running." and not p.result_file
+    assert p.iteration < 3000
+
+
+def test_worker_killed_mid_job_fails_then_retry_succeeds(workers, cshape_course, physicist, settings):
+    settings.PLANNING_STALE_SECONDS = 2.0
+    (first,) = workers.start(1)
+    plan = services.start_plan(services.create_plan(cshape_course, user=physicist, **dict(FAST, max_iterations=100)), user=physicist)
+    wait_for(lambda: _status(plan).status == PlanStatus.RUNNING and _status(plan).heartbeat_at, timeout=60, message="running")
+    # SIGKILL the worker mid-job: its process group and the process running the job (RQ runs each job in a
+    # work-horse it forks into a session of its own; for db_worker that is the worker itself)
+    job_pid = int(_status(plan).worker.rsplit(":", 1)[1])
+    workers.kill(first)
+    try:
+        os.kill(job_pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    p = _status(plan)
+    assert p.status == PlanStatus.RUNNING, "nothing else has noticed yet"
+    time.sleep(2.5)
+    status = services.plan_status(p)  # reading the status runs the reaper
+    assert status["status"] == "failed", status
+    assert "stopped responding" in status["failure_reason"] and "retry" in status["failure_reason"]
+    workers.start(1)
+    plan = services.retry_plan(plan, user=physicist)
+    assert plan.attempts == 2
+    wait_for(_done(plan, workers), timeout=90, message="retry done")
+    assert _status(plan).history.filter(status="failed").exists()
