@@ -1,0 +1,217 @@
+"""Outcomes REST API (routed in ``outcomes.api_urls`` under ``/api/outcomes/``).
+
+Identified (clinic roles with ``workflow.view_identified``): follow-up assessments (log, correct, override, void),
+deaths, a course's derived outcome and timeline, registry import. De-identified (researchers too): survival
+analysis (curve points, medians, landmark rates, log-rank, Cox), KM and swimmer figures, research exports.
+Views only parse, check the role permission and call ``outcomes.services`` / ``cohorts`` / ``exports``.
+"""
+
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, status, viewsets
+from rest_framework.decorators import action
+from rest_framework.parsers import FormParser, MultiPartParser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from workflow.errors import RuleViolation
+from workflow.models import Course
+
+from . import exports, services
+from . import serializers as s
+from .cohorts import CohortFilter
+from .models import Death, FollowUpAssessment
+from .registry_import import RegistryImportError, import_registry
+
+IDENTIFIED = "workflow.view_identified"
+ANALYSIS = "outcomes.run_analysis"
+DEIDENTIFIED = "outcomes.view_deidentified"
+
+COHORT_PARAMS = [
+    OpenApiParameter("site", str, description="Diagnosis site(s), comma separated"),
+    OpenApiParameter("diagnosed_from", OpenApiTypes.DATE), OpenApiParameter("diagnosed_to", OpenApiTypes.DATE),
+    OpenApiParameter("rt_start_from", OpenApiTypes.DATE), OpenApiParameter("rt_start_to", OpenApiTypes.DATE),
+    OpenApiParameter("intent", str), OpenApiParameter("technique", str),
+    OpenApiParameter("treatment", str, description="Treatments received (surgery, chemotherapy, immunotherapy, trial)"),
+    OpenApiParameter("multimodal", bool, description="Surgery + chemotherapy + RT"),
+    OpenApiParameter("trial_arm", str), OpenApiParameter("min_toxicity_grade", int), OpenApiParameter("no_toxicity_grade", int),
+    OpenApiParameter("time_zero", str, enum=["rt_start", "diagnosis"]),
+]
+ANALYSIS_PARAMS = COHORT_PARAMS + [
+    OpenApiParameter("endpoint", str, enum=list(services.ENDPOINTS)),
+    OpenApiParameter("group_by", str, enum=[g for g in services.GROUPINGS if g]),
+    OpenApiParameter("conf_type", str, enum=list(services.CI_METHODS)),
+]
+
+
+def cohort_from(request):
+    return CohortFilter.from_params(request.query_params).queryset()
+
+
+def analysis_from(request):
+    q = request.query_params
+    return services.analyze(
+        cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
+        group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"),
+    )
+
+
+class AssessmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                        mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """Follow-up assessments. Derived fields are read-only; every write recomputes the course."""
+
+    serializer_class = s.AssessmentSerializer
+    required_perms = {
+        "read": [IDENTIFIED, "outcomes.view_followupassessment"],
+        "create": [IDENTIFIED, "outcomes.add_followupassessment"],
+        "update": [IDENTIFIED, "outcomes.change_followupassessment"],
+        "partial_update": [IDENTIFIED, "outcomes.change_followupassessment"],
+        "override": [IDENTIFIED, "outcomes.override_response"],
+        "void": [IDENTIFIED, "outcomes.change_followupassessment"],
+    }
+
+    def get_queryset(self):
+        qs = FollowUpAssessment.objects.select_related("override_by").order_by("date", "pk")
+        course = self.request.query_params.get("course")
+        if course:
+            qs = qs.filter(course_id=course)
+        if self.request.query_params.get("include_voided") not in ("1", "true"):
+            qs = qs.active()
+        return qs
+
+    def _save(self, serializer, instance=None):
+        data = dict(serializer.validated_data)
+        course = data.pop("course", None) or instance.course
+        rows = data.pop("measurement_rows", None)
+        death = data.pop("death", None)
+        if rows is None and instance is not None:
+            rows = [{k: getattr(m, k) for k in services.MEASUREMENT_FIELDS} for m in instance.measurements.active()]
+        obj = services.save_assessment(course=course, user=self.request.user, data=data, measurements=rows or [],
+                                       assessment=instance, death=death)
+        return Response(s.AssessmentSerializer(obj).data, status=status.HTTP_201_CREATED if instance is None else 200)
+
+    def create(self, request, *args, **kwargs):
+        ser = self.get_serializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        return self._save(ser)
+
+    def update(self, request, *args, **kwargs):
+        instance = self.get_object()
+        ser = self.get_serializer(instance, data=request.data, partial=kwargs.get("partial", False))
+        ser.is_valid(raise_exception=True)
+        return self._save(ser, instance)
+
+    @extend_schema(request=s.OverrideSerializer, responses=s.AssessmentSerializer)
+    @action(detail=True, methods=["post"])
+    def override(self, request, pk=None):
+        """Override the derived response with a reason (both are kept); ``{"response": ""}`` is refused."""
+        ser = s.OverrideSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        obj = services.override_response(self.get_object(), user=request.user, **ser.validated_data)
+        return Response(s.AssessmentSerializer(obj).data)
+
+    @extend_schema(parameters=[OpenApiParameter("reason", str)], request=None, responses=s.AssessmentSerializer)
+    @action(detail=True, methods=["post"])
+    def void(self, request, pk=None):
+        reason = request.data.get("reason") or request.query_params.get("reason") or ""
+        if not reason.strip():
+            raise RuleViolation("Say why the assessment is voided.", field="reason")
+        obj = self.get_object()
+        services.void_assessment(obj, user=request.user, reason=reason)
+        obj.refresh_from_db()
+        return Response(s.AssessmentSerializer(obj).data)
+
+
+class DeathViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
+    serializer_class = s.DeathSerializer
+    required_perms = {"read": [IDENTIFIED, "outcomes.view_death"], "write": [IDENTIFIED, "outcomes.add_death"]}
+    queryset = Death.objects.active().order_by("date")
+
+    def create(self, request, *args, **kwargs):
+        ser = self.get_serializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        d = ser.validated_data
+        death = services.record_death(d["patient"], user=request.user, date=d["date"], cause=d.get("cause", "unknown"),
+                                      cause_detail=d.get("cause_detail", ""))
+        return Response(s.DeathSerializer(death).data, status=status.HTTP_201_CREATED)
+
+
+class CourseOutcomeView(APIView):
+    required_perms = {"read": [IDENTIFIED, "outcomes.view_courseoutcome"]}
+
+    @extend_schema(responses=s.CourseOutcomeSerializer)
+    def get(self, request, pk):
+        course = get_object_or_404(Course, pk=pk)
+        outcome = course.outcome if hasattr(course, "outcome") else services.recompute_course(course)
+        data = s.CourseOutcomeSerializer(outcome).data
+        data["timeline"] = s.AssessmentSerializer(services.timeline(course), many=True).data
+        return Response(data)
+
+
+class SurvivalView(APIView):
+    """Kaplan-Meier (per group), medians with CI, survival at 1/2/5 years, at-risk table, log-rank and Cox."""
+
+    required_perms = {"read": ANALYSIS}
+
+    @extend_schema(parameters=ANALYSIS_PARAMS + [OpenApiParameter("points", bool, description="Include curve points")],
+                   responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        result = analysis_from(request)
+        body = result.to_dict(include_points=request.query_params.get("points", "1") not in ("0", "false"))
+        body["cohort"] = CohortFilter.from_params(request.query_params).describe()
+        return Response(body)
+
+
+class SurvivalPlotView(APIView):
+    required_perms = {"read": ANALYSIS}
+
+    @extend_schema(parameters=ANALYSIS_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
+    def get(self, request, fmt):
+        data = services.km_figure(analysis_from(request), fmt=fmt)
+        return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
+
+
+class SwimmerPlotView(APIView):
+    required_perms = {"read": ANALYSIS}
+
+    @extend_schema(parameters=COHORT_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
+    def get(self, request, fmt):
+        data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt)
+        return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
+
+
+class ExportView(APIView):
+    """De-identified research export: ``patients`` (one row per patient) or ``assessments`` (long table)."""
+
+    required_perms = {"read": DEIDENTIFIED}
+
+    @extend_schema(parameters=COHORT_PARAMS, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    def get(self, request, table, fmt):
+        data, content_type, filename = exports.export(
+            cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start")
+        )
+        resp = HttpResponse(data, content_type=content_type)
+        resp["Content-Disposition"] = f'attachment; filename="{filename}"'
+        return resp
+
+
+class RegistryImportView(APIView):
+    """POST a registry CSV (multipart ``file``): 201 with counts, or 400 listing each bad row's line and field."""
+
+    required_perms = {"write": [IDENTIFIED, "outcomes.import_registry"], "read": [IDENTIFIED, "outcomes.import_registry"]}
+    parser_classes = [MultiPartParser, FormParser]
+
+    @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+                   responses=OpenApiTypes.OBJECT)
+    def post(self, request):
+        upload = request.FILES.get("file")
+        if upload is None:
+            raise RuleViolation("Upload the CSV as 'file'.", field="file")
+        try:
+            summary = import_registry(upload, user=request.user)
+        except RegistryImportError as exc:
+            return Response({"detail": "Nothing imported.", "errors": [e.to_dict() for e in exc.errors]}, status=400)
+        return Response(summary.to_dict(), status=status.HTTP_201_CREATED)
+

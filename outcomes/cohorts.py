@@ -1,0 +1,166 @@
+"""Cohort builder: which radiotherapy courses an analysis or export covers.
+
+A cohort is a ``Course`` queryset (active courses, active patients) filtered by diagnosis site, dates (diagnosis and
+RT start), intent, technique, treatments received (surgery, chemotherapy, immunotherapy, trial; or the multimodal
+surgery + chemotherapy + RT combination), trial arm and toxicity (any CTCAE grade >= N event, when the toxicity
+module is installed). ``CohortFilter.from_params`` reads the same names from a query string or form, so the API, the
+analysis page and the exports share one definition.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import asdict, dataclass, field
+
+from django.db.models import Exists, OuterRef
+
+from workflow.errors import RuleViolation
+from workflow.models import Course, DiseaseSite, Intent, Technique, Treatment, TreatmentKind
+
+from .services import toxicity_model
+
+TREATMENT_CHOICES = [k for k, _ in TreatmentKind.choices]
+
+
+def _list(params, name):
+    if hasattr(params, "getlist"):
+        values = params.getlist(name)
+    else:
+        values = params.get(name) or []
+        if isinstance(values, str):
+            values = [values]
+    out = []
+    for v in values:
+        out.extend(x.strip() for x in str(v).split(",") if x.strip())
+    return out
+
+
+def _date(params, name):
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    if isinstance(value, dt.date):
+        return value
+    try:
+        return dt.date.fromisoformat(str(value))
+    except ValueError as exc:
+        raise RuleViolation(f"{name}: '{value}' is not a date (YYYY-MM-DD).", field=name) from exc
+
+
+def _bool(params, name):
+    value = params.get(name)
+    if value in (None, ""):
+        return None
+    v = str(value).strip().lower()
+    if v in {"1", "true", "yes", "on"}:
+        return True
+    if v in {"0", "false", "no", "off"}:
+        return False
+    raise RuleViolation(f"{name}: '{value}' is not yes/no.", field=name)
+
+
+@dataclass
+class CohortFilter:
+    sites: list = field(default_factory=list)
+    diagnosed_from: dt.date | None = None
+    diagnosed_to: dt.date | None = None
+    rt_start_from: dt.date | None = None
+    rt_start_to: dt.date | None = None
+    intents: list = field(default_factory=list)
+    techniques: list = field(default_factory=list)
+    treatments: list = field(default_factory=list)  # each one must have been received
+    multimodal: bool | None = None  # surgery + chemotherapy + RT
+    trial_arm: str = ""
+    min_toxicity_grade: int | None = None  # at least one event of this CTCAE grade or worse
+    no_toxicity_grade: int | None = None  # no event of this grade or worse
+
+    PARAMS = ("site", "diagnosed_from", "diagnosed_to", "rt_start_from", "rt_start_to", "intent", "technique",
+              "treatment", "multimodal", "trial_arm", "min_toxicity_grade", "no_toxicity_grade")
+
+    @classmethod
+    def from_params(cls, params):
+        def grade(name):
+            value = params.get(name)
+            if value in (None, ""):
+                return None
+            try:
+                g = int(value)
+            except ValueError as exc:
+                raise RuleViolation(f"{name} must be a CTCAE grade 1-5.", field=name) from exc
+            if not 1 <= g <= 5:
+                raise RuleViolation(f"{name} must be a CTCAE grade 1-5.", field=name)
+            return g
+
+        f = cls(
+            sites=_list(params, "site"),
+            diagnosed_from=_date(params, "diagnosed_from"),
+            diagnosed_to=_date(params, "diagnosed_to"),
+            rt_start_from=_date(params, "rt_start_from"),
+            rt_start_to=_date(params, "rt_start_to"),
+            intents=_list(params, "intent"),
+            techniques=_list(params, "technique"),
+            treatments=_list(params, "treatment"),
+            multimodal=_bool(params, "multimodal"),
+            trial_arm=(params.get("trial_arm") or "").strip(),
+            min_toxicity_grade=grade("min_toxicity_grade"),
+            no_toxicity_grade=grade("no_toxicity_grade"),
+        )
+        f.validate()
+        return f
+
+    def validate(self):
+        for name, values, allowed in (
+            ("site", self.sites, DiseaseSite.values),
+            ("intent", self.intents, Intent.values),
+            ("technique", self.techniques, Technique.values),
+            ("treatment", self.treatments, TREATMENT_CHOICES),
+        ):
+            bad = [v for v in values if v not in allowed]
+            if bad:
+                raise RuleViolation(f"{name}: unknown value(s) {', '.join(bad)}; use {', '.join(allowed)}.", field=name)
+        if (self.min_toxicity_grade or self.no_toxicity_grade) and toxicity_model() is None:
+            raise RuleViolation("Toxicity data are not available.", field="min_toxicity_grade")
+
+    def describe(self):
+        return {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in asdict(self).items() if v not in (None, "", [])}
+
+    def queryset(self, base=None):
+        qs = (base if base is not None else Course.objects.all()).filter(voided_at__isnull=True, patient__voided_at__isnull=True)
+        if self.sites:
+            qs = qs.filter(diagnosis__site__in=self.sites)
+        if self.diagnosed_from:
+            qs = qs.filter(diagnosis__diagnosed_on__gte=self.diagnosed_from)
+        if self.diagnosed_to:
+            qs = qs.filter(diagnosis__diagnosed_on__lte=self.diagnosed_to)
+        if self.rt_start_from:
+            qs = qs.filter(outcome__rt_start__gte=self.rt_start_from)
+        if self.rt_start_to:
+            qs = qs.filter(outcome__rt_start__lte=self.rt_start_to)
+        if self.intents:
+            qs = qs.filter(intent__in=self.intents)
+        if self.techniques:
+            qs = qs.filter(technique__in=self.techniques)
+        tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
+        for kind in self.treatments:
+            qs = qs.filter(Exists(tx.filter(kind=kind)))
+        if self.multimodal is not None:
+            both = Exists(tx.filter(kind=TreatmentKind.SURGERY)) & Exists(tx.filter(kind=TreatmentKind.CHEMOTHERAPY))
+            qs = qs.filter(both) if self.multimodal else qs.exclude(both)
+        if self.trial_arm:
+            qs = qs.filter(Exists(tx.filter(kind=TreatmentKind.TRIAL, trial_arm=self.trial_arm)))
+        tox = toxicity_model()
+        if tox is not None:
+            ev = tox.objects.filter(course=OuterRef("pk"), voided_at__isnull=True, baseline=False)
+            if self.min_toxicity_grade:
+                qs = qs.filter(Exists(ev.filter(worst_grade__gte=self.min_toxicity_grade)))
+            if self.no_toxicity_grade:
+                qs = qs.exclude(Exists(ev.filter(worst_grade__gte=self.no_toxicity_grade)))
+        return qs
+
+
+def build_cohort(params=None, **kwargs):
+    """Course queryset for query-string style ``params`` (or keyword filters)."""
+    f = CohortFilter.from_params(params) if params is not None else CohortFilter(**kwargs)
+    if params is None:
+        f.validate()
+    return f.queryset()

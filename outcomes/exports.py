@@ -1,0 +1,169 @@
+"""De-identified research exports: one row per patient (endpoints + covariates) and a long table of assessments.
+
+What leaves the server: no names, MRN, birth date or free text (notes, override reasons, cause-of-death detail,
+treated-site labels); a stable pseudonymous ID per patient (``pseudo_id`` = "RP-" + HMAC-SHA256 of the MRN keyed by
+``settings.RADPATH_PSEUDONYM_KEY``, 16 hex characters) and per course ("RX-" + HMAC of the course id); every date as
+a whole-day offset from the patient's time zero (``<column>_day``; time zero = start of RT or diagnosis, recorded
+in the ``time_zero`` column and in the metadata); age in completed years at time zero (90 = 90 or older).
+Formats: CSV, Parquet (pyarrow) and JSON (``{"meta": ..., "rows": [...]}``).
+
+Before any bytes are produced the frames are checked for every identifier value of the cohort's patients (MRNs,
+names, birth dates, as whole cells or word tokens); a hit refuses the export (``ExportLeak``).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+
+import pandas as pd
+from django.conf import settings
+from django.utils import timezone
+
+from workflow.models import Patient
+
+from . import deidentify
+from .models import FollowUpAssessment
+from .services import endpoint_frame
+
+FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
+TABLES = ("patients", "assessments")
+
+PATIENT_COLUMNS = [
+    "mrn", "course_id", "birth_date", "time_zero", "time_zero_date", "sex", "site", "intent", "technique",
+    "total_dose_gy", "fractions", "surgery", "chemotherapy", "multimodal", "trial_arm", "grade3_toxicity",
+    "best_response", "current_status", "diagnosis_date", "rt_start", "rt_end", "first_progression_date",
+    "recurrence_date", "death_date", "death_cause", "last_contact_date",
+    "os_days", "os_months", "os_event", "pfs_days", "pfs_months", "pfs_event", "pfs_event_type",
+    "lc_days", "lc_months", "lc_event", "ttr_days", "ttr_months", "ttr_event",
+]
+ASSESSMENT_COLUMNS = [
+    "course_id", "date", "kind", "imaging", "criteria", "target_sum_mm", "nadir_mm", "change_from_baseline_pct",
+    "change_from_nadir_pct", "target_response", "derived_response", "override_response", "response",
+    "disease_status", "non_target", "new_lesions", "failure_site", "vital_status", "last_known_alive",
+]
+
+
+class ExportLeak(Exception):
+    """An identifier value was found in an export frame; nothing is written."""
+
+
+def _secret():
+    return settings.RADPATH_PSEUDONYM_KEY
+
+
+def identified_frames(courses, time_zero="rt_start"):
+    """(patients, assessments) frames WITH identifiers, the input of ``deidentified_frames``."""
+    df = endpoint_frame(courses, time_zero)
+    if "grade3_toxicity" not in df.columns:
+        cols = [c for c in PATIENT_COLUMNS if c != "grade3_toxicity"]
+    else:
+        cols = PATIENT_COLUMNS
+    patients = df[[c for c in cols if c in df.columns]].copy() if not df.empty else pd.DataFrame(columns=cols)
+    patients["time_zero"] = time_zero
+    t0 = dict(zip(df["course_id"], df["time_zero_date"])) if not df.empty else {}
+    mrn = dict(zip(df["course_id"], df["mrn"])) if not df.empty else {}
+    rows = list(
+        FollowUpAssessment.objects.active().filter(course_id__in=list(t0)).order_by("course_id", "date", "pk")
+        .values_list(*ASSESSMENT_COLUMNS)
+    )
+    a = pd.DataFrame.from_records(rows, columns=ASSESSMENT_COLUMNS)
+    a.insert(0, "mrn", a["course_id"].map(mrn))
+    a.insert(2, "time_zero_date", pd.to_datetime(a["course_id"].map(t0)))
+    for c in ("date", "last_known_alive"):
+        a[c] = pd.to_datetime(a[c])
+    for c in ("target_response", "derived_response", "override_response", "response", "disease_status", "failure_site"):
+        a[c] = a[c].replace("", None)
+    return patients, a
+
+
+def deidentified_frames(courses, time_zero="rt_start"):
+    """(patients, assessments, meta): both frames pseudonymised, dates as day offsets, identifiers dropped."""
+    patients, assessments = identified_frames(courses, time_zero)
+    secret = _secret()
+    p = deidentify.deidentify_frame(patients, secret, id_col="mrn", time_zero_col="time_zero_date",
+                                    birth_col="birth_date", extra_id_cols=["course_id"])
+    a = deidentify.deidentify_frame(assessments, secret, id_col="mrn", time_zero_col="time_zero_date", birth_col=None,
+                                    extra_id_cols=["course_id"])
+    p.frame.rename(columns={"course_id": "pseudo_course_id"}, inplace=True)
+    a.frame.rename(columns={"course_id": "pseudo_course_id"}, inplace=True)
+    check_no_identifiers([p.frame, a.frame], patients["mrn"].tolist())
+    meta = {
+        "generated_at": timezone.now().isoformat(timespec="seconds"),
+        "time_zero": time_zero,
+        "time_zero_label": "start of radiotherapy" if time_zero == "rt_start" else "date of diagnosis",
+        "dates": "whole days from time zero (<column>_day)",
+        "age": "completed years at time zero, 90 = 90 or older",
+        "pseudonym": "HMAC-SHA256 keyed by the server secret, 16 hex (RP- patient, RX- course)",
+        "unit": "one row per patient (earliest course in the cohort)",
+        "n_patients": int(len(p.frame)),
+        "n_assessments": int(len(a.frame)),
+        "dropped_columns": sorted(set(p.dropped_columns) | set(a.dropped_columns)),
+    }
+    return p.frame, a.frame, meta
+
+
+def _identifier_values(mrns):
+    vals = set()
+    for mrn, given, family, birth in Patient.objects.filter(mrn__in=list(mrns)).values_list(
+        "mrn", "given_name", "family_name", "birth_date"
+    ).iterator(chunk_size=5000):
+        vals.update(v.strip().lower() for v in (mrn, given, family) if v and len(v.strip()) >= 2)
+        vals.add(birth.isoformat())
+    return vals
+
+
+def check_no_identifiers(frames, mrns):
+    """Refuse (``ExportLeak``) if any cell or word token equals a patient's MRN, name or birth date."""
+    needles = _identifier_values(mrns)
+    if not needles:
+        return
+    for frame in frames:
+        for col in frame.columns:
+            if str(col).lower() in needles:
+                raise ExportLeak(f"column name {col!r} is an identifier value")
+            s = frame[col]
+            if s.dtype.kind not in "OSU" and str(s.dtype) not in ("string", "category"):
+                continue
+            for v in pd.unique(s.dropna().astype(str).str.lower()):
+                if v in needles or any(tok in needles for tok in re.split(r"[^a-z0-9-]+", v) if tok):
+                    raise ExportLeak(f"column {col!r} holds an identifier value")
+
+
+def _jsonable(frame):
+    out = frame.astype(object).where(frame.notna(), None)
+    return out.to_dict(orient="records")
+
+
+def render(frame, meta, fmt):
+    """Bytes of one table in ``fmt`` (csv / parquet / json)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False).encode("utf-8")
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        table_meta = {k: str(v) for k, v in meta.items()}
+        frame.attrs = {}
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), b"radpath": json.dumps(table_meta).encode()})
+        pq.write_table(table, buf)
+        return buf.getvalue()
+    if fmt == "json":
+        return json.dumps({"meta": meta, "rows": _jsonable(frame)}, default=str).encode("utf-8")
+    raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+
+
+def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
+    """(bytes, content_type, filename) of a de-identified table."""
+    if table not in TABLES:
+        raise ValueError(f"table must be one of {', '.join(TABLES)}")
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    patients, assessments, meta = deidentified_frames(courses, time_zero)
+    frame = patients if table == "patients" else assessments
+    meta = {**meta, "table": table}
+    stamp = timezone.localdate().strftime("%Y%m%d")
+    return render(frame, meta, fmt), FORMATS[fmt], f"radpath-{table}-{time_zero}-{stamp}.{fmt}"

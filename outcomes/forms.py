@@ -1,0 +1,96 @@
+"""Forms: follow-up logging (assessment + a small measurements formset), override, analysis, registry upload."""
+
+from django import forms
+
+from workflow.models import DiseaseSite, Intent, Technique, TreatmentKind
+
+from . import services
+from .models import CauseOfDeath, FollowUpAssessment, LesionMeasurement, Response
+
+DATE = forms.DateInput(attrs={"type": "date"})
+
+
+class AssessmentForm(forms.ModelForm):
+    death_date = forms.DateField(required=False, widget=DATE, help_text="Only when vital status is dead")
+    death_cause = forms.ChoiceField(choices=CauseOfDeath.choices, required=False)
+
+    class Meta:
+        model = FollowUpAssessment
+        fields = ["kind", "date", "imaging", "criteria", "non_target", "new_lesions", "failure_site", "vital_status",
+                  "last_known_alive", "notes"]
+        widgets = {"date": DATE, "last_known_alive": DATE, "notes": forms.Textarea(attrs={"rows": 2})}
+
+    def clean(self):
+        data = super().clean()
+        if data.get("vital_status") == "dead" and not data.get("death_date"):
+            self.add_error("death_date", "Give the date of death.")
+        return data
+
+    def death(self):
+        d = self.cleaned_data
+        if d.get("vital_status") == "dead" and d.get("death_date"):
+            return {"date": d["death_date"], "cause": d.get("death_cause") or "unknown"}
+        return None
+
+
+class MeasurementForm(forms.ModelForm):
+    class Meta:
+        model = LesionMeasurement
+        fields = ["kind", "lesion", "organ", "is_node", "ct_level", "value_mm"]
+        labels = {"value_mm": "mm", "ct_level": "CT level", "is_node": "Node"}
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.empty_permitted = True  # a spare row (no lesion, no value) is ignored, not an error
+
+    def has_changed(self):
+        if not self.is_bound:
+            return super().has_changed()
+        return any((self.data.get(self.add_prefix(f)) or "").strip() for f in ("lesion", "value_mm"))
+
+
+MeasurementFormSet = forms.formset_factory(MeasurementForm, extra=6, max_num=12, can_delete=False)
+
+
+def measurement_rows(formset):
+    return [
+        {k: f.cleaned_data.get(k) for k in services.MEASUREMENT_FIELDS}
+        for f in formset.forms
+        if f.has_changed() and f.cleaned_data.get("lesion")
+    ]
+
+
+class OverrideForm(forms.Form):
+    response = forms.ChoiceField(choices=Response.choices)
+    reason = forms.CharField(max_length=300)
+
+
+class AnalysisForm(forms.Form):
+    endpoint = forms.ChoiceField(choices=list(services.ENDPOINTS.items()), initial="os")
+    time_zero = forms.ChoiceField(choices=[("rt_start", "Start of RT"), ("diagnosis", "Diagnosis")], initial="rt_start")
+    group_by = forms.ChoiceField(choices=list(services.GROUPINGS.items()), required=False)
+    conf_type = forms.ChoiceField(choices=[("log", "log (R survfit default)"), ("log-log", "log-log (lifelines)")], initial="log",
+                                  label="95 % CI method")
+    site = forms.MultipleChoiceField(choices=DiseaseSite.choices, required=False, widget=forms.SelectMultiple(attrs={"size": 4}))
+    intent = forms.MultipleChoiceField(choices=Intent.choices, required=False, widget=forms.SelectMultiple(attrs={"size": 3}))
+    technique = forms.MultipleChoiceField(choices=Technique.choices, required=False, widget=forms.SelectMultiple(attrs={"size": 3}))
+    treatment = forms.MultipleChoiceField(choices=TreatmentKind.choices, required=False, label="Treatments received",
+                                          widget=forms.SelectMultiple(attrs={"size": 3}))
+    multimodal = forms.ChoiceField(choices=[("", "Any"), ("yes", "Surgery + chemo + RT"), ("no", "Not multimodal")], required=False)
+    trial_arm = forms.CharField(required=False)
+    diagnosed_from = forms.DateField(required=False, widget=DATE)
+    diagnosed_to = forms.DateField(required=False, widget=DATE)
+    rt_start_from = forms.DateField(required=False, widget=DATE)
+    rt_start_to = forms.DateField(required=False, widget=DATE)
+    min_toxicity_grade = forms.TypedChoiceField(choices=[("", "Any")] + [(g, f">= {g}") for g in range(1, 6)], coerce=int,
+                                                required=False, empty_value=None, label="Toxicity grade at least")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if services.toxicity_model() is None:
+            del self.fields["min_toxicity_grade"]
+            self.fields["group_by"].choices = [c for c in self.fields["group_by"].choices if c[0] != "grade3_toxicity"]
+
+
+class RegistryUploadForm(forms.Form):
+    file = forms.FileField(help_text="CSV, UTF-8; see the column list below")

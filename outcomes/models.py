@@ -1,0 +1,263 @@
+"""Follow-up outcomes: imaging assessments with lesion measurements, deaths, and the derived response record.
+
+What a clinician types: the assessment (date, imaging, target-lesion diameters or mRECIST pleural thickness,
+non-target status, new lesions, vital status), a death (date, cause) and, when needed, an override of the derived
+response with a reason. What is *derived* (never typed): the response at each assessment, best overall response,
+disease-status timeline, first progression and recurrence dates. ``outcomes.services.recompute_course`` writes the
+derived values on every save or correction of any assessment of that course, so they can be queried in SQL.
+
+Roles (``workflow.roles.extend_role`` below): oncologists log follow-ups, override responses and import registry
+data; researchers only run analyses and download de-identified exports (no ``workflow.view_identified``).
+"""
+
+from django.apps import apps as global_apps
+from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.db import models
+from django.db.models import Q
+from django.db.models.signals import post_migrate
+
+from workflow import roles
+from workflow.clinical import ClinicalRecord
+from workflow.models import Course, ImagingModality, Patient
+
+
+class Criteria(models.TextChoices):
+    RECIST = "recist1.1", "RECIST 1.1"
+    MRECIST = "mrecist1.1", "mRECIST 1.1 (pleural mesothelioma)"
+
+
+class Response(models.TextChoices):
+    CR = "CR", "Complete response"
+    PR = "PR", "Partial response"
+    SD = "SD", "Stable disease"
+    PD = "PD", "Progressive disease"
+    NE = "NE", "Not evaluable"
+
+
+class NonTarget(models.TextChoices):
+    NONE = "none", "No non-target disease at baseline"
+    ABSENT = "absent", "Absent (disappeared)"
+    PRESENT = "present", "Present (non-CR / non-PD)"
+    PROGRESSION = "unequivocal_progression", "Unequivocal progression"
+    NOT_EVALUATED = "not_evaluated", "Not evaluated"
+
+
+class AssessmentKind(models.TextChoices):
+    BASELINE = "baseline", "Baseline imaging"
+    FOLLOWUP = "followup", "Follow-up imaging"
+    CONTACT = "contact", "Contact only (vital status, no imaging)"
+
+
+class VitalStatus(models.TextChoices):
+    ALIVE = "alive", "Alive"
+    DEAD = "dead", "Dead"
+
+
+class FailureSite(models.TextChoices):
+    UNKNOWN = "", "Unknown / not applicable"
+    LOCAL = "local", "Local (in field)"
+    REGIONAL = "regional", "Regional"
+    DISTANT = "distant", "Distant"
+
+
+class DiseaseStatus(models.TextChoices):
+    CR = "complete_remission", "Complete remission (NED)"
+    PR = "partial_remission", "Partial remission"
+    SD = "stable", "Stable"
+    PD = "progression", "Progression"
+    RECURRENCE = "recurrence", "Recurrence after complete remission"
+    NE = "not_evaluable", "Not evaluable"
+
+
+IMAGING_CHOICES = ImagingModality.choices + [("none", "None")]
+
+
+class FollowUpAssessment(ClinicalRecord):
+    """One dated assessment of a patient's course: baseline or follow-up imaging, or a contact (alive on date)."""
+
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="assessments")
+    course = models.ForeignKey(Course, on_delete=models.PROTECT, related_name="assessments")
+    kind = models.CharField(max_length=10, choices=AssessmentKind.choices, default=AssessmentKind.FOLLOWUP)
+    date = models.DateField()
+    imaging = models.CharField(max_length=10, choices=IMAGING_CHOICES, default=ImagingModality.CT)
+    criteria = models.CharField(max_length=12, choices=Criteria.choices, default=Criteria.RECIST)
+    non_target = models.CharField(max_length=24, choices=NonTarget.choices, default=NonTarget.NONE)
+    new_lesions = models.BooleanField(default=False)
+    failure_site = models.CharField(
+        max_length=10, choices=FailureSite.choices, blank=True, default="",
+        help_text="Where progression was seen (local = in the irradiated field)",
+    )
+    vital_status = models.CharField(max_length=5, choices=VitalStatus.choices, default=VitalStatus.ALIVE)
+    last_known_alive = models.DateField(null=True, blank=True, help_text="Last date the patient was known alive")
+    notes = models.TextField(blank=True)
+
+    # Clinician override of the derived response (both kept).
+    override_response = models.CharField(max_length=2, choices=Response.choices, blank=True)
+    override_reason = models.CharField(max_length=300, blank=True)
+    override_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    override_at = models.DateTimeField(null=True, blank=True)
+
+    # Derived by outcomes.services.recompute_course (never typed by hand).
+    target_sum_mm = models.FloatField(null=True, blank=True, editable=False)
+    nadir_mm = models.FloatField(null=True, blank=True, editable=False)
+    change_from_baseline_pct = models.FloatField(null=True, blank=True, editable=False)
+    change_from_nadir_pct = models.FloatField(null=True, blank=True, editable=False)
+    target_response = models.CharField(max_length=2, choices=Response.choices, blank=True, editable=False)
+    derived_response = models.CharField(max_length=2, choices=Response.choices, blank=True, editable=False)
+    response = models.CharField(
+        max_length=2, choices=Response.choices, blank=True, editable=False, help_text="Effective: override, else derived"
+    )
+    disease_status = models.CharField(max_length=20, choices=DiseaseStatus.choices, blank=True, editable=False)
+
+    class Meta:
+        ordering = ["date", "id"]
+        indexes = [models.Index(fields=["course", "date"]), models.Index(fields=["patient", "date"])]
+        permissions = [("override_response", "Can override a derived tumour response")]
+
+    def __str__(self):
+        return f"{self.get_kind_display()} {self.date} ({self.response or '-'})"
+
+    def clean(self):
+        errors = {}
+        if self.course_id and self.patient_id and self.course.patient_id != self.patient_id:
+            errors["course"] = "Course belongs to another patient."
+        if self.override_response and not self.override_reason.strip():
+            errors["override_reason"] = "An override needs a reason."
+        if self.last_known_alive and self.date and self.last_known_alive < self.date and self.vital_status == "alive":
+            errors["last_known_alive"] = "Last known alive cannot be before an assessment the patient attended."
+        if errors:
+            raise ValidationError(errors)
+
+
+class MeasurementKind(models.TextChoices):
+    TARGET = "target", "Target lesion (RECIST 1.1)"
+    PLEURAL = "pleural", "Pleural thickness (mRECIST)"
+
+
+class LesionMeasurement(ClinicalRecord):
+    """A target-lesion diameter (RECIST: longest diameter, short axis for nodes) or a pleural thickness (mRECIST:
+    site and CT level). ``value_mm`` empty = not measured at this assessment; 0 = disappeared."""
+
+    assessment = models.ForeignKey(FollowUpAssessment, on_delete=models.PROTECT, related_name="measurements")
+    kind = models.CharField(max_length=10, choices=MeasurementKind.choices, default=MeasurementKind.TARGET)
+    lesion = models.CharField(max_length=40, help_text="Lesion id (e.g. T1) or pleural site (e.g. anterior)")
+    organ = models.CharField(max_length=40, blank=True)
+    is_node = models.BooleanField(default=False)
+    ct_level = models.PositiveSmallIntegerField(null=True, blank=True, help_text="mRECIST CT level (1-3)")
+    value_mm = models.FloatField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["kind", "ct_level", "lesion"]
+
+    def __str__(self):
+        return f"{self.lesion} {self.value_mm} mm"
+
+    def clean(self):
+        errors = {}
+        if self.kind == MeasurementKind.PLEURAL and not self.ct_level:
+            errors["ct_level"] = "A pleural measurement needs its CT level."
+        if self.value_mm is not None and self.value_mm < 0:
+            errors["value_mm"] = "A measurement cannot be negative."
+        if errors:
+            raise ValidationError(errors)
+
+
+class CauseOfDeath(models.TextChoices):
+    DISEASE = "disease", "This cancer"
+    TREATMENT = "treatment", "Treatment-related"
+    OTHER_CANCER = "other_cancer", "Another cancer"
+    OTHER = "other", "Other cause"
+    UNKNOWN = "unknown", "Unknown"
+
+
+class Death(ClinicalRecord):
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="deaths")
+    date = models.DateField()
+    cause = models.CharField(max_length=20, choices=CauseOfDeath.choices, default=CauseOfDeath.UNKNOWN)
+    cause_detail = models.CharField(max_length=200, blank=True)
+
+    class Meta:
+        ordering = ["date"]
+        constraints = [
+            models.UniqueConstraint(fields=["patient"], condition=Q(voided_at__isnull=True), name="one_live_death_per_patient")
+        ]
+
+    def __str__(self):
+        return f"Death {self.date} ({self.get_cause_display()})"
+
+
+class CourseOutcome(models.Model):
+    """Per course: RT dates and every derived outcome, rewritten by ``recompute_course`` (queryable in SQL).
+
+    ``rt_start_recorded`` / ``rt_end_recorded`` hold dates from a historical registry (no fraction records);
+    ``rt_start`` / ``rt_end`` are the delivered fractions' first / last day when there are any, else the recorded.
+    """
+
+    course = models.OneToOneField(Course, on_delete=models.CASCADE, related_name="outcome", primary_key=True)
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="course_outcomes")
+    rt_start_recorded = models.DateField(null=True, blank=True)
+    rt_end_recorded = models.DateField(null=True, blank=True)
+    # derived
+    rt_start = models.DateField(null=True, blank=True)
+    rt_end = models.DateField(null=True, blank=True)
+    criteria = models.CharField(max_length=12, blank=True)
+    baseline_date = models.DateField(null=True, blank=True)
+    baseline_sum_mm = models.FloatField(null=True, blank=True)
+    best_response = models.CharField(max_length=2, choices=Response.choices, blank=True)
+    best_response_date = models.DateField(null=True, blank=True)
+    first_response_date = models.DateField(null=True, blank=True)
+    first_complete_remission_date = models.DateField(null=True, blank=True)
+    first_progression_date = models.DateField(null=True, blank=True)
+    recurrence_date = models.DateField(null=True, blank=True)
+    first_local_failure_date = models.DateField(null=True, blank=True)
+    current_status = models.CharField(max_length=20, choices=DiseaseStatus.choices, blank=True)
+    last_assessment_date = models.DateField(null=True, blank=True)
+    last_contact_date = models.DateField(null=True, blank=True, help_text="Patient last known alive (any course)")
+    derivation_issue = models.CharField(max_length=300, blank=True)
+    computed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        permissions = [
+            ("view_deidentified", "Can download de-identified research exports"),
+            ("run_analysis", "Can run survival analyses"),
+            ("import_registry", "Can bulk-import historical registry data"),
+        ]
+
+    def __str__(self):
+        return f"Outcome of course {self.course_id}: BOR {self.best_response or '-'}"
+
+
+FOLLOWUP_PERMS = [
+    "outcomes.view_followupassessment",
+    "outcomes.add_followupassessment",
+    "outcomes.change_followupassessment",
+    "outcomes.override_response",
+    "outcomes.view_lesionmeasurement",
+    "outcomes.add_lesionmeasurement",
+    "outcomes.change_lesionmeasurement",
+    "outcomes.view_death",
+    "outcomes.add_death",
+    "outcomes.change_death",
+    "outcomes.view_courseoutcome",
+]
+RESEARCH_PERMS = ["outcomes.view_deidentified", "outcomes.run_analysis"]
+
+roles.extend_role(roles.ONCOLOGIST, FOLLOWUP_PERMS + RESEARCH_PERMS + ["outcomes.import_registry"])
+roles.extend_role(roles.RESEARCHER, RESEARCH_PERMS)
+for _role in (roles.THERAPIST, roles.SCHEDULER, roles.PHYSICIST, roles.DOSIMETRIST):
+    roles.extend_role(_role, ["outcomes.view_followupassessment", "outcomes.view_death", "outcomes.view_courseoutcome"])
+
+
+def _sync_roles_after_outcomes_migrate(sender, **kwargs):
+    """Outcomes' permissions exist only after its own post_migrate (it comes after workflow in INSTALLED_APPS), so
+    the role groups are synced again then; otherwise the roles above would silently miss them."""
+    if getattr(sender, "name", None) == "outcomes":
+        from django.contrib.auth.management import create_permissions
+
+        # this receiver may run before auth's own create_permissions for this app: make sure they exist first
+        create_permissions(sender, verbosity=0, using=kwargs.get("using", "default"), apps=kwargs.get("apps") or global_apps)
+        roles.sync_role_groups()
+
+
+post_migrate.connect(_sync_roles_after_outcomes_migrate, dispatch_uid="outcomes-sync-role-groups")

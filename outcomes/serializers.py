@@ -1,0 +1,73 @@
+"""Serializers for follow-up assessments (with their measurements), deaths and derived course outcomes."""
+
+from rest_framework import serializers
+
+from workflow.models import Course, Patient
+
+from .models import CourseOutcome, Death, FollowUpAssessment, LesionMeasurement, Response
+
+
+class MeasurementSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = LesionMeasurement
+        fields = ["id", "kind", "lesion", "organ", "is_node", "ct_level", "value_mm"]
+        read_only_fields = ["id"]
+
+
+class DeathInputSerializer(serializers.Serializer):
+    date = serializers.DateField()
+    cause = serializers.ChoiceField(choices=Death._meta.get_field("cause").choices, default="unknown")
+    cause_detail = serializers.CharField(required=False, allow_blank=True, max_length=200, default="")
+
+
+class AssessmentSerializer(serializers.ModelSerializer):
+    """Write: the clinical input and its measurements. Read: plus every derived value (never writable)."""
+
+    course = serializers.PrimaryKeyRelatedField(queryset=Course.objects.active())
+    measurements = serializers.SerializerMethodField()
+    measurements_input = MeasurementSerializer(many=True, write_only=True, required=False, source="measurement_rows")
+    death = DeathInputSerializer(write_only=True, required=False)
+
+    class Meta:
+        model = FollowUpAssessment
+        fields = [
+            "id", "course", "patient", "kind", "date", "imaging", "criteria", "non_target", "new_lesions", "failure_site",
+            "vital_status", "last_known_alive", "notes", "measurements", "measurements_input", "death",
+            "target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct", "target_response",
+            "derived_response", "override_response", "override_reason", "override_by", "override_at", "response",
+            "disease_status", "voided_at",
+        ]
+        read_only_fields = [
+            "patient", "target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct",
+            "target_response", "derived_response", "override_response", "override_reason", "override_by", "override_at",
+            "response", "disease_status", "voided_at",
+        ]
+
+    def get_measurements(self, obj) -> list:
+        return MeasurementSerializer(obj.measurements.active(), many=True).data
+
+
+class OverrideSerializer(serializers.Serializer):
+    response = serializers.ChoiceField(choices=Response.choices)
+    reason = serializers.CharField(max_length=300)
+
+
+class DeathSerializer(serializers.ModelSerializer):
+    patient = serializers.PrimaryKeyRelatedField(queryset=Patient.objects.active())
+
+    class Meta:
+        model = Death
+        fields = ["id", "patient", "date", "cause", "cause_detail", "voided_at"]
+        read_only_fields = ["voided_at"]
+
+
+class CourseOutcomeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CourseOutcome
+        fields = [
+            "course", "patient", "rt_start", "rt_end", "criteria", "baseline_date", "baseline_sum_mm", "best_response",
+            "best_response_date", "first_response_date", "first_complete_remission_date", "first_progression_date",
+            "recurrence_date", "first_local_failure_date", "current_status", "last_assessment_date",
+            "last_contact_date", "derivation_issue", "computed_at",
+        ]
+        read_only_fields = fields

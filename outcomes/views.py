@@ -1,0 +1,144 @@
+"""Outcome pages: a course's follow-up timeline and logging form (oncologists), the analysis page (researchers),
+and the registry import page. Thin: forms parse, ``outcomes.services`` decides, errors become form errors."""
+
+from django.contrib import messages
+from django.contrib.auth.decorators import permission_required
+from django.core.exceptions import ValidationError
+from django.http import HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.urls import reverse
+from django.views.decorators.http import require_POST
+
+from workflow.errors import RuleViolation
+from workflow.models import Course
+
+from . import services
+from .cohorts import CohortFilter
+from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
+from .models import CourseOutcome, FollowUpAssessment
+from .registry_import import COLUMNS, RegistryImportError, import_registry, template_csv
+
+IDENTIFIED = "workflow.view_identified"
+
+
+def guard(*perms):
+    return permission_required(perms, raise_exception=True)
+
+
+def _service_error(form, exc):
+    if isinstance(exc, RuleViolation):
+        field = exc.field if exc.field in form.fields else None
+        form.add_error(field, str(exc))
+    elif hasattr(exc, "error_dict"):
+        for field, errs in exc.message_dict.items():
+            form.add_error(field if field in form.fields else None, "; ".join(errs))
+    else:
+        form.add_error(None, "; ".join(exc.messages))
+
+
+@guard(IDENTIFIED, "outcomes.view_followupassessment")
+def course_followup(request, pk):
+    course = get_object_or_404(Course.objects.select_related("patient", "diagnosis"), pk=pk)
+    outcome = CourseOutcome.objects.filter(course=course).first()
+    rows = services.timeline(course)
+    return render(request, "outcomes/course_followup.html", {
+        "course": course, "patient": course.patient, "outcome": outcome, "rows": rows, "override_form": OverrideForm(),
+    })
+
+
+@guard(IDENTIFIED, "outcomes.add_followupassessment")
+def assessment_form(request, pk=None, course_pk=None):
+    instance = get_object_or_404(FollowUpAssessment.objects.active(), pk=pk) if pk else None
+    if instance is not None and not request.user.has_perm("outcomes.change_followupassessment"):
+        return HttpResponse(status=403)
+    course = instance.course if instance else get_object_or_404(Course, pk=course_pk)
+    if request.method == "POST":
+        form = AssessmentForm(request.POST, instance=instance)
+        formset = MeasurementFormSet(request.POST, prefix="m")
+        if form.is_valid() and formset.is_valid():
+            data = {k: form.cleaned_data[k] for k in services.ASSESSMENT_FIELDS if k in form.cleaned_data}
+            try:
+                services.save_assessment(course=course, user=request.user, data=data, measurements=measurement_rows(formset),
+                                         assessment=instance, death=form.death())
+            except (RuleViolation, ValidationError) as exc:
+                _service_error(form, exc)
+            else:
+                messages.success(request, "Assessment saved; responses recomputed.")
+                return redirect("outcomes-course", course.pk)
+    else:
+        initial = []
+        if instance is not None:
+            initial = [{k: getattr(m, k) for k in services.MEASUREMENT_FIELDS} for m in instance.measurements.active()]
+        else:
+            prev = FollowUpAssessment.objects.active().filter(course=course).exclude(kind="contact").order_by("-date").first()
+            if prev is not None:  # same lesions as last time, values to fill in
+                initial = [{k: getattr(m, k) for k in services.MEASUREMENT_FIELDS if k != "value_mm"} for m in prev.measurements.active()]
+        form = AssessmentForm(instance=instance, initial=None if instance else {"criteria": _default_criteria(course)})
+        formset = MeasurementFormSet(prefix="m", initial=initial)
+    return render(request, "outcomes/assessment_form.html", {
+        "course": course, "patient": course.patient, "form": form, "formset": formset, "instance": instance,
+    })
+
+
+def _default_criteria(course):
+    return "mrecist1.1" if course.diagnosis and course.diagnosis.site == "pleural_mesothelioma" else "recist1.1"
+
+
+@require_POST
+@guard(IDENTIFIED, "outcomes.override_response")
+def assessment_override(request, pk):
+    a = get_object_or_404(FollowUpAssessment.objects.active(), pk=pk)
+    form = OverrideForm(request.POST)
+    if form.is_valid():
+        try:
+            services.override_response(a, user=request.user, **form.cleaned_data)
+            messages.success(request, "Override recorded; the derived response is kept alongside it.")
+        except RuleViolation as exc:
+            messages.error(request, str(exc))
+    else:
+        messages.error(request, "An override needs a response and a reason.")
+    return redirect("outcomes-course", a.course_id)
+
+
+@guard("outcomes.run_analysis")
+def analysis(request):
+    form = AnalysisForm(request.GET or None)
+    result = body = error = None
+    query = ""
+    if form.is_bound and form.is_valid():
+        query = request.GET.urlencode()
+        try:
+            result = services.analyze(
+                CohortFilter.from_params(request.GET).queryset(), endpoint=form.cleaned_data["endpoint"],
+                time_zero=form.cleaned_data["time_zero"], group_by=form.cleaned_data.get("group_by") or "",
+                conf_type=form.cleaned_data["conf_type"],
+            )
+            body = result.to_dict(include_points=False)
+        except RuleViolation as exc:
+            error = str(exc)
+    return render(request, "outcomes/analysis.html", {
+        "form": form, "result": body, "error": error, "query": query,
+        "api_base": "/api/outcomes/",
+    })
+
+
+@guard(IDENTIFIED, "outcomes.import_registry")
+def registry_upload(request):
+    errors = summary = None
+    if request.GET.get("template"):
+        resp = HttpResponse(template_csv(), content_type="text/csv")
+        resp["Content-Disposition"] = 'attachment; filename="radpath-registry-template.csv"'
+        return resp
+    if request.method == "POST":
+        form = RegistryUploadForm(request.POST, request.FILES)
+        if form.is_valid():
+            try:
+                summary = import_registry(form.cleaned_data["file"], user=request.user).to_dict()
+                messages.success(request, "Registry imported: {patients} patients, {courses} courses, {followups} follow-ups, "
+                                          "{deaths} deaths.".format(**summary))
+            except RegistryImportError as exc:
+                errors = exc.errors
+    else:
+        form = RegistryUploadForm()
+    return render(request, "outcomes/registry_import.html", {"form": form, "errors": errors, "summary": summary,
+                                                             "columns": COLUMNS, "template_url": reverse("outcomes-import") + "?template=1"})

@@ -1,0 +1,151 @@
+"""Registry bulk import: errors by line and field with nothing imported; R validation through the import."""
+
+import csv
+import datetime as dt
+import io
+
+import pytest
+
+from outcomes import services
+from outcomes.cohorts import CohortFilter
+from outcomes.models import CourseOutcome, Death, FollowUpAssessment
+from outcomes.registry_import import COLUMNS, RegistryImportError, import_registry
+from workflow.models import Course, Patient, Treatment
+
+
+def csv_text(rows):
+    out = io.StringIO()
+    w = csv.DictWriter(out, fieldnames=COLUMNS, lineterminator="\n")
+    w.writeheader()
+    for r in rows:
+        w.writerow(r)
+    return out.getvalue()
+
+
+GOOD = [
+    {"record_type": "patient", "mrn": "R1", "given_name": "Quilla", "family_name": "Vantongeren", "birth_date": "1950-02-03",
+     "sex": "F", "site": "pleural_mesothelioma", "diagnosed_on": "2019-01-10", "surgery": "pd", "surgery_date": "2019-02-20",
+     "chemotherapy": "cisplatin/pemetrexed", "chemotherapy_date": "2019-04-01", "trial_arm": "A"},
+    {"record_type": "course", "mrn": "R1", "course_ref": "1", "intent": "adjuvant", "technique": "IMRT",
+     "treated_site": "Left hemithorax", "total_dose_gy": "50.4", "fractions": "28", "rt_start": "2019-07-01", "rt_end": "2019-08-08"},
+    {"record_type": "followup", "mrn": "R1", "course_ref": "1", "date": "2019-11-01", "imaging": "CT", "response": "PR"},
+    {"record_type": "followup", "mrn": "R1", "course_ref": "1", "date": "2020-06-01", "imaging": "CT", "response": "PD",
+     "failure_site": "local"},
+    {"record_type": "death", "mrn": "R1", "date": "2021-05-02", "cause": "disease"},
+]
+
+
+def test_valid_file_imports_everything(oncologist):
+    summary = import_registry(csv_text(GOOD), user=oncologist)
+    assert summary.to_dict() == {"patients": 1, "courses": 1, "followups": 2, "deaths": 1}
+    p = Patient.objects.get(mrn="R1")
+    assert Treatment.objects.filter(patient=p).count() == 3
+    out = CourseOutcome.objects.get(course__patient=p)
+    assert out.rt_start == dt.date(2019, 7, 1) and out.best_response == "PR"
+    assert out.first_progression_date == dt.date(2020, 6, 1) == out.first_local_failure_date
+    a = FollowUpAssessment.objects.get(date=dt.date(2019, 11, 1))
+    assert (a.derived_response, a.override_response, a.response) == ("NE", "PR", "PR")
+    assert "registry" in a.override_reason
+    assert CohortFilter.from_params({"multimodal": "yes", "trial_arm": "A"}).queryset().count() == 1
+
+
+def test_bad_rows_reported_by_line_and_field_and_nothing_imported(oncologist):
+    rows = [dict(r) for r in GOOD]
+    rows[0]["birth_date"] = "1950-13-03"  # line 2
+    rows[1]["technique"] = "GAMMA"  # line 3
+    rows[1]["total_dose_gy"] = "fifty"  # line 3
+    rows[3]["date"] = "2022-01-01"  # line 5: after death
+    rows.append({"record_type": "followup", "mrn": "R1", "course_ref": "9", "date": "2020-01-01"})  # line 7
+    rows.append({"record_type": "death", "mrn": "NOPE", "date": "2020-01-01"})  # line 8
+    rows.append({"record_type": "alien", "mrn": "R1"})  # line 9
+    rows.append({"record_type": "patient", "mrn": "R2", "given_name": "X", "family_name": "Y", "birth_date": "1960-01-01",
+                 "site": "lung"})  # line 10: no diagnosed_on
+    with pytest.raises(RegistryImportError) as exc:
+        import_registry(csv_text(rows), user=oncologist)
+    got = {(e.line, e.field) for e in exc.value.errors}
+    assert {(2, "birth_date"), (3, "technique"), (3, "total_dose_gy"), (5, "date"), (7, "course_ref"), (8, "mrn"),
+            (9, "record_type"), (10, "diagnosed_on")} <= got
+    assert Patient.objects.count() == 0 and Course.objects.count() == 0 and Death.objects.count() == 0
+    assert FollowUpAssessment.objects.count() == 0
+
+
+def test_error_in_last_row_rolls_back_nothing_written(oncologist):
+    rows = [dict(r) for r in GOOD] + [{"record_type": "death", "mrn": "R1", "date": "2021-06-01"}]  # second death
+    with pytest.raises(RegistryImportError) as exc:
+        import_registry(csv_text(rows), user=oncologist)
+    assert [(e.line, e.field) for e in exc.value.errors] == [(7, "mrn")]
+    assert Patient.objects.count() == 0
+
+
+def test_duplicate_of_existing_patient_is_rejected(oncologist, patient):
+    rows = [dict(GOOD[0], mrn=patient.mrn)]
+    with pytest.raises(RegistryImportError) as exc:
+        import_registry(csv_text(rows), user=oncologist)
+    assert (exc.value.errors[0].line, exc.value.errors[0].field) == (2, "mrn")
+
+
+# --- Validation against R through the bulk import ------------------------------------------------------------
+
+
+def lung_registry_csv():
+    """lifelines' ``load_lung()`` (R ``survival::lung``, NCCTG advanced lung cancer, 228 patients) as a registry CSV.
+
+    RT start is a fixed date; death = RT start + ``time`` days when ``status`` = 1 (lifelines recoded R's 2 = dead
+    to 1), otherwise a last-known-alive contact at RT start + ``time``. Sex 1 = male, 2 = female as in R.
+    """
+    from lifelines.datasets import load_lung
+
+    lung = load_lung()
+    start = dt.date(2001, 1, 8)
+    rows = []
+    for i, r in enumerate(lung.itertuples(index=False), start=1):
+        mrn = f"NCCTG{i:04d}"
+        age = int(r.age)
+        rows.append({"record_type": "patient", "mrn": mrn, "given_name": f"Ncctg{i:04d}", "family_name": f"Case{i:04d}",
+                     "birth_date": dt.date(start.year - age - 1, 6, 1 + i % 28).isoformat(), "sex": "M" if r.sex == 1 else "F",
+                     "site": "lung", "diagnosed_on": (start - dt.timedelta(days=21)).isoformat()})
+        rows.append({"record_type": "course", "mrn": mrn, "course_ref": "1", "intent": "palliative", "technique": "3DCRT",
+                     "treated_site": "Thorax", "total_dose_gy": "30", "fractions": "10", "rt_start": start.isoformat()})
+        end = (start + dt.timedelta(days=int(r.time))).isoformat()
+        if int(r.status) == 1:
+            rows.append({"record_type": "death", "mrn": mrn, "date": end, "cause": "disease"})
+        else:
+            rows.append({"record_type": "followup", "mrn": mrn, "course_ref": "1", "date": end, "last_known_alive": end})
+    return csv_text(rows)
+
+
+def test_r_lung_validation_through_bulk_import(oncologist):
+    """R ``survival`` on ``lung`` (the numbers ``tests/outcomes_stats/test_survival_r_validation.py`` also asserts):
+
+    * ``survfit(Surv(time, status) ~ 1, data = lung)``: n 228, events 165, median 310, 0.95LCL 285, 0.95UCL 363
+      (default ``conf.type = "log"``);
+    * ``summary(fit, times = 365.25)``: n.risk 65, n.event 121, survival 0.409, std.err 0.0358, 95 % CI 0.345-0.486;
+    * ``survfit(... ~ sex)``: medians 270 (212, 310) and 426 (348, 550);
+    * ``survdiff(Surv(time, status) ~ sex, data = lung)``: Chisq = 10.3 on 1 degrees of freedom, p = 0.00131.
+
+    Sources: R survival package output as printed in E. C. Zabor, "Survival analysis in R" tutorial
+    (https://www.emilyzabor.com/tutorials/survival_analysis_in_r_tutorial.html) and Machine Learning with R
+    Cookbook, 2nd ed., "Using the log-rank test"; data: ``lifelines.datasets.load_lung`` = ``survival::lung``.
+    """
+    summary = import_registry(lung_registry_csv(), user=oncologist)
+    assert summary.to_dict() == {"patients": 228, "courses": 228, "followups": 63, "deaths": 165}
+    cohort = CohortFilter.from_params({"site": "lung"}).queryset()
+    res = services.analyze(cohort, endpoint="os", time_zero="rt_start", conf_type="log")
+    body = res.to_dict()
+    (g,) = body["groups"]
+    assert (g["n"], g["events"]) == (228, 165)
+    assert (g["median"]["median"], g["median"]["lower"], g["median"]["upper"]) == (310, 285, 363)
+    assert body["conf_type"] == "log" and body["time_zero"] == "rt_start"
+    one_year = g["at_times"][0]
+    assert one_year["years"] == 1 and one_year["n_risk"] == 65 and one_year["n_event"] == 121
+    assert round(one_year["survival"], 3) == 0.409
+    assert (round(one_year["lower"], 3), round(one_year["upper"], 3)) == (0.345, 0.486)
+
+    by_sex = services.analyze(cohort, endpoint="os", group_by="sex").to_dict()
+    med = {g["label"]: (g["median"]["median"], g["median"]["lower"], g["median"]["upper"]) for g in by_sex["groups"]}
+    assert med == {"M": (270, 212, 310), "F": (426, 348, 550)}
+    lr = by_sex["logrank"]
+    assert round(lr["chisq"], 1) == 10.3 and lr["df"] == 1
+    assert lr["p_value"] == pytest.approx(0.00131116, abs=5e-6)
+    sex_term = {t["covariate"]: t for t in by_sex["cox"]["terms"]}
+    assert "age_years" in sex_term  # Cox adjusted for age; sex is the stratifier here
