@@ -45,6 +45,7 @@ INSTALLED_APPS = [
     "simple_history",
     "django_tasks",
     "django_tasks_db",
+    "django_rq",
     "django_tasks_rq",
     "workflow",
     "planning",

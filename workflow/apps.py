@@ -12,3 +12,6 @@ class WorkflowConfig(AppConfig):
         from . import roles
 
         post_migrate.connect(roles.sync_role_groups, sender=self)
+
+        from . import toxicity  # noqa: F401
+        from . import carepaths  # noqa: F401

@@ -436,3 +436,7 @@ class FollowUpVisit(ClinicalRecord):
 
     def __str__(self):
         return f"{self.course.patient.mrn} follow-up {self.label} due {self.due_date}"
+
+
+from .toxicity_models import *  # noqa: E402,F401,F403
+from .carepath_models import *  # noqa: E402,F401,F403
