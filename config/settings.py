@@ -146,6 +146,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Radiation-oncology care pathway, IMRT planning and outcomes.",
     "VERSION": "0.1.0",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # One schema name per choice set that several fields share.
+    "ENUM_NAME_OVERRIDES": {
+        "TumourResponseEnum": "outcomes.models.Response",
+        "DiseaseStatusEnum": "outcomes.models.DiseaseStatus",
+    },
 }
 
 # Background jobs: Django's Tasks API (django-tasks backport). The database queue needs no other service;
