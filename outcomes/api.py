@@ -164,6 +164,17 @@ class SurvivalView(APIView):
         return Response(body)
 
 
+class ToxicityAnalysisView(APIView):
+    """Cohort toxicity: grade >= 2 / >= 3 rates per CTCAE term (acute, late, any) and the Aalen-Johansen cumulative
+    incidence of grade >= 3 toxicity with death as a competing risk."""
+
+    required_perms = {"read": ANALYSIS}
+
+    @extend_schema(parameters=COHORT_PARAMS, responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        return Response(services.toxicity_analysis_dict(cohort_from(request)))
+
+
 class SurvivalPlotView(APIView):
     required_perms = {"read": ANALYSIS}
 

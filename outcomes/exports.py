@@ -28,7 +28,7 @@ from .models import FollowUpAssessment
 from .services import endpoint_frame
 
 FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
-TABLES = ("patients", "assessments")
+TABLES = ("patients", "assessments", "toxicity")
 
 PATIENT_COLUMNS = [
     "mrn", "course_id", "birth_date", "time_zero", "time_zero_date", "sex", "site", "intent", "technique",
@@ -162,6 +162,21 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
         raise ValueError(f"table must be one of {', '.join(TABLES)}")
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {', '.join(FORMATS)}")
+    if table == "toxicity":
+        from .services import toxicity_analysis
+
+        result = toxicity_analysis(courses)
+        frame = result["rates"]
+        meta = {
+            "generated_at": timezone.now().isoformat(timespec="seconds"),
+            "table": table,
+            "unit": "one row per CTCAE term and phase (acute: to 90 days after RT; late: after), cohort aggregates",
+            "n_courses": result["n_courses"],
+            "cumulative_incidence_grade3": dict(zip(result["cumulative_incidence"]["times_months"], result["cumulative_incidence"]["grade3"])),
+            "cumulative_incidence_method": result["cumulative_incidence"]["method"],
+        }
+        stamp = timezone.localdate().strftime("%Y%m%d")
+        return render(frame, meta, fmt), FORMATS[fmt], f"radpath-toxicity-{stamp}.{fmt}"
     patients, assessments, meta = deidentified_frames(courses, time_zero)
     frame = patients if table == "patients" else assessments
     meta = {**meta, "table": table}

@@ -703,3 +703,39 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40):
             end=max(row.os_days / ep.DAYS_PER_MONTH, 0.01), events=ev, alive=row.os_event != 1, group=row.multimodal,
         ))
     return figures.swimmer_figure(lanes, fmt=fmt, xlabel=f"Months from {'start of RT' if time_zero == 'rt_start' else 'diagnosis'}")
+
+
+TOXICITY_TIMES_MONTHS = (3, 6, 12, 24)
+
+
+def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS):
+    """Cohort toxicity for the analysis page, the API and the ``toxicity`` export.
+
+    Rates of grade >= 2 and >= 3 per CTCAE term, acute (to 90 days after the last fraction) and late, with Wilson
+    CIs; cumulative incidence of grade >= 3 toxicity from the start of RT with death as a competing risk
+    (Aalen-Johansen). Aggregates only: no row identifies a patient.
+    """
+    from workflow.toxicity import toxicity_summary
+
+    summary = toxicity_summary(courses)
+    n = summary["n_courses"]
+    rates = pd.concat([f for f in summary["rates"].values() if not f.empty], ignore_index=True) if n else pd.DataFrame()
+    cif = summary["cumulative_incidence"]
+    days = [round(m * 30.4375) for m in times_months]
+    return {
+        "n_courses": n,
+        "rates": rates,
+        "cumulative_incidence": {
+            "method": "Aalen-Johansen; death before grade >= 3 toxicity is a competing risk; time zero = start of RT",
+            "times_months": list(times_months),
+            "grade3": cif.at(days) if cif is not None else [],
+        },
+    }
+
+
+def toxicity_analysis_dict(courses):
+    result = toxicity_analysis(courses)
+    rates = result["rates"]
+    ci = result["cumulative_incidence"]
+    ci["points"] = [{"months": m, "incidence": v} for m, v in zip(ci["times_months"], ci["grade3"])]
+    return {**result, "rates": rates.astype(object).where(rates.notna(), None).to_dict("records")}

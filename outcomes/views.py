@@ -103,7 +103,7 @@ def assessment_override(request, pk):
 @guard("outcomes.run_analysis")
 def analysis(request):
     form = AnalysisForm(request.GET or None)
-    result = body = error = None
+    result = body = error = toxicity = None
     query = ""
     if form.is_bound and form.is_valid():
         query = request.GET.urlencode()
@@ -116,8 +116,9 @@ def analysis(request):
             body = result.to_dict(include_points=False)
         except RuleViolation as exc:
             error = str(exc)
+        toxicity = services.toxicity_analysis_dict(CohortFilter.from_params(request.GET).queryset())
     return render(request, "outcomes/analysis.html", {
-        "form": form, "result": body, "error": error, "query": query,
+        "form": form, "result": body, "error": error, "query": query, "toxicity": toxicity,
         "api_base": "/api/outcomes/",
     })
 
