@@ -15,7 +15,7 @@ urlpatterns = [
     path("toxicity/", api.ToxicityAnalysisView.as_view(), name="outcomes-toxicity"),
     re_path(r"^survival/plot\.(?P<fmt>png|svg)$", api.SurvivalPlotView.as_view(), name="outcomes-survival-plot"),
     re_path(r"^swimmer\.(?P<fmt>png|svg)$", api.SwimmerPlotView.as_view(), name="outcomes-swimmer-plot"),
-    re_path(r"^exports/(?P<table>patients|assessments|toxicity)\.(?P<fmt>csv|parquet|json)$", api.ExportView.as_view(),
+    re_path(r"^exports/(?P<table>patients|assessments|toxicity|timing)\.(?P<fmt>csv|parquet|json)$", api.ExportView.as_view(),
             name="outcomes-export"),
     path("import/", api.RegistryImportView.as_view(), name="outcomes-api-import"),
 ] + router.urls

@@ -28,7 +28,7 @@ from .models import FollowUpAssessment
 from .services import endpoint_frame
 
 FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
-TABLES = ("patients", "assessments", "toxicity")
+TABLES = ("patients", "assessments", "toxicity", "timing")
 
 PATIENT_COLUMNS = [
     "mrn", "course_id", "birth_date", "time_zero", "time_zero_date", "sex", "site", "intent", "technique",
@@ -136,6 +136,19 @@ def _jsonable(frame):
     return out.to_dict(orient="records")
 
 
+TIMING_DATE_COLUMNS = ("consult_on", "sim_on", "plan_approved_on", "first_fraction_on")
+
+
+def timing_frame(courses):
+    """Care-path timing of the cohort, de-identified: pseudonymous course IDs, no calendar dates (month kept)."""
+    from workflow.carepaths import CarePath, carepath_timing_frame
+
+    frame = carepath_timing_frame(CarePath.objects.active().filter(course__in=courses))
+    secret = _secret()
+    frame.insert(1, "pseudo_course_id", [deidentify.pseudonym(f"course:{c}", secret, prefix="RX-") for c in frame["course_id"]])
+    return frame.drop(columns=["course_id", *TIMING_DATE_COLUMNS])
+
+
 def render(frame, meta, fmt):
     """Bytes of one table in ``fmt`` (csv / parquet / json)."""
     if fmt == "csv":
@@ -177,6 +190,16 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
         }
         stamp = timezone.localdate().strftime("%Y%m%d")
         return render(frame, meta, fmt), FORMATS[fmt], f"radpath-toxicity-{stamp}.{fmt}"
+    if table == "timing":
+        frame = timing_frame(courses)
+        meta = {
+            "generated_at": timezone.now().isoformat(timespec="seconds"),
+            "table": table,
+            "unit": "one row per course on a care path: working days between pathway steps, on-time rates",
+            "n_courses": int(len(frame)),
+        }
+        stamp = timezone.localdate().strftime("%Y%m%d")
+        return render(frame, meta, fmt), FORMATS[fmt], f"radpath-timing-{stamp}.{fmt}"
     patients, assessments, meta = deidentified_frames(courses, time_zero)
     frame = patients if table == "patients" else assessments
     meta = {**meta, "table": table}

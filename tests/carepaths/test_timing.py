@@ -84,3 +84,24 @@ def test_timing_frame_is_pure_and_takes_a_subset(timed):
     assert list(a.carepath.tasks.order_by("pk").values_list("status", "updated_at")) == before
     empty = carepaths.carepath_timing_frame([])
     assert len(empty) == 0 and "sim_to_first_fraction" in empty.columns
+
+
+def test_timing_reaches_the_research_export_de_identified(timed, client):
+    """Researchers get pathway timing in the export: intervals kept, course IDs pseudonymous, no calendar dates."""
+    import csv
+    import io
+
+    from django.contrib.auth.models import Group, User
+
+    researcher = User.objects.create_user("res-timing", password="pw")
+    researcher.groups.add(Group.objects.get(name="researcher"))
+    client.force_login(researcher)
+    resp = client.get("/api/outcomes/exports/timing.csv")
+    assert resp.status_code == 200
+    rows = list(csv.DictReader(io.StringIO(resp.content.decode())))
+    assert len(rows) == 3
+    assert all(r["pseudo_course_id"].startswith("RX-") for r in rows)
+    assert "course_id" not in rows[0] and "sim_on" not in rows[0]
+    first = next(r for r in rows if r["sim_to_first_fraction"] and float(r["sim_to_first_fraction"]) == 6)  # course a, by hand above
+    assert float(first["sim_to_plan_approval"]) == 4 and first["month"] == "2027-03"
+    assert "2027-03-04" not in resp.content.decode()
