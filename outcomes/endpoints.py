@@ -178,6 +178,9 @@ ASSESSMENT_COLUMNS = ("patient_id", "date", "response")  # optional: "local"
 
 
 def _to_dt(s: pd.Series) -> pd.Series:
+    """Datetime view of a date column; columns already datetime64 pass through (no costly re-parse)."""
+    if pd.api.types.is_datetime64_any_dtype(s):
+        return s
     return pd.to_datetime(s, errors="coerce")
 
 
