@@ -10,12 +10,10 @@ Roles (``workflow.roles.extend_role`` below): oncologists log follow-ups, overri
 data; researchers only run analyses and download de-identified exports (no ``workflow.view_identified``).
 """
 
-from django.apps import apps as global_apps
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import models
 from django.db.models import Q
-from django.db.models.signals import post_migrate
 
 from workflow import roles
 from workflow.clinical import ClinicalRecord
@@ -247,17 +245,3 @@ roles.extend_role(roles.ONCOLOGIST, FOLLOWUP_PERMS + RESEARCH_PERMS + ["outcomes
 roles.extend_role(roles.RESEARCHER, RESEARCH_PERMS)
 for _role in (roles.THERAPIST, roles.SCHEDULER, roles.PHYSICIST, roles.DOSIMETRIST):
     roles.extend_role(_role, ["outcomes.view_followupassessment", "outcomes.view_death", "outcomes.view_courseoutcome"])
-
-
-def _sync_roles_after_outcomes_migrate(sender, **kwargs):
-    """Outcomes' permissions exist only after its own post_migrate (it comes after workflow in INSTALLED_APPS), so
-    the role groups are synced again then; otherwise the roles above would silently miss them."""
-    if getattr(sender, "name", None) == "outcomes":
-        from django.contrib.auth.management import create_permissions
-
-        # this receiver may run before auth's own create_permissions for this app: make sure they exist first
-        create_permissions(sender, verbosity=0, using=kwargs.get("using", "default"), apps=kwargs.get("apps") or global_apps)
-        roles.sync_role_groups()
-
-
-post_migrate.connect(_sync_roles_after_outcomes_migrate, dispatch_uid="outcomes-sync-role-groups")

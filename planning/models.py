@@ -17,7 +17,6 @@
 
 from django.conf import settings
 from django.db import models
-from django.db.models.signals import post_migrate
 
 from workflow import gates, roles
 from workflow.clinical import ClinicalRecord
@@ -213,22 +212,6 @@ roles.extend_role(roles.PHYSICIST, PLAN_WRITE)
 roles.extend_role(roles.DOSIMETRIST, PLAN_WRITE)
 roles.extend_role(roles.ONCOLOGIST, PLAN_READ + ["planning.approve_plan"])
 roles.extend_role(roles.THERAPIST, PLAN_READ)
-
-
-def _sync_roles_after_planning_migrate(sender, **kwargs):
-    # workflow syncs the role groups on its own post_migrate, which runs before planning's permissions exist;
-    # sync again once planning's permissions are created.
-    # This receiver is connected (at model import) before auth's create_permissions, so create them first.
-    if getattr(sender, "name", None) == "planning":
-        from django.contrib.auth.management import create_permissions
-
-        from django.apps import apps as global_apps
-
-        create_permissions(sender, verbosity=0, using=kwargs.get("using") or "default", apps=kwargs.get("apps") or global_apps)
-        roles.sync_role_groups()
-
-
-post_migrate.connect(_sync_roles_after_planning_migrate, dispatch_uid="planning.sync_role_groups")
 
 
 def plan_gate(course):

@@ -11,7 +11,7 @@ class WorkflowConfig(AppConfig):
 
         from . import roles
 
-        post_migrate.connect(roles.sync_role_groups, sender=self)
+        post_migrate.connect(roles.sync_role_groups, dispatch_uid="radpath-sync-role-groups")
 
         from . import toxicity  # noqa: F401
         from . import carepaths  # noqa: F401

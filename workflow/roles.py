@@ -76,7 +76,23 @@ def _permission(label):
     return Permission.objects.filter(content_type__app_label=app_label, codename=codename).first()
 
 
-def sync_role_groups(**kwargs):
+ROLE_APPS = {"workflow", "planning", "outcomes"}
+"""Apps whose permissions roles hold; each one's post_migrate re-syncs the groups."""
+
+
+def sync_role_groups(sender=None, **kwargs):
+    """Make the role groups match ROLE_PERMISSIONS.
+
+    Connected to every post_migrate: for a project app it first creates that app's permissions (Django's own
+    receiver may run later), so roles never silently miss the permissions of an app migrated after workflow.
+    """
+    if sender is not None:
+        if getattr(sender, "name", None) not in ROLE_APPS:
+            return
+        from django.apps import apps as global_apps
+        from django.contrib.auth.management import create_permissions
+
+        create_permissions(sender, verbosity=0, using=kwargs.get("using") or "default", apps=kwargs.get("apps") or global_apps)
     for role, labels in ROLE_PERMISSIONS.items():
         group, _ = Group.objects.get_or_create(name=role)
         perms = [p for p in (_permission(label) for label in labels) if p is not None]

@@ -2,7 +2,6 @@
 
 import datetime as dt
 import os
-import shutil
 
 import pytest
 from django.utils import timezone
@@ -23,7 +22,6 @@ def last_treatment_day():
 
 
 @pytest.mark.browser
-@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Chromium is not installed (make browser)")
 def test_therapist_marks_a_fraction_delivered(transactional_db, live_server, users, clinic, course, oncologist, monkeypatch):
     from playwright.sync_api import expect, sync_playwright
 

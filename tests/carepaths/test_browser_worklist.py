@@ -2,7 +2,6 @@
 on the department board from the physics check to plan approval."""
 
 import os
-import shutil
 
 import pytest
 from django.utils import timezone
@@ -29,7 +28,6 @@ def _back(calendar, day, n):
 
 @pytest.mark.browser
 @pytest.mark.urls("tests.carepaths.urls")
-@pytest.mark.skipif(not shutil.which(CHROMIUM), reason="Chromium is not installed (make browser)")
 def test_physicist_completes_the_plan_check_and_the_patient_moves_on(transactional_db, live_server, users, patient, clinic):
     from playwright.sync_api import expect, sync_playwright
 
