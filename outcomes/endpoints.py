@@ -1,10 +1,13 @@
 """Survival endpoints (OS, PFS, local control, time to recurrence) from a patient's dated data.
 
-Pure functions; no Django. Two entry points that implement the same rules (a test checks they agree):
+Pure functions; no Django. Three entry points that implement the same rules (tests check they agree):
 
 * :func:`derive_endpoints` for one patient (plain dates and a list of assessment points);
 * :func:`endpoints_frame` for a cohort from long pandas frames, vectorised with groupby (no Python
-  loop per patient; used for exports and the 100,000-patient benchmark).
+  loop per patient);
+* :func:`endpoints_from_dates` for a cohort whose event dates (first progression, recurrence, ...) are
+  already derived per patient, as the clinic stores them: array arithmetic only (the analyses, exports
+  and the 100,000-patient benchmark).
 
 Definitions (DOMAIN.md section 5; Punt CJA et al., J Natl Cancer Inst 2007;99:998-1003 for the
 recurrence-type endpoints):
@@ -231,68 +234,128 @@ def endpoints_frame(
     recurrence = rec_rows.groupby("patient_id", sort=False)["date"].min()
 
     idx = p.index
-    la = last_assess.reindex(idx)
-    fpd = first_pd.reindex(idx)
-    floc = first_local.reindex(idx)
-    rec = recurrence.reindex(idx)
-    death = p["death_date"]
+    dates = pd.DataFrame({
+        "diagnosis_date": p["diagnosis_date"], "rt_start": p["rt_start"], "rt_end": p["rt_end"],
+        "death_date": p["death_date"], "last_alive_date": p["last_alive_date"],
+        "last_assessment_date": last_assess.reindex(idx), "first_progression_date": first_pd.reindex(idx),
+        "first_local_failure_date": first_local.reindex(idx), "recurrence_date": recurrence.reindex(idx),
+    }, index=idx)
+    return _endpoints_core(idx, dates, time_zero)
 
-    issue = pd.Series(None, index=idx, dtype=object)
-    issue[t0.isna()] = f"no {time_zero} date"
-    bad_death = death.notna() & t0.notna() & (death < t0)
-    issue[bad_death] = "death before time zero"
-    ok = issue.isna()
 
-    alive_cands = pd.concat([p["last_alive_date"], la, p["rt_end"]], axis=1)
-    alive_cands = alive_cands.where(death.isna().to_numpy()[:, None] | alive_cands.le(death, axis=0))
-    last_alive = alive_cands.max(axis=1)
+EVENT_DATE_COLUMNS = ("last_assessment_date", "first_progression_date", "first_local_failure_date", "recurrence_date")
 
-    def days(x):
-        return (x - t0).dt.days.astype(float)
 
-    os_event = death.notna()
-    os_end = death.where(os_event, last_alive.where(last_alive > t0, t0))
-    os_days = days(os_end)
+ENDPOINT_NAMES = ("os", "pfs", "lc", "ttr")
+# the per-patient dates each endpoint reads besides time zero and the death date
+ENDPOINT_INPUTS = {
+    "os": ("rt_end", "last_alive_date", "last_assessment_date"),
+    "pfs": ("first_progression_date", "last_assessment_date"),
+    "lc": ("first_local_failure_date", "last_assessment_date"),
+    "ttr": ("recurrence_date", "last_assessment_date"),
+}
 
-    pfs_pd_first = fpd.notna() & (death.isna() | (fpd <= death))
-    pfs_death_first = death.notna() & ~pfs_pd_first
-    pfs_end = fpd.where(pfs_pd_first, death.where(pfs_death_first, la.fillna(t0)))
-    pfs_event = pfs_pd_first | pfs_death_first
-    pfs_type = pd.Series(np.where(pfs_pd_first, "progression", np.where(pfs_death_first, "death", None)), index=idx)
 
-    censor_lc = pd.concat([death, la], axis=1).min(axis=1).fillna(t0)
-    lc_event = floc.notna()
-    lc_days = days(floc.where(lc_event, censor_lc))
-    ttr_event = rec.notna()
-    ttr_days = days(rec.where(ttr_event, censor_lc))
+def endpoints_from_dates(patients: pd.DataFrame, time_zero: str = "rt_start", endpoints=ENDPOINT_NAMES) -> pd.DataFrame:
+    """:func:`endpoints_frame` for patients whose event dates are already derived (one row each).
 
-    out = pd.DataFrame(
-        {
-            "time_zero": time_zero,
-            "time_zero_date": t0,
-            "os_days": os_days,
-            "os_event": os_event.astype(int),
-            "pfs_days": days(pfs_end),
-            "pfs_event": pfs_event.astype(int),
-            "pfs_event_type": pfs_type,
-            "lc_days": lc_days,
-            "lc_event": lc_event.astype(int),
-            "ttr_days": ttr_days,
-            "ttr_event": ttr_event.astype(int),
-            "last_alive_date": last_alive,
-            "issue": issue,
-        },
-        index=idx,
-    )
-    endpoint_cols = ["os_days", "os_event", "pfs_days", "pfs_event", "pfs_event_type", "lc_days", "lc_event",
-                     "ttr_days", "ttr_event", "last_alive_date"]
-    for c in endpoint_cols:
-        if out[c].dtype.kind in "iub":
-            out[c] = out[c].astype("Int64")
-    out.loc[~ok, endpoint_cols] = None
-    for k in ("os", "pfs", "lc", "ttr"):
-        out.insert(out.columns.get_loc(f"{k}_days") + 1, f"{k}_months", out[f"{k}_days"] / DAYS_PER_MONTH)
-    return out.reset_index()
+    ``patients``: the :data:`PATIENT_COLUMNS` plus ``last_assessment_date, first_progression_date,
+    first_local_failure_date, recurrence_date`` (the dates :mod:`outcomes.response` derives and the clinic
+    stores per course). Event dates before time zero are ignored, as assessments before time zero are in
+    :func:`endpoints_frame`; otherwise the rules and the output are the same (a test checks they agree).
+    Array arithmetic only, for cohorts of 100,000 patients. ``endpoints``: a subset of :data:`ENDPOINT_NAMES`;
+    only their columns are returned (``last_alive_date`` with OS), so a caller may leave out the dates that
+    only the others read (:data:`ENDPOINT_INPUTS`); a missing date column is taken as no date.
+    """
+    if time_zero not in TIME_ZERO_CHOICES:
+        raise ValueError(f"time_zero must be one of {TIME_ZERO_CHOICES}")
+    unknown = set(endpoints) - set(ENDPOINT_NAMES)
+    if unknown:
+        raise ValueError(f"unknown endpoints {sorted(unknown)}; use {ENDPOINT_NAMES}")
+    idx = pd.Index(patients["patient_id"], name="patient_id")
+    cols = {c: (patients[c].to_numpy() if c in patients.columns else None) for c in (*PATIENT_COLUMNS[1:], *EVENT_DATE_COLUMNS)}
+    dates = pd.DataFrame({c: (v if v is not None else np.full(len(idx), np.datetime64("NaT", "D"))) for c, v in cols.items()}, index=idx)
+    out = _endpoints_core(idx, dates, time_zero, drop_before_t0=True)
+    dropped = [c for k in ENDPOINT_NAMES if k not in endpoints for c in out.columns if c.startswith(f"{k}_")]
+    if "os" not in endpoints:
+        dropped.append("last_alive_date")
+    return out.drop(columns=dropped)
+
+
+_NAT_INT = np.iinfo(np.int64).min
+
+
+def _day_numbers(values) -> np.ndarray:
+    """Dates (datetime64 of any unit, or anything pandas parses) -> float days since 1970-01-01, NaN for NaT."""
+    arr = np.asarray(values)
+    if arr.dtype.kind != "M":
+        arr = pd.to_datetime(pd.Series(values), errors="coerce").to_numpy()
+    as_int = arr.astype("datetime64[D]").astype(np.int64)
+    out = as_int.astype(np.float64)
+    out[as_int == _NAT_INT] = np.nan
+    return out
+
+
+def _to_dates(days: np.ndarray) -> np.ndarray:
+    out = np.full(days.shape, np.datetime64("NaT"), dtype="datetime64[D]")
+    ok = ~np.isnan(days)
+    out[ok] = days[ok].astype(np.int64).astype("datetime64[D]")
+    return out.astype("datetime64[s]")
+
+
+def _endpoints_core(idx: pd.Index, dates: pd.DataFrame, time_zero: str, drop_before_t0: bool = False) -> pd.DataFrame:
+    """The endpoint rules on per-patient date columns, as float day numbers (NaN = no date)."""
+    day = {c: _day_numbers(dates[c].to_numpy()) for c in dates.columns}
+    t0 = day["rt_start"] if time_zero == "rt_start" else day["diagnosis_date"]
+    death, rt_end, alive_given = day["death_date"], day["rt_end"], day["last_alive_date"]
+    la, fpd, floc, rec = (day[c] for c in EVENT_DATE_COLUMNS)
+    if drop_before_t0:
+        with np.errstate(invalid="ignore"):
+            la, fpd, floc, rec = (np.where(x >= t0, x, np.nan) for x in (la, fpd, floc, rec))
+    has_death, has_t0 = ~np.isnan(death), ~np.isnan(t0)
+    with np.errstate(invalid="ignore"):
+        bad_death = has_death & has_t0 & (death < t0)
+        issue = np.where(~has_t0, f"no {time_zero} date", np.where(bad_death, "death before time zero", None)).astype(object)
+        ok = has_t0 & ~bad_death
+
+        # last date known alive: a patient seen on a date was alive on it, unless it is after the death date
+        cands = np.stack([alive_given, la, rt_end])
+        cands = np.where(has_death & (cands > death), np.nan, cands)
+        all_nan = np.isnan(cands).all(axis=0)
+        last_alive = np.where(all_nan, np.nan, np.max(np.where(np.isnan(cands), -np.inf, cands), axis=0))
+
+        os_end = np.where(has_death, death, np.where(last_alive > t0, last_alive, t0))
+        has_pd = ~np.isnan(fpd)
+        pfs_pd_first = has_pd & (~has_death | (fpd <= death))
+        pfs_death_first = has_death & ~pfs_pd_first
+        pfs_end = np.where(pfs_pd_first, fpd, np.where(pfs_death_first, death, np.where(np.isnan(la), t0, la)))
+        pfs_type = np.where(pfs_pd_first, "progression", np.where(pfs_death_first, "death", None)).astype(object)
+        censor_lc = np.fmin(death, la)
+        censor_lc = np.where(np.isnan(censor_lc), t0, censor_lc)
+        lc_event, ttr_event = ~np.isnan(floc), ~np.isnan(rec)
+        lc_end = np.where(lc_event, floc, censor_lc)
+        ttr_end = np.where(ttr_event, rec, censor_lc)
+
+    def days(end):
+        return np.where(ok, end - t0, np.nan)
+
+    def event(flag):
+        arr = pd.array(flag.astype(np.int64), dtype="Int64")
+        arr[~ok] = pd.NA
+        return arr
+
+    out = {"patient_id": idx.to_numpy(), "time_zero": time_zero, "time_zero_date": _to_dates(t0)}
+    for k, end, flag in (("os", os_end, has_death), ("pfs", pfs_end, pfs_pd_first | pfs_death_first),
+                         ("lc", lc_end, lc_event), ("ttr", ttr_end, ttr_event)):
+        d = days(end)
+        out[f"{k}_days"] = d
+        out[f"{k}_months"] = d / DAYS_PER_MONTH
+        out[f"{k}_event"] = event(flag)
+        if k == "pfs":
+            out["pfs_event_type"] = np.where(ok, pfs_type, None)
+    out["last_alive_date"] = _to_dates(np.where(ok, last_alive, np.nan))
+    out["issue"] = issue
+    return pd.DataFrame(out)
 
 
 def endpoints_from_records(

@@ -31,9 +31,8 @@ import numpy as np
 import pandas as pd
 from django.apps import apps
 from django.core.exceptions import ValidationError
-from django.db import connections, transaction
-from django.db.models import CharField, F, FloatField, Max, Min
-from django.db.models.functions import Cast
+from django.db import transaction
+from django.db.models import Exists, Max, Min, OuterRef, Subquery
 from django.utils import timezone
 
 from workflow.errors import RuleViolation
@@ -43,6 +42,7 @@ from workflow.scheduling import local_day
 from . import endpoints as ep
 from . import response as rs
 from . import survival as sv
+from .columnar import fetch_columns
 from .models import (
     AssessmentKind,
     CourseOutcome,
@@ -401,37 +401,10 @@ def timeline(course):
 # ------------------------------------------------------------------------------------------------------------
 
 
-def _fetch(qs, cols, names):
-    """Rows of ``qs.values_list(*cols)`` as a frame named ``names``, through a raw cursor on the ORM's own SQL.
-
-    Date columns are selected as text (``Cast``) and parsed by pandas in one vectorised call, which skips the
-    per-cell Python converters of the database driver (the bulk of the time for 100,000 rows).
-    """
-    query = qs.order_by().values_list(*cols).query
-    selected = getattr(query, "selected", None)  # Django >= 5.2 keeps the values_list() order in the SELECT
-    sql_order = list(selected) if selected else [*query.extra_select, *query.values_select, *query.annotation_select]
-    rename = dict(zip(cols, names))
-    sql, params = query.sql_with_params()
-    with connections[qs.db].cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return pd.DataFrame.from_records(rows, columns=[rename[c] for c in sql_order])[list(names)]
-
-
-def _as_text(**fields):
-    return {alias: Cast(F(path), output_field=CharField()) for alias, path in fields.items()}
-
-
-def _parse_dates(df, cols):
-    for c in cols:
-        df[c] = pd.to_datetime(df[c], format="ISO8601", errors="coerce", cache=False)
-    return df
-
-
-# name -> (ORM path, kind). Dates are fetched as text and parsed by pandas; decimals as floats (no driver converters).
+# name -> (ORM path, kind for outcomes.columnar: int / date / float / text)
 COURSE_COLUMNS = {
-    "course_id": ("id", "plain"),
-    "patient_id": ("patient_id", "plain"),
+    "course_id": ("id", "int"),
+    "patient_id": ("patient_id", "int"),
     "diagnosis_date": ("diagnosis__diagnosed_on", "date"),
     "rt_start": ("outcome__rt_start", "date"),
     "rt_end": ("outcome__rt_end", "date"),
@@ -440,99 +413,105 @@ COURSE_COLUMNS = {
     "recurrence_date": ("outcome__recurrence_date", "date"),
     "last_assessment_date": ("outcome__last_assessment_date", "date"),
     "last_contact_date": ("outcome__last_contact_date", "date"),
-    "mrn": ("patient__mrn", "plain"),
+    "mrn": ("patient__mrn", "text"),
     "birth_date": ("patient__birth_date", "date"),
-    "sex": ("patient__sex", "plain"),
-    "site": ("diagnosis__site", "plain"),
-    "intent": ("intent", "plain"),
-    "technique": ("technique", "plain"),
+    "sex": ("patient__sex", "text"),
+    "site": ("diagnosis__site", "text"),
+    "intent": ("intent", "text"),
+    "technique": ("technique", "text"),
     "total_dose_gy": ("total_dose_gy", "float"),
-    "fractions": ("fractions_planned", "plain"),
-    "best_response": ("outcome__best_response", "plain"),
-    "current_status": ("outcome__current_status", "plain"),
+    "fractions": ("fractions_planned", "float"),
+    "best_response": ("outcome__best_response", "text"),
+    "current_status": ("outcome__current_status", "text"),
 }
 ENDPOINT_INPUTS = ["course_id", "patient_id", "diagnosis_date", "rt_start", "rt_end", "first_progression_date",
                    "first_local_failure_date", "recurrence_date", "last_assessment_date", "last_contact_date"]
 TREATMENT_COLUMNS = ("surgery", "chemotherapy", "multimodal", "trial_arm")
 
 
-def cohort_frame(courses, time_zero="rt_start", columns=None):
+def _frame(arrays: dict, kinds: dict) -> pd.DataFrame:
+    """Columnar arrays -> frame; dates as datetime64, empty text (NULL through an outer join) as None."""
+    cols = {}
+    for name, values in arrays.items():
+        if kinds[name] == "text":
+            values = np.where(values == "", None, values)
+        elif kinds[name] == "date":
+            values = values.astype("datetime64[s]")
+        cols[name] = values
+    return pd.DataFrame(cols)
+
+
+def _endpoint_inputs(time_zero, endpoints):
+    """The course columns that the requested endpoints read (see ``endpoints.ENDPOINT_INPUTS``)."""
+    if endpoints is None:
+        return list(ENDPOINT_INPUTS)
+    renamed = {"last_alive_date": "last_contact_date"}
+    need = {"course_id", "patient_id", "rt_start", "diagnosis_date" if time_zero == "diagnosis" else "rt_start"}
+    need |= {renamed.get(c, c) for e in endpoints for c in ep.ENDPOINT_INPUTS[e]}
+    return [c for c in ENDPOINT_INPUTS if c in need]
+
+
+def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
     """One row per course of the cohort queryset: dates, derived outcomes and covariates.
 
-    Flat SQL queries (courses with their patient, diagnosis and derived outcome; the cohort's deaths; its surgery /
-    chemotherapy / trial treatments; grade >= 3 toxicity when installed) merged in pandas. ``columns``: the extra
-    columns wanted beyond the endpoint inputs (default: all, as the exports need); the queries that only feed
-    columns not asked for are skipped.
+    One SQL query, fetched column-wise (:mod:`outcomes.columnar`): the courses with their patient, diagnosis and
+    derived outcome, and per course the patient's death, surgery / chemotherapy / trial arm and any grade >= 3
+    toxicity as correlated subqueries. ``columns``: the extra columns wanted beyond the endpoint inputs (default:
+    all, as the exports need); subqueries that only feed columns not asked for are left out. ``inputs``: the
+    endpoint input dates wanted (default: all of ``ENDPOINT_INPUTS``).
     """
     wanted = set(COURSE_COLUMNS) | set(TREATMENT_COLUMNS) | {"grade3_toxicity", "death_cause"} if columns is None else set(columns)
-    names = ENDPOINT_INPUTS + [n for n in COURSE_COLUMNS if n in wanted and n not in ENDPOINT_INPUTS]
-    annotations, cols = {}, []
-    for n in names:
-        path, kind = COURSE_COLUMNS[n]
-        if kind == "plain":
-            cols.append(path)
-        else:
-            alias = f"c_{n}"
-            annotations[alias] = Cast(F(path), output_field=CharField() if kind == "date" else FloatField())
-            cols.append(alias)
-    df = _fetch(courses.annotate(**annotations), cols, names)
-    _parse_dates(df, [n for n in names if COURSE_COLUMNS[n][1] == "date"])
-    patient_ids = courses.order_by().values("patient_id")
-    deaths = _fetch(
-        Death.objects.filter(voided_at__isnull=True, patient_id__in=patient_ids).annotate(**_as_text(t_date="date")),
-        ["patient_id", "t_date", "cause"], ["patient_id", "death_date", "death_cause"],
-    ).drop_duplicates("patient_id")
-    df = df.merge(_parse_dates(deaths, ["death_date"]), on="patient_id", how="left")
-    if wanted & set(TREATMENT_COLUMNS):
-        tx = _fetch(
-            Treatment.objects.filter(voided_at__isnull=True, patient_id__in=patient_ids,
-                                     kind__in=[TreatmentKind.SURGERY, TreatmentKind.CHEMOTHERAPY, TreatmentKind.TRIAL]),
-            ["patient_id", "kind", "trial_arm"], ["patient_id", "kind", "trial_arm"],
-        )
-        df["surgery"] = df["patient_id"].isin(tx.loc[tx["kind"] == TreatmentKind.SURGERY, "patient_id"])
-        df["chemotherapy"] = df["patient_id"].isin(tx.loc[tx["kind"] == TreatmentKind.CHEMOTHERAPY, "patient_id"])
-        arms = tx[(tx["kind"] == TreatmentKind.TRIAL) & (tx["trial_arm"] != "")].drop_duplicates("patient_id")
-        df["trial_arm"] = df["patient_id"].map(arms.set_index("patient_id")["trial_arm"]).fillna("none")
-        df["multimodal"] = np.where(df["surgery"] & df["chemotherapy"], "surgery+chemo+RT", "other")
+    inputs = list(ENDPOINT_INPUTS) if inputs is None else list(inputs)
+    names = inputs + [n for n in COURSE_COLUMNS if n in wanted and n not in inputs]
+    spec = {n: COURSE_COLUMNS[n] for n in names}
+    # deaths and treatments as correlated subqueries of the course rows (index lookups by patient), not separate
+    # queries filtered by the cohort's patient ids (a 100,000-id IN set is built per query)
+    death = Death.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True).order_by("date", "pk")
+    spec["death_date"] = (Subquery(death.values("date")[:1]), "date")
+    if "death_cause" in wanted:
+        spec["death_cause"] = (Subquery(death.values("cause")[:1]), "text")
+    tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
+    if wanted & {"surgery", "chemotherapy", "multimodal"}:
+        spec["surgery"] = (Exists(tx.filter(kind=TreatmentKind.SURGERY)), "bool")
+        spec["chemotherapy"] = (Exists(tx.filter(kind=TreatmentKind.CHEMOTHERAPY)), "bool")
+    if "trial_arm" in wanted:
+        arm = tx.filter(kind=TreatmentKind.TRIAL).exclude(trial_arm="").order_by("start_date", "pk")
+        spec["trial_arm"] = (Subquery(arm.values("trial_arm")[:1]), "text")
     tox = toxicity_model()
     if tox is not None and "grade3_toxicity" in wanted:
-        g3 = tox.objects.filter(voided_at__isnull=True, baseline=False, worst_grade__gte=3,
-                                course_id__in=courses.order_by().values("pk")).values_list("course_id", flat=True).distinct()
-        df["grade3_toxicity"] = np.where(df["course_id"].isin(list(g3)), "yes", "no")
+        g3 = tox.objects.filter(course=OuterRef("pk"), voided_at__isnull=True, baseline=False, worst_grade__gte=3)
+        spec["grade3_toxicity"] = (Exists(g3), "bool")
+    df = _frame(fetch_columns(courses, spec), {n: k for n, (_, k) in spec.items()})
+    if "fractions" in df.columns:
+        df["fractions"] = df["fractions"].astype("Int64")
+    if "surgery" in df.columns:
+        df["multimodal"] = np.where(df["surgery"] & df["chemotherapy"], "surgery+chemo+RT", "other")
+    if "trial_arm" in df.columns:
+        df["trial_arm"] = df["trial_arm"].fillna("none")
+    if "grade3_toxicity" in df.columns:
+        df["grade3_toxicity"] = np.where(df["grade3_toxicity"], "yes", "no")
     return df
 
 
-def _assessment_points(df):
-    """Compact assessment rows that reproduce the stored derived dates for ``endpoints_frame``."""
-    cid = df["course_id"]
-    parts = [
-        pd.DataFrame({"patient_id": cid, "date": df["last_assessment_date"], "response": "NE", "local": False}),
-        pd.DataFrame({"patient_id": cid, "date": df["recurrence_date"], "response": "CR", "local": False}),
-        pd.DataFrame({"patient_id": cid, "date": df["first_progression_date"], "response": "PD",
-                      "local": df["first_progression_date"].eq(df["first_local_failure_date"])}),
-        pd.DataFrame({"patient_id": cid, "date": df["first_local_failure_date"], "response": "PD", "local": True}),
-        pd.DataFrame({"patient_id": cid, "date": df["recurrence_date"], "response": "PD", "local": False}),
-    ]
-    a = pd.concat(parts, ignore_index=True)
-    return a.dropna(subset=["date"])
+def endpoint_frame(courses, time_zero="rt_start", per_patient=True, columns=None, endpoints=None):
+    """Cohort frame + endpoints (days). ``per_patient``: keep each patient's earliest course in the cohort.
+    ``endpoints``: compute (and fetch the dates for) only these of os / pfs / lc / ttr (default all).
 
-
-def endpoint_frame(courses, time_zero="rt_start", per_patient=True, columns=None):
-    """Cohort frame + endpoints (days). ``per_patient``: keep each patient's earliest course in the cohort."""
+    Endpoints come from the course's stored derived dates (``CourseOutcome``, kept current by
+    :func:`recompute_course`) through :func:`outcomes.endpoints.endpoints_from_dates`.
+    """
     if time_zero not in ep.TIME_ZERO_CHOICES:
         raise RuleViolation(f"time_zero must be one of {', '.join(ep.TIME_ZERO_CHOICES)}.", field="time_zero")
-    df = cohort_frame(courses, time_zero, columns)
+    endpoints = tuple(endpoints) if endpoints is not None else ep.ENDPOINT_NAMES
+    df = cohort_frame(courses, time_zero, columns, inputs=_endpoint_inputs(time_zero, endpoints))
     if per_patient and not df.empty and df["patient_id"].duplicated().any():
         df = df.sort_values(["patient_id", "rt_start", "course_id"], na_position="last", kind="mergesort")
         df = df.drop_duplicates("patient_id", keep="first").reset_index(drop=True)
-    patients = pd.DataFrame({
-        "patient_id": df["course_id"], "diagnosis_date": df["diagnosis_date"], "rt_start": df["rt_start"],
-        "rt_end": df["rt_end"], "death_date": df["death_date"], "last_alive_date": df["last_contact_date"],
-    })
     if df.empty:
-        return df.assign(**{c: pd.Series(dtype=float) for c in ("os_days", "os_event", "pfs_days", "pfs_event")})
-    ends = ep.endpoints_frame(patients, _assessment_points(df), time_zero=time_zero)
-    ends = ends.rename(columns={"patient_id": "course_id"})
+        return df.assign(**{f"{k}_{c}": pd.Series(dtype=float) for k in endpoints for c in ("days", "event")})
+    names = {"course_id": "patient_id", "last_contact_date": "last_alive_date"}
+    inputs = df[[c for c in ENDPOINT_INPUTS if c in df.columns and c != "patient_id"] + ["death_date"]].rename(columns=names)
+    ends = ep.endpoints_from_dates(inputs, time_zero=time_zero, endpoints=endpoints).rename(columns={"patient_id": "course_id"})
     out = df.merge(ends, on="course_id", how="left", validate="one_to_one")
     if "birth_date" in out.columns:
         t0, born = out["time_zero_date"], out["birth_date"]
@@ -610,7 +589,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if conf_type not in CI_METHODS:
         raise RuleViolation(f"conf_type must be one of {', '.join(CI_METHODS)}.", field="conf_type")
     columns = {group_by} - {""} | ({"sex", "birth_date"} if cox else set())
-    df = endpoint_frame(courses, time_zero, columns=columns)
+    df = endpoint_frame(courses, time_zero, columns=columns, endpoints=(endpoint,))
     if group_by == "grade3_toxicity" and "grade3_toxicity" not in df.columns:
         raise RuleViolation("Toxicity data are not available.", field="group_by")
     dcol, ecol = f"{endpoint}_days", f"{endpoint}_event"

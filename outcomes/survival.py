@@ -421,16 +421,17 @@ def logrank_test(durations, events, groups) -> LogRankResult:
     g = g[keep]
     notna = ~pd.isna(g)
     t, e, g = t[notna], e[notna], g[notna]
-    labels, gi = np.unique(g.astype(str), return_inverse=True)
+    codes, uniques = pd.factorize(g)  # hashing; only the few distinct labels are sorted as strings
+    labels, remap = np.unique(np.asarray(uniques).astype(str), return_inverse=True)
+    gi = remap[codes]
     k = labels.size
     if k < 2:
         raise ValueError("log-rank needs at least two groups")
     times, ti = np.unique(t, return_inverse=True)
     m = times.size
-    d_g = np.zeros((m, k))
-    n_at = np.zeros((m, k))
-    np.add.at(d_g, (ti, gi), e)
-    np.add.at(n_at, (ti, gi), 1.0)
+    cell = ti * k + gi  # (time, group) cell of each subject
+    d_g = np.bincount(cell, weights=e, minlength=m * k).reshape(m, k)
+    n_at = np.bincount(cell, minlength=m * k).reshape(m, k).astype(float)
     r_g = n_at[::-1].cumsum(axis=0)[::-1]  # at risk per group
     d = d_g.sum(axis=1)
     r = r_g.sum(axis=1)
