@@ -14,6 +14,14 @@ returns a float, ``gradient(d)`` dF/dd of the same length. Penalties follow matR
 
 ``max``/``min`` dose constraints are squared over/under-dose objectives flagged ``constraint=True``; the
 optimiser enforces them with increasing penalty weights (see :mod:`planning.engine.optimize`).
+
+The optimiser calls ``accumulate(d, grad, scale, work)``: the value, with ``scale * gradient`` added into ``grad``
+in place. The squared objectives do it in the dose's own precision (float32 doses stay float32; sums of squares
+accumulate in float64) inside a caller-owned ``work`` buffer: no full-length temporaries, which on a large
+structure cost more than the arithmetic (fresh pages of a new array are page faults: two 0.9 MB float64
+temporaries cost ~1.2 ms on the benchmark machine, the arithmetic 0.15 ms) and no BLAS call (a multi-threaded
+``dot`` measured up to 4 ms instead of 0.02 ms when the machine is busy). The other objectives evaluate
+``value_and_gradient`` on a float64 copy of the structure's dose, as before.
 """
 from __future__ import annotations
 
@@ -39,12 +47,47 @@ class Objective:
         """Both at once (subclasses override to share the work)."""
         return self.value(d), self.gradient(d)
 
+    def accumulate(self, d: np.ndarray, grad: np.ndarray, scale: float = 1.0, work: np.ndarray | None = None) -> float:
+        """``value(d)``, adding ``scale * gradient(d)`` into ``grad`` (same length as ``d``) in place. ``work``: an
+        optional scratch array of ``d``'s length and dtype that the call may overwrite. This default evaluates
+        ``value_and_gradient`` in float64, as the optimiser always did."""
+        return accumulate_plain(self, d, grad, scale)
+
     def violated(self, d: np.ndarray, tol: float = 0.01) -> bool:
         """For constraints: is the rule broken by more than ``tol`` (relative to dref)?"""
         return False
 
     def describe(self) -> str:
         return f"{type(self).__name__}({self.structure}, {self.dref:g} Gy, w={self.weight:g})"
+
+
+def accumulate_plain(objective, d, grad, scale=1.0) -> float:
+    """``accumulate`` through ``objective.value_and_gradient`` on a float64 copy of ``d`` (for any objective,
+    including duck-typed ones without ``accumulate``)."""
+    v, g = objective.value_and_gradient(np.asarray(d, np.float64))
+    if scale != 1.0:
+        g = scale * g
+    grad += g
+    return float(v)
+
+
+def _squared_accumulate(d, grad, scale, work, dref, clip) -> float:
+    """Value of (1/N) sum clip(d - dref)^2 and ``grad += scale * 2 clip(d - dref) / N``; ``clip`` is
+    ``np.minimum``/``np.maximum`` against 0 or None (plain deviation). The sum of squares accumulates in float64
+    (pairwise, no BLAS)."""
+    d = np.asarray(d)
+    if d.dtype.kind != "f":
+        d = d.astype(np.float64)
+    n = max(d.size, 1)
+    if work is None or work.shape != d.shape or work.dtype != d.dtype:
+        work = np.empty_like(d)
+    e = np.subtract(d, d.dtype.type(dref), out=work)
+    if clip is not None:
+        clip(e, 0, out=e)
+    v = float(np.add.reduce(e * e, dtype=np.float64)) / n
+    e *= d.dtype.type(2.0 * scale / n)
+    grad += e
+    return v
 
 
 @dataclass
@@ -60,6 +103,9 @@ class SquaredUnderdose(Objective):
         e = np.minimum(d - self.dref, 0.0)
         n = max(d.size, 1)
         return float(np.dot(e, e) / n), (2.0 / n) * e
+
+    def accumulate(self, d, grad, scale=1.0, work=None):
+        return _squared_accumulate(d, grad, scale, work, self.dref, np.minimum)
 
     def violated(self, d, tol=0.01):
         return d.size > 0 and float(d.min()) < self.dref * (1 - tol)
@@ -78,6 +124,9 @@ class SquaredOverdose(Objective):
         e = np.maximum(d - self.dref, 0.0)
         n = max(d.size, 1)
         return float(np.dot(e, e) / n), (2.0 / n) * e
+
+    def accumulate(self, d, grad, scale=1.0, work=None):
+        return _squared_accumulate(d, grad, scale, work, self.dref, np.maximum)
 
     def violated(self, d, tol=0.01):
         return d.size > 0 and float(d.max()) > self.dref * (1 + tol)
@@ -106,6 +155,9 @@ class SquaredDeviation(Objective):
         e = d - self.dref
         n = max(d.size, 1)
         return float(np.dot(e, e) / n), (2.0 / n) * e
+
+    def accumulate(self, d, grad, scale=1.0, work=None):
+        return _squared_accumulate(d, grad, scale, work, self.dref, None)
 
 
 @dataclass

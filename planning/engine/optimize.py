@@ -1,7 +1,11 @@
 """Fluence (beamlet-weight) optimisation: minimise sum_k p_k f_k(D w) subject to w >= 0.
 
 * Quasi-Newton L-BFGS-B (scipy) with the analytic gradient ``D^T (sum_k p_k df_k/dd)`` (chain rule through
-  the linear dose ``d = D w``); one iteration costs one ``D @ w`` and one ``D^T @ g`` sparse product.
+  the linear dose ``d = D w``); one iteration costs one ``D @ w`` and one ``D^T @ g`` sparse product
+  (:class:`planning.engine.pencilbeam.SparseProducts`: threaded, float32 throughout). Dose and dose-space
+  gradient stay float32 in buffers the problem owns (objectives add into them in place, see
+  :meth:`planning.engine.objectives.Objective.accumulate`); only the beamlet-space gradient handed to
+  L-BFGS-B is float64.
 * Hard-ish constraints (``Objective.constraint``) by a quadratic-penalty continuation: while a constraint is
   broken, its weight is multiplied by ``penalty_growth`` and the optimisation warm-starts (at most
   ``constraint_rounds`` further rounds of ``max_iter // 2`` iterations). matRad uses IPOPT for true
@@ -16,7 +20,11 @@
 """
 from __future__ import annotations
 
+import contextlib
 import copy
+import ctypes
+import os
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -24,8 +32,83 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from .objectives import Objective
-from .pencilbeam import DoseInfluence
+from .objectives import Objective, accumulate_plain
+from .pencilbeam import DoseInfluence, products
+
+
+# --------------------------------------------------------------------------- BLAS threads during L-BFGS-B
+# L-BFGS-B's own linear algebra is tiny (vectors of n_beamlets, matrices of 2 x maxcor), but the OpenBLAS bundled
+# with numpy and scipy hands it to its thread pool, whose threads then busy-wait on the other core: on the
+# benchmark (2 cores, shared) one L-BFGS-B step took 4 ms instead of 0.5 ms and the sparse products ran at a
+# third of their speed, 300 iterations 7.5 s instead of 3.6 s. So the optimiser runs with OpenBLAS at one thread
+# (set through OpenBLAS's own ``*_set_num_threads``, found in the libraries already loaded; restored afterwards;
+# nothing happens where there is no OpenBLAS). The setting is per process: other threads' BLAS calls are
+# single-threaded while an optimisation runs.
+
+_BLAS_LOCK = threading.Lock()
+_BLAS_USERS = 0
+_BLAS_SAVED: list = []
+
+
+_BLAS_CONTROLS: dict = {}
+
+
+def _openblas_controls() -> list:
+    """(get, set) ctypes functions of every OpenBLAS loaded in this process (Linux; [] elsewhere); looked up once
+    per process (numpy's and scipy's are loaded by the imports of this module)."""
+    pid = os.getpid()
+    if pid not in _BLAS_CONTROLS:
+        _BLAS_CONTROLS.clear()
+        _BLAS_CONTROLS[pid] = _find_openblas_controls()
+    return _BLAS_CONTROLS[pid]
+
+
+def _find_openblas_controls() -> list:
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({ln.split()[-1] for ln in f if "openblas" in ln.lower() and ".so" in ln.split()[-1]})
+    except OSError:
+        return []
+    out = []
+    for path in paths:
+        try:
+            lib = ctypes.CDLL(path, mode=getattr(os, "RTLD_NOLOAD", 0))
+        except OSError:
+            continue
+        for pre, suf in (("scipy_openblas", "64_"), ("scipy_openblas", ""), ("openblas", "64_"), ("openblas", "")):
+            get = getattr(lib, f"{pre}_get_num_threads{suf}", None)
+            set_ = getattr(lib, f"{pre}_set_num_threads{suf}", None)
+            if get is not None and set_ is not None:
+                get.restype, get.argtypes = ctypes.c_int, []
+                set_.restype, set_.argtypes = None, [ctypes.c_int]
+                out.append((get, set_))
+                break
+    return out
+
+
+@contextlib.contextmanager
+def single_threaded_blas():
+    """Run the block with every loaded OpenBLAS at one thread (nested and concurrent uses are counted; the last
+    one out restores the previous settings)."""
+    global _BLAS_USERS, _BLAS_SAVED
+    with _BLAS_LOCK:
+        if _BLAS_USERS == 0:
+            try:
+                _BLAS_SAVED = [(set_, get()) for get, set_ in _openblas_controls()]
+                for set_, _ in _BLAS_SAVED:
+                    set_(1)
+            except Exception:  # noqa: BLE001 - a speed measure only: never fail an optimisation over it
+                _BLAS_SAVED = []
+        _BLAS_USERS += 1
+    try:
+        yield
+    finally:
+        with _BLAS_LOCK:
+            _BLAS_USERS -= 1
+            if _BLAS_USERS == 0:
+                for set_, n in _BLAS_SAVED:
+                    set_(n)
+                _BLAS_SAVED = []
 
 
 class OptimizationCancelled(Exception):
@@ -82,24 +165,36 @@ class PlanningProblem:
         self.smoothing = float(smoothing)
         self.L = smoothing_operator(dij) if smoothing > 0 else None
         self.n_evals = 0
+        self.products = products(dij)
+        # float32 work buffers (one problem is evaluated by one thread at a time, as by scipy's minimize)
+        self._gd = np.zeros(n, np.float32)
+        self._work = np.empty(n, np.float32)
+        m = max((r.size for r in self._rows if r is not None), default=0)
+        self._sub_d = np.empty(m, np.float32)
+        self._sub_g = np.empty(m, np.float32)
 
     def dose(self, w):
-        return self.dij.D @ np.asarray(w, np.float32)
+        return self.products.matvec(w)
 
     def value_and_grad(self, w):
         self.n_evals += 1
-        d = self.dose(w).astype(np.float64)
-        gd = np.zeros(d.size, np.float64)
+        d = self.products.matvec(w)
+        gd = self._gd
+        gd.fill(0.0)
         f = 0.0
         for o, r in zip(self.objectives, self._rows):
+            acc = getattr(o, "accumulate", None)
             if r is None:
-                v, g = o.value_and_gradient(d)
-                gd += o.weight * g
+                v = acc(d, gd, o.weight, self._work) if acc else accumulate_plain(o, d, gd, o.weight)
             else:
-                v, g = o.value_and_gradient(d[r])
-                gd[r] += o.weight * g
+                k = r.size
+                dr = np.take(d, r, out=self._sub_d[:k])
+                gr = self._sub_g[:k]
+                gr.fill(0.0)
+                v = acc(dr, gr, o.weight, self._work[:k]) if acc else accumulate_plain(o, dr, gr, o.weight)
+                gd[r] += gr
             f += o.weight * v
-        g = (self.dij.DT @ gd.astype(np.float32)).astype(np.float64)
+        g = self.products.rmatvec(gd).astype(np.float64)
         if self.L is not None:
             Lw = self.L @ w
             m = max(self.L.shape[0], 1)
@@ -164,9 +259,10 @@ def optimize(dij: DoseInfluence, rows: dict[str, np.ndarray], objectives: list[O
     bounds = [(0.0, None)] * dij.n_beamlets
     for rnd in range(constraint_rounds + 1):
         try:
-            res = minimize(prob.value_and_grad, x, jac=True, method="L-BFGS-B", bounds=bounds, callback=cb,
-                           options={"maxiter": max_iter if rnd == 0 else max(max_iter // 2, 20), "ftol": tol,
-                                    "gtol": 1e-10, "maxcor": 20})
+            with single_threaded_blas():
+                res = minimize(prob.value_and_grad, x, jac=True, method="L-BFGS-B", bounds=bounds, callback=cb,
+                               options={"maxiter": max_iter if rnd == 0 else max(max_iter // 2, 20), "ftol": tol,
+                                        "gtol": 1e-10, "maxcor": 20})
             x = res.x
             msg = str(res.message)
         except OptimizationCancelled:

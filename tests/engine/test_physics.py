@@ -196,3 +196,21 @@ def test_mu_calibration():
     # 1 MU = 1 cGy at dmax for 10x10 at SSD 100: unit weight gives D_ref Gy, i.e. ~100 x D_ref MU
     mu = pb.mu_per_unit_weight()
     assert 50 < mu < 120
+
+
+def test_truncation_drops_the_documented_integral_dose():
+    """pencilbeam.dose_influence documents ~10 % of the integral dose dropped by the default truncation (1e-3,
+    30 mm) on the C-shape and ~1.5 % with 1e-4 / 40 mm; check one beam on a coarse grid stays near those."""
+    geo = phantoms.c_shape(spacing=8.0, z_half=48.0)
+    bs = beams.make_beams(geo, [40.0], bixel_mm=5.0)
+    body = geo.body.mask
+
+    def integral(**kw):
+        dij = pb.dose_influence(geo, bs, **kw)
+        return float(dij.dose_cube(np.ones(dij.n_beamlets))[body].astype(np.float64).sum())
+
+    ref = integral(rel_threshold=1e-7, cutoff_mm=90.0)
+    dropped_default = 1 - integral() / ref
+    dropped_fine = 1 - integral(rel_threshold=1e-4, cutoff_mm=40.0) / ref
+    assert 0.08 < dropped_default < 0.12, dropped_default
+    assert 0.005 < dropped_fine < 0.025, dropped_fine
