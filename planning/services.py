@@ -665,9 +665,14 @@ def _finish_failed(plan_id, attempt, reason, tb):
         log.error("plan %s failed: %s", plan_id, tb)
 
 
+# Intensity levels of the step-and-shoot leaf sequencing of computed plans (then segment-weight optimisation).
+SEQUENCING_LEVELS = 10
+SEGMENT_WEIGHT_MAX_ITER = 100
+
+
 def _compute(plan, job):
+    from .engine import aperture, forward, optimize, pencilbeam
     from .engine import beams as ebeams
-    from .engine import forward, optimize, pencilbeam, sequencing
     from .engine import objectives as eobj
 
     job.progress(1, "Loading geometry", force=True)
@@ -685,6 +690,7 @@ def _compute(plan, job):
     dij = pencilbeam.dose_influence(geo, bs, progress=dij_progress)
     rows = {name: dij.row_index(s.mask) for name, s in geo.structures.items()}
     job.check()
+    objs = None
     if plan.method == PlanMethod.FORWARD:
         job.progress(60, "Forward plan: conformal fields", force=True)
         res = forward.conformal_plan(geo, dij, plan.beam_weights or None, target=target, rx=rx)
@@ -692,24 +698,45 @@ def _compute(plan, job):
         objs = [eobj.from_dict(o) for o in plan.objectives]
 
         def cb(it, f):
-            job.progress(20 + 75 * min(it / max(plan.max_iterations, 1), 1.0), f"Optimising: iteration {it}", it, f)
+            job.progress(20 + 70 * min(it / max(plan.max_iterations, 1), 1.0), f"Optimising: iteration {it}", it, f)
 
         res = optimize.optimize(dij, rows, objs, target=target, rx=rx, max_iter=plan.max_iterations, callback=cb,
                                 should_cancel=job.cancel.is_set)
         if res.cancelled:
             raise _JobCancelled()
-        job.progress(95, f"Optimised: {res.iterations} iterations", res.iterations, res.objective, force=True)
+        job.progress(90, f"Optimised: {res.iterations} iterations", res.iterations, res.objective, force=True)
     job.check()
-    seqs, _ = sequencing.sequence_plan(dij, res.weights, n_levels=10, n_fractions=plan.fractions)
-    dose = dij.dose_cube(res.weights)
+    # The deliverable plan: step-and-shoot leaf sequencing, segment-weight optimisation against the plan's own
+    # objectives (inverse plans; a forward plan's open fields sequence exactly), renormalised to the
+    # prescription. The stored dose (DVHs, goals, approval, planned vs delivered) is D @ the fluence its
+    # segments deliver, and the MU are those of its segments.
+    swo_iter = min(plan.max_iterations, SEGMENT_WEIGHT_MAX_ITER)
+
+    def swo_cb(it, f):
+        job.progress(90 + 9 * min(it / max(swo_iter, 1), 1.0), f"Segment weights: iteration {it}")
+
+    job.progress(90, "Leaf sequencing", force=True)
+    dp = aperture.deliverable_plan(dij, res.weights, rows, objs, target=target, rx=rx, normalise_to="D95",
+                                   n_levels=SEQUENCING_LEVELS, n_fractions=plan.fractions, max_iter=swo_iter,
+                                   callback=swo_cb, should_cancel=job.cancel.is_set)
+    if dp.swo is not None and dp.swo.cancelled:
+        raise _JobCancelled()
+    job.check()
+    dose = dij.dose_cube(dp.weights)
     beams_info = []
-    col0 = 0
-    for b, s in zip(bs, seqs):
+    for b, s in zip(bs, dp.sequences):
         beams_info.append({"gantry_deg": b.gantry_deg, "beamlets": int(b.n_beamlets), "segments": len(s.segments),
                            "mu": round(s.mu, 1), "isocentre_mm": [round(float(v), 2) for v in b.isocentre]})
-        col0 += b.n_beamlets
     metrics = {"iterations": int(res.iterations), "objective": None if not np.isfinite(res.objective) else float(res.objective),
-               "seconds": round(float(res.seconds), 2), "normalisation": float(res.scale), "beamlets": int(dij.n_beamlets)}
+               "seconds": round(float(res.seconds), 2), "normalisation": float(res.scale), "beamlets": int(dij.n_beamlets),
+               "sequencing_levels": SEQUENCING_LEVELS,
+               "segments_sequenced": dp.segments_sequenced, "mu_sequenced": round(dp.mu_sequenced, 1),
+               "segments": dp.segments, "deliverable_normalisation": float(dp.scale)}
+    if dp.swo is not None:
+        metrics.update({"segment_weight_iterations": int(dp.swo.iterations),
+                        "segment_weight_objective": [float(v) if np.isfinite(v) else None
+                                                     for v in (dp.swo.objective_start, dp.swo.objective)],
+                        "segment_weight_seconds": round(float(dp.swo.seconds), 2)})
     with transaction.atomic():
         locked = Plan.objects.select_for_update().filter(pk=plan.pk, attempts=job.attempt, status=PlanStatus.RUNNING).first()
         if locked is None:
@@ -717,7 +744,8 @@ def _compute(plan, job):
             return None
         if locked.cancel_requested:
             raise _JobCancelled()
-        store_result(locked, geo, dose, weights=res.weights, beams=bs, beam_summary=beams_info, extra_metrics=metrics)
+        store_result(locked, geo, dose, weights=dp.weights, beams=bs, beam_summary=beams_info, extra_metrics=metrics,
+                     extra_arrays={"weights_optimised": np.asarray(res.weights, np.float32)})
         locked.status = PlanStatus.DONE
         locked.finished_at = timezone.now()
         locked.progress_pct = 100.0
@@ -750,9 +778,12 @@ def dvh_rows(geo, dose, n_bins=200):
     return out
 
 
-def store_result(plan, geo, dose, *, weights=None, beams=None, beam_summary=None, extra_metrics=None):
+def store_result(plan, geo, dose, *, weights=None, beams=None, beam_summary=None, extra_metrics=None,
+                 extra_arrays=None):
     """Write the dose grid (+ fluences) to ``MEDIA_ROOT/plans`` and the DVHs, metrics and goals to the database.
 
+    For a computed plan ``weights`` is the deliverable beamlet fluence (what the segments deliver) and
+    ``dose`` its dose; ``extra_arrays`` are stored alongside (e.g. the optimised, unsequenced fluence).
     The caller saves ``plan`` (status etc.)."""
     from .engine import dvh as edvh
     from .engine import goals as egoals
@@ -767,6 +798,8 @@ def store_result(plan, geo, dose, *, weights=None, beams=None, beam_summary=None
         arrays["ia"] = np.concatenate([b.ia for b in beams])
         arrays["ib"] = np.concatenate([b.ib for b in beams])
         arrays["gantry"] = np.asarray([b.gantry_deg for b in beams])
+    for k, v in (extra_arrays or {}).items():
+        arrays[k] = np.asarray(v)
     plans_dir()
     with open(media_path(rel), "wb") as fh:
         np.savez_compressed(fh, **arrays)

@@ -4,7 +4,8 @@ Modules pass plain arrays, matRad/pyRadPlan style:
 
 * geometry: :mod:`.grid`, :mod:`.phantoms`, :mod:`.matrad`
 * dose: :mod:`.beams`, :mod:`.raytrace`, :mod:`.pencilbeam`
-* planning: :mod:`.objectives`, :mod:`.optimize`, :mod:`.forward`, :mod:`.sequencing`
+* planning: :mod:`.objectives`, :mod:`.optimize`, :mod:`.forward`, :mod:`.sequencing`, :mod:`.aperture`
+  (segment-weight optimisation of the sequenced, deliverable plan)
 * evaluation: :mod:`.dvh`, :mod:`.goals`, :mod:`.radiobiology`, :mod:`.figures` (matplotlib, Agg)
 * the TG-119 command: ``python -m planning.engine.tg119``
 """

@@ -15,6 +15,16 @@ def test_cshape_plan_meets_easy_goals():
     assert got["Core D10 <= 25 Gy (easy)"]["passed"]
     assert r.info["segments"] > 0 and r.info["mu_per_fraction"] > 0
     assert r.info["nnz"] > 0 and r.info["beamlets"] > 0
+    # the "sequenced" values are the deliverable plan's: leaf sequencing + segment-weight optimisation,
+    # renormalised; its dose is D @ (sum of segment weight x aperture)
+    dp = r.deliverable
+    assert dp.swo is not None and dp.swo.objective <= dp.swo.objective_start
+    assert r.info["segments"] == dp.segments <= r.info["segments_sequenced"]
+    assert r.info["mu_per_fraction"] == pytest.approx(dp.mu, abs=0.05)
+    seq = r.dij.dose_cube(dp.weights)
+    ptv = r.geo.structures["PTV"].mask
+    assert got["PTV D95 >= 50 Gy"]["value_sequenced"] == pytest.approx(np.quantile(seq[ptv], 0.05), abs=1e-3)
+    assert got["PTV D95 >= 50 Gy"]["value_sequenced"] == pytest.approx(50.0, abs=0.01)
 
 
 def test_command_json_and_figures(tmp_path, capsys):
@@ -22,9 +32,11 @@ def test_command_json_and_figures(tmp_path, capsys):
                      "--spacing", "8"])
     assert rc == 0
     out = json.loads(capsys.readouterr().out)
-    assert out["total"] == len(out["rows"]) > 0
+    assert out["total"] == len(out["rows"]) > 0 and 0 <= out["passed_sequenced"] <= out["total"]
+    assert out["plans"][0]["segments"] <= out["plans"][0]["segments_sequenced"]
     for row in out["rows"]:
-        assert {"case", "goal", "limit", "value", "passed"} <= set(row)
+        assert {"case", "goal", "limit", "value", "passed", "value_sequenced", "passed_sequenced",
+                "value_sequenced_plain"} <= set(row)
         assert row["case"] == "spine"
     for name in ("spine_dvh.png", "spine_dose.png"):
         p = tmp_path / name
