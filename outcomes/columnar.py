@@ -6,8 +6,9 @@ column into one string (``group_concat`` on SQLite, ``string_agg`` on PostgreSQL
 
 * ``"int"``: a non-null integer column (primary and foreign keys), comma separated;
 * ``"bool"``: a condition (e.g. ``Exists``), one ``0``/``1`` character per row (NULL -> False);
-* ``"date"``: a ``DateField``, as fixed-width ``YYYY-MM-DD`` text with ``0000-00-00`` for NULL and no separator,
-  decoded arithmetically to ``datetime64[D]`` (NULL -> ``NaT``);
+* ``"date"``: a ``DateField`` -> ``datetime64[D]`` (NULL -> ``NaT``); SQLite sends its stored fixed-width
+  ``YYYY-MM-DD`` text (``0000-00-00`` for NULL, no separator), decoded arithmetically; PostgreSQL sends integer
+  days since 1970-01-01, comma separated;
 * ``"float"``: a nullable number, comma separated with ``nan`` for NULL;
 * ``"text"``: a string column, separated by the ASCII unit separator (U+001F; NULL -> ``""``), to object arrays.
 
@@ -39,7 +40,8 @@ _AGG = {
     "postgresql": {
         "int": "string_agg(({c})::text, ',')",
         "bool": "string_agg(CASE WHEN {c} THEN '1' ELSE '0' END, '')",
-        "date": "string_agg(coalesce(to_char({c}, 'YYYY-MM-DD'), '" + _NULL_DATE + "'), '')",
+        # integer days since the epoch: date subtraction is cheap, to_char() formatting is not
+        "date": "string_agg(coalesce(({c}) - DATE '1970-01-01', " + str(-(2**31 - 1)) + ")::text, ',')",
         "float": "string_agg(coalesce(({c})::float8::text, 'NaN'), ',')",
         "text": "string_agg(coalesce(({c})::text, ''), chr(31))",
     },
@@ -79,9 +81,24 @@ def decode_dates(text: str, n: int) -> np.ndarray:
     return out
 
 
-def _decode(kind, text, n):
+_NULL_DAY = -(2**31 - 1)
+
+
+def decode_days(text: str, n: int) -> np.ndarray:
+    """``n`` comma-separated day numbers since 1970-01-01 -> ``datetime64[D]``; the NULL marker -> NaT."""
+    if n == 0:
+        return np.empty(0, "datetime64[D]")
+    days = np.fromstring(text, sep=",", dtype=np.int64)
+    if days.size != n:
+        raise ValueError(f"expected {n} day numbers, got {days.size}")
+    out = days.astype("datetime64[D]")
+    out[days == _NULL_DAY] = np.datetime64("NaT")
+    return out
+
+
+def _decode(kind, text, n, vendor="sqlite"):
     if kind == "date":
-        return decode_dates(text or "", n)
+        return decode_days(text or "", n) if vendor == "postgresql" else decode_dates(text or "", n)
     if n == 0:
         return np.empty(0, {"int": np.int64, "bool": bool, "float": np.float64, "text": object}[kind])
     if kind == "bool":
@@ -125,7 +142,7 @@ def fetch_columns(qs, columns: dict) -> dict[str, np.ndarray]:
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*), {select} FROM ({sql}) q", params)
         count, *texts = cursor.fetchone()
-    return {n: _decode(columns[n][1], t, count) for n, t in zip(names, texts)}
+    return {n: _decode(columns[n][1], t, count, connection.vendor) for n, t in zip(names, texts)}
 
 
 def _fetch_rows(qs, columns):

@@ -273,8 +273,8 @@ def endpoints_from_dates(patients: pd.DataFrame, time_zero: str = "rt_start", en
     if unknown:
         raise ValueError(f"unknown endpoints {sorted(unknown)}; use {ENDPOINT_NAMES}")
     idx = pd.Index(patients["patient_id"], name="patient_id")
-    cols = {c: (patients[c].to_numpy() if c in patients.columns else None) for c in (*PATIENT_COLUMNS[1:], *EVENT_DATE_COLUMNS)}
-    dates = pd.DataFrame({c: (v if v is not None else np.full(len(idx), np.datetime64("NaT", "D"))) for c, v in cols.items()}, index=idx)
+    nat = np.full(len(idx), np.datetime64("NaT", "D"))
+    dates = {c: (patients[c].to_numpy() if c in patients.columns else nat) for c in (*PATIENT_COLUMNS[1:], *EVENT_DATE_COLUMNS)}
     out = _endpoints_core(idx, dates, time_zero, drop_before_t0=True)
     dropped = [c for k in ENDPOINT_NAMES if k not in endpoints for c in out.columns if c.startswith(f"{k}_")]
     if "os" not in endpoints:
@@ -303,9 +303,9 @@ def _to_dates(days: np.ndarray) -> np.ndarray:
     return out.astype("datetime64[s]")
 
 
-def _endpoints_core(idx: pd.Index, dates: pd.DataFrame, time_zero: str, drop_before_t0: bool = False) -> pd.DataFrame:
-    """The endpoint rules on per-patient date columns, as float day numbers (NaN = no date)."""
-    day = {c: _day_numbers(dates[c].to_numpy()) for c in dates.columns}
+def _endpoints_core(idx: pd.Index, dates, time_zero: str, drop_before_t0: bool = False) -> pd.DataFrame:
+    """The endpoint rules on per-patient date columns (a frame or a dict of arrays), as float day numbers."""
+    day = {c: _day_numbers(np.asarray(dates[c])) for c in (dates.columns if isinstance(dates, pd.DataFrame) else dates)}
     t0 = day["rt_start"] if time_zero == "rt_start" else day["diagnosis_date"]
     death, rt_end, alive_given = day["death_date"], day["rt_end"], day["last_alive_date"]
     la, fpd, floc, rec = (day[c] for c in EVENT_DATE_COLUMNS)

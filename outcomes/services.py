@@ -32,7 +32,7 @@ import pandas as pd
 from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Exists, Max, Min, OuterRef, Subquery
+from django.db.models import Exists, FilteredRelation, Max, Min, OuterRef, Q, Subquery
 from django.utils import timezone
 
 from workflow.errors import RuleViolation
@@ -454,9 +454,9 @@ def _endpoint_inputs(time_zero, endpoints):
 def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
     """One row per course of the cohort queryset: dates, derived outcomes and covariates.
 
-    One SQL query, fetched column-wise (:mod:`outcomes.columnar`): the courses with their patient, diagnosis and
-    derived outcome, and per course the patient's death, surgery / chemotherapy / trial arm and any grade >= 3
-    toxicity as correlated subqueries. ``columns``: the extra columns wanted beyond the endpoint inputs (default:
+    One SQL query, fetched column-wise (:mod:`outcomes.columnar`): the courses with their patient, diagnosis,
+    derived outcome and live death (joins), and per course the patient's surgery / chemotherapy / trial arm and any
+    grade >= 3 toxicity as correlated subqueries. ``columns``: the extra columns wanted beyond the endpoint inputs (default:
     all, as the exports need); subqueries that only feed columns not asked for are left out. ``inputs``: the
     endpoint input dates wanted (default: all of ``ENDPOINT_INPUTS``).
     """
@@ -466,14 +466,20 @@ def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
     spec = {n: COURSE_COLUMNS[n] for n in names}
     # deaths and treatments as correlated subqueries of the course rows (index lookups by patient), not separate
     # queries filtered by the cohort's patient ids (a 100,000-id IN set is built per query)
-    death = Death.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True).order_by("date", "pk")
-    spec["death_date"] = (Subquery(death.values("date")[:1]), "date")
+    # the live death (at most one per patient, a constraint) as a LEFT JOIN: PostgreSQL hash-joins it
+    courses = courses.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
+    spec["death_date"] = ("live_death__date", "date")
     if "death_cause" in wanted:
-        spec["death_cause"] = (Subquery(death.values("cause")[:1]), "text")
+        spec["death_cause"] = ("live_death__cause", "text")
     tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
-    if wanted & {"surgery", "chemotherapy", "multimodal"}:
-        spec["surgery"] = (Exists(tx.filter(kind=TreatmentKind.SURGERY)), "bool")
-        spec["chemotherapy"] = (Exists(tx.filter(kind=TreatmentKind.CHEMOTHERAPY)), "bool")
+    surgery, chemo = tx.filter(kind=TreatmentKind.SURGERY), tx.filter(kind=TreatmentKind.CHEMOTHERAPY)
+    if wanted & {"surgery", "chemotherapy"}:
+        spec["surgery"] = (Exists(surgery), "bool")
+        spec["chemotherapy"] = (Exists(chemo), "bool")
+    elif "multimodal" in wanted:  # one lookup per course; the chemotherapy one only after a surgery
+        chemo_too = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True,
+                                             kind=TreatmentKind.CHEMOTHERAPY)
+        spec["multimodal"] = (Exists(surgery.filter(Exists(chemo_too))), "bool")
     if "trial_arm" in wanted:
         arm = tx.filter(kind=TreatmentKind.TRIAL).exclude(trial_arm="").order_by("start_date", "pk")
         spec["trial_arm"] = (Subquery(arm.values("trial_arm")[:1]), "text")
@@ -485,7 +491,9 @@ def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
     if "fractions" in df.columns:
         df["fractions"] = df["fractions"].astype("Int64")
     if "surgery" in df.columns:
-        df["multimodal"] = np.where(df["surgery"] & df["chemotherapy"], "surgery+chemo+RT", "other")
+        df["multimodal"] = df["surgery"] & df["chemotherapy"]
+    if "multimodal" in df.columns:
+        df["multimodal"] = np.where(df["multimodal"], "surgery+chemo+RT", "other")
     if "trial_arm" in df.columns:
         df["trial_arm"] = df["trial_arm"].fillna("none")
     if "grade3_toxicity" in df.columns:
@@ -511,8 +519,9 @@ def endpoint_frame(courses, time_zero="rt_start", per_patient=True, columns=None
         return df.assign(**{f"{k}_{c}": pd.Series(dtype=float) for k in endpoints for c in ("days", "event")})
     names = {"course_id": "patient_id", "last_contact_date": "last_alive_date"}
     inputs = df[[c for c in ENDPOINT_INPUTS if c in df.columns and c != "patient_id"] + ["death_date"]].rename(columns=names)
-    ends = ep.endpoints_from_dates(inputs, time_zero=time_zero, endpoints=endpoints).rename(columns={"patient_id": "course_id"})
-    out = df.merge(ends, on="course_id", how="left", validate="one_to_one")
+    ends = ep.endpoints_from_dates(inputs, time_zero=time_zero, endpoints=endpoints)
+    # one output row per input row, in order: columns side by side, no join needed
+    out = pd.concat([df.reset_index(drop=True), ends.drop(columns="patient_id")], axis=1)
     if "birth_date" in out.columns:
         t0, born = out["time_zero_date"], out["birth_date"]
         out["age_years"] = (t0.dt.year - born.dt.year) - (
@@ -593,6 +602,8 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if group_by == "grade3_toxicity" and "grade3_toxicity" not in df.columns:
         raise RuleViolation("Toxicity data are not available.", field="group_by")
     dcol, ecol = f"{endpoint}_days", f"{endpoint}_event"
+    keep = ["course_id", "patient_id", dcol, ecol, *[c for c in (group_by, "sex", "age_years") if c and c in df.columns]]
+    df = df[list(dict.fromkeys(keep))]  # what the statistics read; not the whole cohort frame, copied twice
     usable = df.dropna(subset=[dcol, ecol]) if not df.empty else df
     notes = []
     excluded = len(df) - len(usable)
