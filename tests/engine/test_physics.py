@@ -6,7 +6,7 @@ from planning.engine import beams, pencilbeam as pb, phantoms
 from planning.engine.grid import Geometry, Grid
 from planning.engine.raytrace import radiological_depth
 
-# accurate truncation for physics checks (the planning default 1e-3 drops the scatter tail)
+# accurate truncation for physics checks (the planning default 1e-3 / 30 mm drops ~10 % of the integral dose)
 ACC = dict(rel_threshold=1e-5, cutoff_mm=60.0)
 
 
@@ -200,7 +200,8 @@ def test_mu_calibration():
 
 def test_truncation_drops_the_documented_integral_dose():
     """pencilbeam.dose_influence documents ~10 % of the integral dose dropped by the default truncation (1e-3,
-    30 mm) on the C-shape and ~1.5 % with 1e-4 / 40 mm; check one beam on a coarse grid stays near those."""
+    30 mm) on the C-shape, ~5 % with 5e-4 / 40 mm and ~1.6 % with 2e-4 / 50 mm; check one beam on a coarse grid
+    stays near those (measured here: 8.9 %, 4.3 %, 1.3 %)."""
     geo = phantoms.c_shape(spacing=8.0, z_half=48.0)
     bs = beams.make_beams(geo, [40.0], bixel_mm=5.0)
     body = geo.body.mask
@@ -211,6 +212,8 @@ def test_truncation_drops_the_documented_integral_dose():
 
     ref = integral(rel_threshold=1e-7, cutoff_mm=90.0)
     dropped_default = 1 - integral() / ref
-    dropped_fine = 1 - integral(rel_threshold=1e-4, cutoff_mm=40.0) / ref
+    dropped_half = 1 - integral(rel_threshold=5e-4, cutoff_mm=40.0) / ref
+    dropped_fine = 1 - integral(rel_threshold=2e-4, cutoff_mm=50.0) / ref
     assert 0.08 < dropped_default < 0.12, dropped_default
+    assert 0.035 < dropped_half < 0.065, dropped_half
     assert 0.005 < dropped_fine < 0.025, dropped_fine
