@@ -32,7 +32,7 @@ import pandas as pd
 from django.apps import apps
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from django.db.models import Exists, FilteredRelation, Max, Min, OuterRef, Q, Subquery
+from django.db.models import Exists, FilteredRelation, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from workflow.errors import RuleViolation
@@ -451,12 +451,42 @@ def _endpoint_inputs(time_zero, endpoints):
     return [c for c in ENDPOINT_INPUTS if c in need]
 
 
+# Up to this many patients, a cohort's treatments are asked for by patient id; a larger cohort reads the registry's
+# surgery / chemotherapy / trial rows and keeps its own in numpy (cheaper than a 100,000-id IN set or a lookup per
+# course).
+TREATMENTS_BY_ID_MAX = 5000
+
+
+def _add_treatments(df, wanted):
+    """surgery, chemotherapy, multimodal (both + RT) and trial_arm columns, per the patient's live treatments."""
+    pid = df["patient_id"].to_numpy()
+    tx = Treatment.objects.filter(voided_at__isnull=True,
+                                  kind__in=[TreatmentKind.SURGERY, TreatmentKind.CHEMOTHERAPY, TreatmentKind.TRIAL])
+    if pid.size <= TREATMENTS_BY_ID_MAX:  # courses bound the patients; no need to count unique ids
+        tx = tx.filter(patient_id__in=np.unique(pid).tolist())
+    spec = {"patient_id": ("patient_id", "int"), "kind": ("kind", "text")}
+    if "trial_arm" in wanted:
+        spec.update(trial_arm=("trial_arm", "text"), start_date=("start_date", "date"), pk=("pk", "int"))
+    rows = fetch_columns(tx, spec)
+    surgery = np.isin(pid, rows["patient_id"][rows["kind"] == TreatmentKind.SURGERY])
+    chemo = np.isin(pid, rows["patient_id"][rows["kind"] == TreatmentKind.CHEMOTHERAPY])
+    if wanted & {"surgery", "chemotherapy"}:
+        df["surgery"], df["chemotherapy"] = surgery, chemo
+    df["multimodal"] = np.where(surgery & chemo, "surgery+chemo+RT", "other")
+    if "trial_arm" in wanted:
+        on_arm = (rows["kind"] == TreatmentKind.TRIAL) & (rows["trial_arm"] != "")
+        arms = pd.DataFrame({k: rows[k][on_arm] for k in ("patient_id", "trial_arm", "start_date", "pk")})
+        arms = arms.sort_values(["patient_id", "start_date", "pk"]).drop_duplicates("patient_id")  # the first arm
+        first = arms.set_index("patient_id")["trial_arm"]
+        df["trial_arm"] = df["patient_id"].map(first).fillna("none")
+
+
 def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
     """One row per course of the cohort queryset: dates, derived outcomes and covariates.
 
     One SQL query, fetched column-wise (:mod:`outcomes.columnar`): the courses with their patient, diagnosis,
-    derived outcome and live death (joins), and per course the patient's surgery / chemotherapy / trial arm and any
-    grade >= 3 toxicity as correlated subqueries. ``columns``: the extra columns wanted beyond the endpoint inputs (default:
+    derived outcome and live death (joins) and any grade >= 3 toxicity (a correlated subquery); a second one for
+    the patients' surgery / chemotherapy / trial treatments (:func:`_add_treatments`). ``columns``: the extra columns wanted beyond the endpoint inputs (default:
     all, as the exports need); subqueries that only feed columns not asked for are left out. ``inputs``: the
     endpoint input dates wanted (default: all of ``ENDPOINT_INPUTS``).
     """
@@ -464,25 +494,11 @@ def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
     inputs = list(ENDPOINT_INPUTS) if inputs is None else list(inputs)
     names = inputs + [n for n in COURSE_COLUMNS if n in wanted and n not in inputs]
     spec = {n: COURSE_COLUMNS[n] for n in names}
-    # deaths and treatments as correlated subqueries of the course rows (index lookups by patient), not separate
-    # queries filtered by the cohort's patient ids (a 100,000-id IN set is built per query)
     # the live death (at most one per patient, a constraint) as a LEFT JOIN: PostgreSQL hash-joins it
     courses = courses.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
     spec["death_date"] = ("live_death__date", "date")
     if "death_cause" in wanted:
         spec["death_cause"] = ("live_death__cause", "text")
-    tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
-    surgery, chemo = tx.filter(kind=TreatmentKind.SURGERY), tx.filter(kind=TreatmentKind.CHEMOTHERAPY)
-    if wanted & {"surgery", "chemotherapy"}:
-        spec["surgery"] = (Exists(surgery), "bool")
-        spec["chemotherapy"] = (Exists(chemo), "bool")
-    elif "multimodal" in wanted:  # one lookup per course; the chemotherapy one only after a surgery
-        chemo_too = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True,
-                                             kind=TreatmentKind.CHEMOTHERAPY)
-        spec["multimodal"] = (Exists(surgery.filter(Exists(chemo_too))), "bool")
-    if "trial_arm" in wanted:
-        arm = tx.filter(kind=TreatmentKind.TRIAL).exclude(trial_arm="").order_by("start_date", "pk")
-        spec["trial_arm"] = (Subquery(arm.values("trial_arm")[:1]), "text")
     tox = toxicity_model()
     if tox is not None and "grade3_toxicity" in wanted:
         g3 = tox.objects.filter(course=OuterRef("pk"), voided_at__isnull=True, baseline=False, worst_grade__gte=3)
@@ -490,12 +506,8 @@ def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
     df = _frame(fetch_columns(courses, spec), {n: k for n, (_, k) in spec.items()})
     if "fractions" in df.columns:
         df["fractions"] = df["fractions"].astype("Int64")
-    if "surgery" in df.columns:
-        df["multimodal"] = df["surgery"] & df["chemotherapy"]
-    if "multimodal" in df.columns:
-        df["multimodal"] = np.where(df["multimodal"], "surgery+chemo+RT", "other")
-    if "trial_arm" in df.columns:
-        df["trial_arm"] = df["trial_arm"].fillna("none")
+    if wanted & set(TREATMENT_COLUMNS):
+        _add_treatments(df, wanted)
     if "grade3_toxicity" in df.columns:
         df["grade3_toxicity"] = np.where(df["grade3_toxicity"], "yes", "no")
     return df

@@ -38,12 +38,12 @@ import scipy.sparse as sp
 from scipy.optimize import minimize
 
 from .optimize import OptimizationCancelled, PlanningProblem, normalise, single_threaded_blas
-from .pencilbeam import DEFAULT_MACHINE, DoseInfluence, mu_per_unit_weight
+from .pencilbeam import DEFAULT_MACHINE, DoseInfluence, InfluenceShape, mu_per_unit_weight
 from .sequencing import BeamSequence, Segment, sequence_plan
 
 
 @dataclass
-class SegmentInfluence:
+class SegmentInfluence(InfluenceShape):
     """Dose per unit segment weight, ``D_seg = D @ S`` (n_voxels x n_segments, CSR float32), with the part of
     the :class:`~planning.engine.pencilbeam.DoseInfluence` interface that the planning problem uses (a
     "beamlet" here is a segment; there is no beamlet grid, so no fluence smoothing)."""
@@ -53,18 +53,6 @@ class SegmentInfluence:
     voxels: np.ndarray
     grid_shape: tuple
     beams: list = field(default_factory=list)
-
-    @property
-    def n_voxels(self) -> int:
-        return self.D.shape[0]
-
-    @property
-    def n_beamlets(self) -> int:
-        return self.D.shape[1]
-
-    @property
-    def nnz(self) -> int:
-        return int(self.D.nnz)
 
     def dose(self, x: np.ndarray) -> np.ndarray:
         return self.D @ np.asarray(x, np.float32)

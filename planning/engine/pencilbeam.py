@@ -317,8 +317,24 @@ def products(dij) -> SparseProducts:
     return c
 
 
+class InfluenceShape:
+    """Sizes of an influence matrix ``D`` (voxels x columns), shared by beamlet and segment matrices."""
+
+    @property
+    def n_voxels(self) -> int:
+        return self.D.shape[0]
+
+    @property
+    def n_beamlets(self) -> int:
+        return self.D.shape[1]
+
+    @property
+    def nnz(self) -> int:
+        return int(self.D.nnz)
+
+
 @dataclass
-class DoseInfluence:
+class DoseInfluence(InfluenceShape):
     """Sparse dose-influence matrix ``D`` (n_voxels x n_beamlets, float32, Gy per unit weight).
 
     Rows are the voxels ``voxels`` (flat grid indices, ascending) of the calculation region; columns are the
@@ -337,18 +353,6 @@ class DoseInfluence:
     grid_shape: tuple
     rel_threshold: float
     cutoff_mm: float
-
-    @property
-    def n_voxels(self) -> int:
-        return self.D.shape[0]
-
-    @property
-    def n_beamlets(self) -> int:
-        return self.D.shape[1]
-
-    @property
-    def nnz(self) -> int:
-        return int(self.D.nnz)
 
     def __getstate__(self):  # pickles without the cached products (views of D and DT, rebuilt on use)
         state = dict(self.__dict__)

@@ -10,7 +10,7 @@ from outcomes.cohorts import CohortFilter
 from outcomes.models import CourseOutcome, Death, FollowUpAssessment
 from tests.conftest import make_course
 from workflow.errors import RuleViolation
-from workflow.models import Course, Diagnosis, Patient
+from workflow.models import Course, Diagnosis, Patient, Treatment
 
 from .conftest import D, log, pleural
 
@@ -175,3 +175,28 @@ def test_death_recorded_on_follow_up_form_path(rt_course, oncologist):
     services.save_assessment(course=rt_course, user=oncologist, data={"kind": "contact", "date": D(2026, 9, 1), "vital_status": "dead"},
                              death={"date": D(2026, 9, 3), "cause": "disease"})
     assert Death.objects.get(patient=rt_course.patient).date == D(2026, 9, 3)
+
+
+@pytest.mark.parametrize("by_id_max", [5000, 0])
+def test_treatment_columns_are_the_same_by_patient_id_or_from_the_whole_registry(oncologist, monkeypatch, by_id_max):
+    """Small cohorts ask for their patients' treatments by id, large ones read the registry's and filter in numpy."""
+    monkeypatch.setattr(services, "TREATMENTS_BY_ID_MAX", by_id_max)
+    both, _ = _patient("T1")
+    surgery_only, _ = _patient("T2")
+    _patient("T3")
+    outsider, _ = _patient("T4")  # not in the cohort: its treatments must not leak in
+    for p in (both, surgery_only, outsider):
+        Treatment.objects.create(patient=p, kind="surgery", surgery_type="lobectomy", start_date=D(2024, 12, 1))
+    Treatment.objects.create(patient=both, kind="chemotherapy", start_date=D(2024, 12, 20))
+    Treatment.objects.create(patient=outsider, kind="chemotherapy", start_date=D(2024, 12, 20))
+    Treatment.objects.create(patient=both, kind="trial", agent="MESO-X", trial_arm="B", start_date=D(2025, 1, 2))
+    Treatment.objects.create(patient=both, kind="trial", agent="MESO-0", trial_arm="A", start_date=D(2024, 11, 2))
+    voided = Treatment.objects.create(patient=surgery_only, kind="chemotherapy", start_date=D(2024, 12, 20))
+    voided.void(user=oncologist, reason="entered on the wrong patient")
+    cohort = Course.objects.exclude(patient=outsider)
+    df = services.cohort_frame(cohort).set_index("mrn")
+    assert list(df.loc[["T1", "T2", "T3"], "multimodal"]) == ["surgery+chemo+RT", "other", "other"]
+    assert list(df.loc[["T1", "T2", "T3"], "surgery"]) == [True, True, False]
+    assert list(df.loc[["T1", "T2", "T3"], "chemotherapy"]) == [True, False, False]
+    assert list(df.loc[["T1", "T2", "T3"], "trial_arm"]) == ["A", "none", "none"]  # the first arm by start date
+    assert "T4" not in df.index
