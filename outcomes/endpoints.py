@@ -275,11 +275,7 @@ def endpoints_from_dates(patients: pd.DataFrame, time_zero: str = "rt_start", en
     idx = pd.Index(patients["patient_id"], name="patient_id")
     nat = np.full(len(idx), np.datetime64("NaT", "D"))
     dates = {c: (patients[c].to_numpy() if c in patients.columns else nat) for c in (*PATIENT_COLUMNS[1:], *EVENT_DATE_COLUMNS)}
-    out = _endpoints_core(idx, dates, time_zero, drop_before_t0=True)
-    dropped = [c for k in ENDPOINT_NAMES if k not in endpoints for c in out.columns if c.startswith(f"{k}_")]
-    if "os" not in endpoints:
-        dropped.append("last_alive_date")
-    return out.drop(columns=dropped)
+    return _endpoints_core(idx, dates, time_zero, drop_before_t0=True, endpoints=tuple(endpoints))
 
 
 _NAT_INT = np.iinfo(np.int64).min
@@ -303,11 +299,18 @@ def _to_dates(days: np.ndarray) -> np.ndarray:
     return out.astype("datetime64[s]")
 
 
-def _endpoints_core(idx: pd.Index, dates, time_zero: str, drop_before_t0: bool = False) -> pd.DataFrame:
-    """The endpoint rules on per-patient date columns (a frame or a dict of arrays), as float day numbers."""
-    day = {c: _day_numbers(np.asarray(dates[c])) for c in (dates.columns if isinstance(dates, pd.DataFrame) else dates)}
+def _endpoints_core(idx: pd.Index, dates, time_zero: str, drop_before_t0: bool = False,
+                    endpoints=ENDPOINT_NAMES) -> pd.DataFrame:
+    """The endpoint rules on per-patient date columns (a frame or a dict of arrays), as float day numbers.
+
+    Only ``endpoints`` are computed (and ``last_alive_date`` with OS); the output keeps the column order of
+    :func:`endpoints_frame`.
+    """
+    names = dates.columns if isinstance(dates, pd.DataFrame) else dates
+    day = {c: _day_numbers(np.asarray(dates[c])) for c in names}
+    n = len(idx)
     t0 = day["rt_start"] if time_zero == "rt_start" else day["diagnosis_date"]
-    death, rt_end, alive_given = day["death_date"], day["rt_end"], day["last_alive_date"]
+    death = day["death_date"]
     la, fpd, floc, rec = (day[c] for c in EVENT_DATE_COLUMNS)
     if drop_before_t0:
         with np.errstate(invalid="ignore"):
@@ -315,26 +318,10 @@ def _endpoints_core(idx: pd.Index, dates, time_zero: str, drop_before_t0: bool =
     has_death, has_t0 = ~np.isnan(death), ~np.isnan(t0)
     with np.errstate(invalid="ignore"):
         bad_death = has_death & has_t0 & (death < t0)
-        issue = np.where(~has_t0, f"no {time_zero} date", np.where(bad_death, "death before time zero", None)).astype(object)
-        ok = has_t0 & ~bad_death
-
-        # last date known alive: a patient seen on a date was alive on it, unless it is after the death date
-        cands = np.stack([alive_given, la, rt_end])
-        cands = np.where(has_death & (cands > death), np.nan, cands)
-        all_nan = np.isnan(cands).all(axis=0)
-        last_alive = np.where(all_nan, np.nan, np.max(np.where(np.isnan(cands), -np.inf, cands), axis=0))
-
-        os_end = np.where(has_death, death, np.where(last_alive > t0, last_alive, t0))
-        has_pd = ~np.isnan(fpd)
-        pfs_pd_first = has_pd & (~has_death | (fpd <= death))
-        pfs_death_first = has_death & ~pfs_pd_first
-        pfs_end = np.where(pfs_pd_first, fpd, np.where(pfs_death_first, death, np.where(np.isnan(la), t0, la)))
-        pfs_type = np.where(pfs_pd_first, "progression", np.where(pfs_death_first, "death", None)).astype(object)
-        censor_lc = np.fmin(death, la)
-        censor_lc = np.where(np.isnan(censor_lc), t0, censor_lc)
-        lc_event, ttr_event = ~np.isnan(floc), ~np.isnan(rec)
-        lc_end = np.where(lc_event, floc, censor_lc)
-        ttr_end = np.where(ttr_event, rec, censor_lc)
+    ok = has_t0 & ~bad_death
+    issue = np.full(n, None, dtype=object)
+    issue[bad_death] = "death before time zero"
+    issue[~has_t0] = f"no {time_zero} date"
 
     def days(end):
         return np.where(ok, end - t0, np.nan)
@@ -345,17 +332,43 @@ def _endpoints_core(idx: pd.Index, dates, time_zero: str, drop_before_t0: bool =
         return arr
 
     out = {"patient_id": idx.to_numpy(), "time_zero": time_zero, "time_zero_date": _to_dates(t0)}
-    for k, end, flag in (("os", os_end, has_death), ("pfs", pfs_end, pfs_pd_first | pfs_death_first),
-                         ("lc", lc_end, lc_event), ("ttr", ttr_end, ttr_event)):
-        d = days(end)
-        out[f"{k}_days"] = d
-        out[f"{k}_months"] = d / DAYS_PER_MONTH
-        out[f"{k}_event"] = event(flag)
-        if k == "pfs":
-            out["pfs_event_type"] = np.where(ok, pfs_type, None)
-    out["last_alive_date"] = _to_dates(np.where(ok, last_alive, np.nan))
+    with np.errstate(invalid="ignore"):
+        if "os" in endpoints:
+            # last date known alive: a patient seen on a date was alive on it, unless it is after the death date
+            cands = np.stack([day["last_alive_date"], la, day["rt_end"]])
+            cands = np.where(has_death & (cands > death), np.nan, cands)
+            all_nan = np.isnan(cands).all(axis=0)
+            last_alive = np.where(all_nan, np.nan, np.max(np.where(np.isnan(cands), -np.inf, cands), axis=0))
+            os_end = np.where(has_death, death, np.where(last_alive > t0, last_alive, t0))
+            out.update(os_days=days(os_end), os_event=event(has_death))
+        if "pfs" in endpoints:
+            pfs_pd_first = ~np.isnan(fpd) & (~has_death | (fpd <= death))
+            pfs_death_first = has_death & ~pfs_pd_first
+            pfs_end = np.where(pfs_pd_first, fpd, np.where(pfs_death_first, death, np.where(np.isnan(la), t0, la)))
+            pfs_type = np.full(n, None, dtype=object)
+            pfs_type[pfs_pd_first & ok] = "progression"
+            pfs_type[pfs_death_first & ok] = "death"
+            out.update(pfs_days=days(pfs_end), pfs_event=event(pfs_pd_first | pfs_death_first), pfs_event_type=pfs_type)
+        if "lc" in endpoints or "ttr" in endpoints:
+            censor_lc = np.fmin(death, la)
+            censor_lc = np.where(np.isnan(censor_lc), t0, censor_lc)
+            for k, first in (("lc", floc), ("ttr", rec)):
+                if k in endpoints:
+                    hit = ~np.isnan(first)
+                    out.update({f"{k}_days": days(np.where(hit, first, censor_lc)), f"{k}_event": event(hit)})
+    for k in ENDPOINT_NAMES:  # months next to days, in the documented column order
+        if f"{k}_days" in out:
+            out[f"{k}_months"] = out[f"{k}_days"] / DAYS_PER_MONTH
+    order = ["patient_id", "time_zero", "time_zero_date"]
+    for k in ENDPOINT_NAMES:
+        if k in endpoints:
+            order += [f"{k}_days", f"{k}_months", f"{k}_event"] + (["pfs_event_type"] if k == "pfs" else [])
+    if "os" in endpoints:
+        out["last_alive_date"] = _to_dates(np.where(ok, last_alive, np.nan))
+        order.append("last_alive_date")
     out["issue"] = issue
-    return pd.DataFrame(out)
+    order.append("issue")
+    return pd.DataFrame({c: out[c] for c in order})
 
 
 def endpoints_from_records(
