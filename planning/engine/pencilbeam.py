@@ -408,7 +408,7 @@ def beam_dose_entries(geo: Geometry, beam: Beam, voxels: np.ndarray, machine: Ma
     near = (u >= umin - reach) & (u <= umax + reach) & (v >= vmin - reach) & (v <= vmax + reach) & (t > 0)
     rows = np.flatnonzero(near)
     if rows.size == 0 or beam.n_beamlets == 0:
-        return np.zeros(0, np.int32), np.zeros(0, np.int32), np.zeros(0, np.float32)
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0, np.float32)
     u, v, t = u[rows], v[rows], t[rows]
     depth = radiological_depth(geo.density, geo.grid, beam, pts[rows], uvt=(u, v, t)).astype(np.float64)
     # look-up table (grid index -> column)
@@ -421,11 +421,9 @@ def beam_dose_entries(geo: Geometry, beam: Beam, voxels: np.ndarray, machine: Ma
     kw, ks = machine.kernel(np.array(dm))
     peak = machine.norm * machine.depth_dose(dm) * sum(
         kw[i] * edge_profile(0.0, w * (1 + dm / machine.sad), ks[i]) ** 2 for i in range(2))
-    # (at least the smallest positive float32: beamlets outside the beam's rectangle are exact zeros, never kept)
-    thr = np.float32(max(rel_threshold * float(peak), float(np.finfo(np.float32).tiny)))
+    thr = rel_threshold * float(peak)
     out_r, out_c, out_v = [], [], []
     ox, oy = beam.offset
-    n_off = off.size
     for s0 in range(0, rows.size, chunk):
         sl = slice(s0, s0 + chunk)
         uu, vv, tt, dd = u[sl], v[sl], t[sl], depth[sl]
@@ -439,27 +437,22 @@ def beam_dose_entries(geo: Geometry, beam: Beam, voxels: np.ndarray, machine: Ma
         W = w * mag
         cw, cs = machine.kernel(dd)
         fac = machine.norm * (beam.sad / tt) ** 2 * machine.depth_dose(dd)
+        val = np.zeros((uu.size, off.size, off.size), np.float64)
+        for k in range(2):
+            pa = edge_profile(xa, W, cs[k][:, None])
+            pb = edge_profile(xb, W, cs[k][:, None])
+            val += (cw[k] * fac)[:, None, None] * pa[:, :, None] * pb[:, None, :]
         ja = IA - a0
         jb = IB - b0
         oka = (ja >= 0) & (ja < lut.shape[0])
         okb = (jb >= 0) & (jb < lut.shape[1])
-        # separable factors (float32: the matrix is float32), zero outside the beam's beamlet rectangle, so one
-        # threshold test on the sum of the two outer products selects the entries
-        val = np.empty((uu.size, n_off, n_off), np.float32)
-        tmp = np.empty_like(val)
-        for k in range(2):
-            pa = np.where(oka, edge_profile(xa, W, cs[k][:, None]) * (cw[k] * fac)[:, None], 0.0).astype(np.float32)
-            pb = np.where(okb, edge_profile(xb, W, cs[k][:, None]), 0.0).astype(np.float32)
-            np.multiply(pa[:, :, None], pb[:, None, :], out=val if k == 0 else tmp)
-        val += tmp
-        flat = np.flatnonzero(val.ravel() >= thr)
-        iv, rem = np.divmod(flat, n_off * n_off)
-        i1, i2 = np.divmod(rem, n_off)
+        ok = oka[:, :, None] & okb[:, None, :] & (val >= thr)
+        iv, i1, i2 = np.nonzero(ok)
         col = lut[ja[iv, i1], jb[iv, i2]]
         keep = col >= 0
-        out_r.append((rows[s0 + iv[keep]]).astype(np.int32))
-        out_c.append(col[keep].astype(np.int32))
-        out_v.append(val.ravel()[flat[keep]])
+        out_r.append(rows[s0 + iv[keep]])
+        out_c.append(col[keep])
+        out_v.append(val[iv[keep], i1[keep], i2[keep]].astype(np.float32))
     return np.concatenate(out_r), np.concatenate(out_c), np.concatenate(out_v)
 
 
