@@ -624,10 +624,16 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if usable.empty:
         raise RuleViolation("The cohort has no patient with the dates this endpoint needs.", field="cohort")
     usable = usable.assign(**{ecol: usable[ecol].astype(int), dcol: usable[dcol].astype(float)})
-    curves = sv.kaplan_meier_by_group(usable, dcol, ecol, group_by or None, conf_type=conf_type)
+    t, e = usable[dcol].to_numpy(), usable[ecol].to_numpy()
+    if group_by:
+        g = usable[group_by].to_numpy(dtype=object)
+        curves = sv.kaplan_meier_by_labels(t, e, g, conf_type=conf_type)
+    else:
+        curves = {"all": sv.kaplan_meier(t, e, conf_type, label="all")}
     result = AnalysisResult(endpoint, time_zero, conf_type, group_by, len(usable), excluded, curves, usable, notes=notes)
     if group_by and len(curves) >= 2:
-        result.logrank = sv.logrank_by_column(usable.dropna(subset=[group_by]), dcol, ecol, group_by)
+        has = ~pd.isna(g)
+        result.logrank = sv.logrank_test(t[has], e[has], g[has])
     if cox:
         result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by)
     return result

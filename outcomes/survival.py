@@ -342,11 +342,20 @@ def kaplan_meier_by_group(
     """
     if group_col is None:
         return {"all": kaplan_meier(df[duration_col], df[event_col], conf_type, conf_level, "all")}
-    sub = df[[duration_col, event_col, group_col]].dropna(subset=[group_col])
-    out: dict[str, KaplanMeier] = {}
-    for g, part in sorted(sub.groupby(group_col, sort=True), key=lambda kv: kv[0]):
-        out[str(g)] = kaplan_meier(part[duration_col], part[event_col], conf_type, conf_level, str(g))
-    return out
+    return kaplan_meier_by_labels(df[duration_col].to_numpy(), df[event_col].to_numpy(), df[group_col].to_numpy(),
+                                  conf_type, conf_level)
+
+
+def kaplan_meier_by_labels(durations, events, groups, conf_type: str = "log",
+                           conf_level: float = 0.95) -> dict[str, KaplanMeier]:
+    """:func:`kaplan_meier_by_group` on plain arrays: one curve per distinct group value (missing dropped), keyed
+    ``str(value)`` in the order of the values."""
+    t, e, g = np.asarray(durations), np.asarray(events), np.asarray(groups, dtype=object)
+    has = ~pd.isna(g)
+    codes, uniques = pd.factorize(g[has], sort=True)
+    t, e = t[has], e[has]
+    return {str(u): kaplan_meier(t[codes == i], e[codes == i], conf_type, conf_level, str(u))
+            for i, u in enumerate(uniques)}
 
 
 @dataclass
