@@ -129,30 +129,28 @@ def fetch_columns(qs, columns: dict) -> dict[str, np.ndarray]:
     templates = _AGG.get(connection.vendor)
     if templates is None:  # another backend: the row-by-row path (same result, slower)
         return _fetch_rows(qs, columns)
-    aliases = {n: f"col_{i}" for i, n in enumerate(names)}
-    annotated = qs.order_by().annotate(
-        **{aliases[n]: (F(expr) if isinstance(expr, str) else expr) for n, (expr, _) in columns.items()}
-    )
     try:
-        sql, params = annotated.values_list(*aliases.values()).query.sql_with_params()
+        sql, params = _values(qs, columns).query.sql_with_params()
     except EmptyResultSet:  # qs.none() or an empty __in list: nothing to ask the database
         return {n: _decode(columns[n][1], None, 0) for n in names}
     qn = connection.ops.quote_name
-    select = ", ".join(templates[columns[n][1]].format(c=f"q.{qn(aliases[n])}") for n in names)
+    select = ", ".join(templates[columns[n][1]].format(c=f"q.{qn(f'col_{i}')}") for i, n in enumerate(names))
     with connection.cursor() as cursor:
         cursor.execute(f"SELECT count(*), {select} FROM ({sql}) q", params)
         count, *texts = cursor.fetchone()
     return {n: _decode(columns[n][1], t, count, connection.vendor) for n, t in zip(names, texts)}
 
 
+def _values(qs, columns):
+    """``qs`` unordered, with the columns as annotations ``col_0, col_1, ...`` in order, as a values_list."""
+    exprs = {f"col_{i}": (F(expr) if isinstance(expr, str) else expr) for i, (expr, _) in enumerate(columns.values())}
+    return qs.order_by().annotate(**exprs).values_list(*exprs)
+
+
 def _fetch_rows(qs, columns):
-    names = list(columns)
-    aliases = {n: f"col_{i}" for i, n in enumerate(names)}
-    rows = list(qs.order_by().annotate(
-        **{aliases[n]: (F(expr) if isinstance(expr, str) else expr) for n, (expr, _) in columns.items()}
-    ).values_list(*aliases.values()))
+    rows = list(_values(qs, columns))
     out = {}
-    for j, n in enumerate(names):
+    for j, n in enumerate(columns):
         kind = columns[n][1]
         values = [r[j] for r in rows]
         if kind == "date":

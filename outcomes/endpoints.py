@@ -177,6 +177,8 @@ def derive_endpoints(
 # --------------------------------------------------------------------------------------------
 
 PATIENT_COLUMNS = ("patient_id", "diagnosis_date", "rt_start", "rt_end", "death_date", "last_alive_date")
+# per-patient dates derived from the assessments (stored per course by the clinic)
+EVENT_DATE_COLUMNS = ("last_assessment_date", "first_progression_date", "first_local_failure_date", "recurrence_date")
 ASSESSMENT_COLUMNS = ("patient_id", "date", "response")  # optional: "local"
 
 
@@ -234,16 +236,9 @@ def endpoints_frame(
     recurrence = rec_rows.groupby("patient_id", sort=False)["date"].min()
 
     idx = p.index
-    dates = pd.DataFrame({
-        "diagnosis_date": p["diagnosis_date"], "rt_start": p["rt_start"], "rt_end": p["rt_end"],
-        "death_date": p["death_date"], "last_alive_date": p["last_alive_date"],
-        "last_assessment_date": last_assess.reindex(idx), "first_progression_date": first_pd.reindex(idx),
-        "first_local_failure_date": first_local.reindex(idx), "recurrence_date": recurrence.reindex(idx),
-    }, index=idx)
+    dates = {c: p[c].to_numpy() for c in PATIENT_COLUMNS[1:]}
+    dates.update({c: v.reindex(idx).to_numpy() for c, v in zip(EVENT_DATE_COLUMNS, (last_assess, first_pd, first_local, recurrence))})
     return _endpoints_core(idx, dates, time_zero)
-
-
-EVENT_DATE_COLUMNS = ("last_assessment_date", "first_progression_date", "first_local_failure_date", "recurrence_date")
 
 
 ENDPOINT_NAMES = ("os", "pfs", "lc", "ttr")
@@ -301,13 +296,12 @@ def _to_dates(days: np.ndarray) -> np.ndarray:
 
 def _endpoints_core(idx: pd.Index, dates, time_zero: str, drop_before_t0: bool = False,
                     endpoints=ENDPOINT_NAMES) -> pd.DataFrame:
-    """The endpoint rules on per-patient date columns (a frame or a dict of arrays), as float day numbers.
+    """The endpoint rules on per-patient date arrays (``{column: array}``), as float day numbers.
 
     Only ``endpoints`` are computed (and ``last_alive_date`` with OS); the output keeps the column order of
     :func:`endpoints_frame`.
     """
-    names = dates.columns if isinstance(dates, pd.DataFrame) else dates
-    day = {c: _day_numbers(np.asarray(dates[c])) for c in names}
+    day = {c: _day_numbers(v) for c, v in dates.items()}
     n = len(idx)
     t0 = day["rt_start"] if time_zero == "rt_start" else day["diagnosis_date"]
     death = day["death_date"]
