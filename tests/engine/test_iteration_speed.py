@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from planning.engine import beams, objectives as ob, optimize as opt, pencilbeam as pb, phantoms
+from planning.engine import objectives as ob, optimize as opt, pencilbeam as pb
 
 
 def random_csr(n_rows, n_cols, density, seed, empty_rows=()):
@@ -63,11 +63,8 @@ def test_split_rows_partitions_every_row():
 
 
 @pytest.fixture(scope="module")
-def dij_rows():
-    geo = phantoms.c_shape(spacing=8.0, z_half=48.0)
-    bs = beams.make_beams(geo, beams.equispaced_gantries(5), bixel_mm=10.0)
-    dij = pb.dose_influence(geo, bs)
-    rows = {k: dij.row_index(m) for k, m in geo.masks.items()}
+def dij_rows(coarse_cshape):
+    _, dij, rows = coarse_cshape
     return dij, rows
 
 

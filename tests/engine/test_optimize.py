@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from planning.engine import beams, forward, objectives as ob, optimize as opt, pencilbeam as pb, phantoms
+from planning.engine import forward, objectives as ob, optimize as opt
 
 ALL_OBJECTIVES = [
     ob.SquaredUnderdose("S", 50.0),
@@ -31,11 +31,8 @@ def test_dose_space_gradient_matches_finite_differences(o):
 
 
 @pytest.fixture(scope="module")
-def small_problem():
-    geo = phantoms.c_shape(spacing=8.0, z_half=48.0)
-    bs = beams.make_beams(geo, beams.equispaced_gantries(5), bixel_mm=10.0)
-    dij = pb.dose_influence(geo, bs)
-    rows = {k: dij.row_index(m) for k, m in geo.masks.items()}
+def small_problem(coarse_cshape):
+    geo, dij, rows = coarse_cshape
     objs = [ob.SquaredUnderdose("PTV", 50.0, 100), ob.SquaredOverdose("PTV", 52.0, 50),
             ob.SquaredOverdose("Core", 10.0, 20), ob.EUD("Core", 15.0, 5, a=8), ob.MeanDose("BODY", 5.0, 1)]
     return geo, dij, rows, objs
