@@ -10,27 +10,11 @@ import pytest
 
 from outcomes import services
 from outcomes.cohorts import CohortFilter
-from tests.conftest import PASSWORD, make_course
+from tests.browser.support import launch, login
+from tests.conftest import make_course
 from workflow.models import Diagnosis, Patient, Treatment
 
-CHROMIUM = "/usr/bin/chromium"
 D = dt.date
-
-
-def _launch(p):
-    return p.chromium.launch(
-        executable_path=CHROMIUM,
-        args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-              "--disable-sync", "--no-first-run"],
-    )
-
-
-def _login(page, base, username, path):
-    page.goto(f"{base}/accounts/login/?next={path}")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"**{path}")
 
 
 def _lung_course(mrn, rt_start=D(2025, 2, 3)):
@@ -58,10 +42,10 @@ def test_oncologist_logs_a_follow_up_and_sees_the_derived_response(transactional
     new_path = f"/outcomes/courses/{course.pk}/assessments/new/"
 
     with sync_playwright() as p:
-        browser = _launch(p)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1000})
-            _login(page, live_server.url, "oncologist", new_path)
+            login(page, live_server.url, "oncologist", new_path)
             # the lesions of the last assessment are offered again; only the values are typed
             expect(page.locator("#id_m-0-lesion")).to_have_value("T1")
             expect(page.locator("#id_m-1-lesion")).to_have_value("T2")
@@ -122,10 +106,10 @@ def test_researcher_runs_a_survival_analysis_and_exports_the_cohort(transactiona
     assert medians == {"other": 330.0, "surgery+chemo+RT": 800.0}  # S drops 1 -> .8 -> .6 -> .4 at the 3rd death
 
     with sync_playwright() as p:
-        browser = _launch(p)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 1200})
-            _login(page, live_server.url, "researcher", "/outcomes/analysis/")
+            login(page, live_server.url, "researcher", "/outcomes/analysis/")
             page.get_by_label("Endpoint").select_option("os")
             page.get_by_label("Group by").select_option("multimodal")
             page.get_by_role("button", name="Run analysis").click()

@@ -6,19 +6,10 @@ import os
 import pytest
 from django.utils import timezone
 
-from tests.conftest import PASSWORD
-from workflow import calendar, delivery, scheduling
+from tests.browser.support import last_treatment_day, launch, login
+from workflow import delivery, scheduling
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = "/tmp/radpath-treatment-list.png"
-
-
-def last_treatment_day():
-    """Today if the clinic treats today, else the most recent treatment day (so the fraction can be delivered)."""
-    day = timezone.localdate()
-    while not calendar.is_treatment_day(day):
-        day -= dt.timedelta(days=1)
-    return day
 
 
 @pytest.mark.browser
@@ -34,17 +25,10 @@ def test_therapist_marks_a_fraction_delivered(transactional_db, live_server, use
     list_path = "/treatment/" if day == timezone.localdate() else f"/treatment/?date={day}"
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(
-            executable_path=CHROMIUM,
-            args=["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"],
-        )
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1280, "height": 900})
-            page.goto(f"{live_server.url}/accounts/login/?next={list_path}")
-            page.get_by_label("Username").fill("therapist")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            page.wait_for_url(f"**{list_path}")
+            login(page, live_server.url, "therapist", list_path)
 
             expect(page.get_by_role("heading", name="Linac 1")).to_be_visible()
             row = page.locator(f"#fraction-{fraction.pk}")

@@ -6,14 +6,13 @@ import os
 import pytest
 from django.utils import timezone
 
-from tests.conftest import PASSWORD, make_course
+from tests.browser.support import launch, login
+from tests.conftest import make_course
 from workflow import carepaths
 from workflow.calendar import ClinicCalendar
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = "/tmp/radpath-carepath-board.png"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 
 
 def _back(calendar, day, n):
@@ -41,14 +40,10 @@ def test_physicist_completes_the_plan_check_and_the_patient_moves_on(transaction
     path_id = course.carepath.pk
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch(p)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
-            page.goto(f"{live_server.url}/accounts/login/?next=/carepaths/board/")
-            page.get_by_label("Username").fill("physicist")
-            page.get_by_label("Password").fill(PASSWORD)
-            page.get_by_role("button", name="Log in").click()
-            page.wait_for_url("**/carepaths/board/")
+            login(page, live_server.url, "physicist", "/carepaths/board/")
             expect(page.locator(f"#col-physics_check #path-{path_id}")).to_contain_text("Ada Pleura")
             expect(page.locator(f"#col-physics_check #path-{path_id}")).to_contain_text("blocked")
 

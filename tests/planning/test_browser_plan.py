@@ -9,27 +9,10 @@ import pytest
 from django.utils import timezone
 
 from planning.models import Plan
-from tests.conftest import PASSWORD
-from workflow import calendar, scheduling
+from tests.browser.support import launch, last_treatment_day, login
+from workflow import scheduling
 
-CHROMIUM = "/usr/bin/chromium"
 SCREENSHOT = "/tmp/radpath-plan-review.png"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
-
-
-def last_treatment_day():
-    day = timezone.localdate()
-    while not calendar.is_treatment_day(day):
-        day -= dt.timedelta(days=1)
-    return day
-
-
-def login(page, base, username, next_path):
-    page.goto(f"{base}/accounts/login/?next={next_path}")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"**{next_path}")
 
 
 @pytest.mark.browser
@@ -46,7 +29,7 @@ def test_physicist_plans_oncologist_approves_first_fraction_delivered(workers, l
     plans_path = f"/planning/courses/{cshape_course.pk}/"
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch(p)
         try:
             # 1. the physicist creates and starts a plan, and watches the progress bar
             ctx = browser.new_context(viewport={"width": 1280, "height": 1000})

@@ -7,29 +7,17 @@ import os
 import pytest
 from django.utils import timezone
 
-from tests.conftest import PASSWORD
-from workflow import calendar, delivery, scheduling
+from tests.browser.support import last_treatment_day, launch, login
+from workflow import delivery, scheduling
 from workflow.models import CourseHold, ToxicityEvent
 
-CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update", "--disable-sync", "--no-first-run"]
 SCREENSHOT = "/tmp/radpath-toxicity-hold.png"
 
 
-def last_treatment_day():
-    day = timezone.localdate()
-    while not calendar.is_treatment_day(day):
-        day -= dt.timedelta(days=1)
-    return day
-
-
-def login(browser, base, username, next_path):
+def open_as(browser, base, username, next_path):
+    """A new page, logged in as ``username``, on ``next_path``."""
     page = browser.new_page(viewport={"width": 1280, "height": 900})
-    page.goto(f"{base}/accounts/login/?next={next_path}")
-    page.get_by_label("Username").fill(username)
-    page.get_by_label("Password").fill(PASSWORD)
-    page.get_by_role("button", name="Log in").click()
-    page.wait_for_url(f"**{next_path}")
+    login(page, base, username, next_path)
     return page
 
 
@@ -47,10 +35,10 @@ def test_oncologist_logs_grade_3_pneumonitis_sees_hold_and_resumes(transactional
     list_path = "/treatment/" if day == timezone.localdate() else f"/treatment/?date={day}"
 
     with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        browser = launch(p)
         try:
             # The oncologist opens today's list and logs the side effect from the patient's row.
-            onc = login(browser, live_server.url, "oncologist", list_path)
+            onc = open_as(browser, live_server.url, "oncologist", list_path)
             row = onc.locator(f"#fraction-{fraction.pk}")
             expect(row).to_contain_text("Ada Pleura")
             row.get_by_role("link", name="Log side effect").click()
@@ -77,7 +65,7 @@ def test_oncologist_logs_grade_3_pneumonitis_sees_hold_and_resumes(transactional
             onc.screenshot(path=SCREENSHOT, full_page=True)
 
             # The therapist cannot deliver while the course is on hold.
-            ther = login(browser, live_server.url, "therapist", list_path)
+            ther = open_as(browser, live_server.url, "therapist", list_path)
             ther.locator(f"#fraction-{fraction.pk}").get_by_role("button", name="Delivered").click()
             ther.wait_for_load_state()
             expect(ther.get_by_role("status")).to_contain_text("Toxicity hold")
