@@ -130,7 +130,7 @@ def _mu_units(dij, machine, n_fractions):
     return [mu_per_unit_weight(machine, b.bixel_mm) / max(n_fractions, 1) for b in dij.beams]
 
 
-def _rebuild(seqs, x, keep, mu_units, dij, S):
+def _rebuild(seqs, x, keep, mu_units, S):
     """New BeamSequences with the kept segments, weights ``x`` and MU from the machine conversion."""
     out = []
     k = 0
@@ -246,7 +246,7 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
     n_seg = x0.size
     mu_before = float(sum(s.mu for s in seqs))
     if n_seg == 0 or not objectives:
-        new, w = _rebuild(seqs, x0, np.ones(n_seg, bool), mu_units, dij, S)
+        new, w = _rebuild(seqs, x0, np.ones(n_seg, bool), mu_units, S)
         return SegmentWeightResult(new, w, x0, float("nan"), float("nan"), list(objectives or []), n_seg, n_seg,
                                    mu_before, float(sum(s.mu for s in new)), 0, time.perf_counter() - t0,
                                    improved=False, message="nothing to optimise")
@@ -324,7 +324,7 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
     if normalised and improved:
         x_best = x_best * prob.scale(x_best)  # F is scale-free: report the weights at the prescription
     keep = x_best > 0 if improved else np.ones(n_seg, bool)
-    new, w = _rebuild(seqs, x_best, keep, mu_units, dij, S)
+    new, w = _rebuild(seqs, x_best, keep, mu_units, S)
     return SegmentWeightResult(
         new, w, x_best[keep], f_start, values[best], objs, n_seg, int(keep.sum()), mu_before,
         float(sum(s.mu for s in new)), state["it"], time.perf_counter() - t0, improved, cancelled, msg,
