@@ -100,10 +100,29 @@ class Workers:
             else:
                 cmd = [sys.executable, "manage.py", "db_worker", "--queue-name", "default", "--no-reload",
                        "--no-startup-delay", "--interval", "0.1"]
-            log = open(self.media_root.parent / f"worker-{len(self.procs)}.log", "wb")
-            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+            log_path = self.media_root.parent / f"worker-{len(self.procs)}.log"
+            proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env(), stdout=open(log_path, "wb"), stderr=subprocess.STDOUT,
+                                    start_new_session=True)
+            proc.log_path = log_path
             self.procs.append(proc)
         return self.procs[-n:]
+
+    # What each worker prints once it polls its queue (db_worker's and RQ's start-up lines).
+    READY = ("Starting worker", "Listening on")
+
+    def wait_ready(self, procs=None, timeout=60.0):
+        """Block until every worker process has started polling, so a job can go to any of them."""
+
+        def ready():
+            for proc in procs or self.procs:
+                if proc.poll() is not None:
+                    raise AssertionError(f"worker exited with {proc.returncode}\n{self.logs()}")
+                text = proc.log_path.read_text(errors="replace")
+                if not any(marker in text for marker in self.READY):
+                    return False
+            return True
+
+        wait_for(ready, timeout=timeout, message="the workers to start")
 
     def kill(self, proc, sig=signal.SIGKILL):
         try:

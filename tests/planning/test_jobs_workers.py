@@ -35,6 +35,8 @@ def test_two_workers_run_two_plans_concurrently(workers, cshape_course, patient,
 
     other = make_course(patient, cshape_course.diagnosis, treated_site="Second site")
     workers.start(2)
+    # A worker still importing Django when both jobs are queued would leave both to the other one.
+    workers.wait_ready()
     inputs = dict(FAST, max_iterations=60)
     a = services.start_plan(services.create_plan(cshape_course, user=physicist, **inputs), user=physicist)
     b = services.start_plan(services.create_plan(other, user=physicist, **inputs), user=physicist)
