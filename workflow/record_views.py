@@ -23,6 +23,11 @@ from .views import identified
 SEARCH_LIMIT = 20
 
 
+def gy(value):
+    """A dose as the clinic writes it: 50 Gy, 1.8 Gy, 2.67 Gy."""
+    return f"{value.normalize():f}"
+
+
 def _save(form, user):
     record = form.save(commit=False)
     record._history_user = user
@@ -172,8 +177,8 @@ def course_new(request):
         course = _save(form, request.user)
         messages.success(
             request,
-            f"Course prescribed: {course.total_dose_gy:g} Gy in {course.fractions_planned} fractions of "
-            f"{course.dose_per_fraction_gy:g} Gy ({course.get_technique_display()}).",
+            f"Course prescribed: {gy(course.total_dose_gy)} Gy in {course.fractions_planned} fractions of "
+            f"{gy(course.dose_per_fraction_gy)} Gy ({course.get_technique_display()}).",
         )
         return redirect("course-detail", pk=course.pk)
     cancel = reverse("patient-detail", args=[patient.pk]) if patient else reverse("patient-list")
@@ -214,8 +219,8 @@ def course_amend(request, pk):
             record = result.record
             messages.success(
                 request,
-                f"Prescription amended to {record.after_total_dose_gy:g} Gy in {record.after_fractions} fractions of "
-                f"{record.after_dose_per_fraction_gy:g} Gy; {record.fractions_added} fraction(s) booked, "
+                f"Prescription amended to {gy(record.after_total_dose_gy)} Gy in {record.after_fractions} fractions of "
+                f"{gy(record.after_dose_per_fraction_gy)} Gy; {record.fractions_added} fraction(s) booked, "
                 f"{record.fractions_cancelled} cancelled.",
             )
             return redirect("course-detail", pk=course.pk)
