@@ -277,6 +277,7 @@ class CourseViewSet(
         "clear": "workflow.approve_course",
         "stop": "workflow.stop_course",
         "amend": "workflow.add_prescriptionamendment",
+        "amendments": read_perms("course") + ["workflow.view_prescriptionamendment"],
         "followups": "workflow.change_followupvisit",
     }
 
@@ -344,6 +345,13 @@ class CourseViewSet(
         params.is_valid(raise_exception=True)
         amendment = service("prescriptions").amend_prescription(course, user=request.user, **params.validated_data)
         return Response(s.PrescriptionAmendmentSerializer(amendment.record).data)
+
+    @extend_schema(summary="The course's prescription amendments, oldest first", responses={200: s.PrescriptionAmendmentSerializer(many=True)})
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def amendments(self, request, *args, **kwargs):
+        course = self.get_object()
+        rows = course.amendments.select_related("amended_by").order_by("amended_at", "pk")
+        return Response(s.PrescriptionAmendmentSerializer(rows, many=True).data)
 
     @extend_schema(
         summary="Delivered and remaining fractions and dose, overall treatment time, delivery blockers",

@@ -99,6 +99,8 @@ def test_amendment_to_more_fractions_books_them_after_the_last(api, started):
     assert delivery.course_progress(started).remaining_fractions == 28
     record = PrescriptionAmendment.objects.get(course=started)
     assert record.amended_by.username == "oncologist" and record.reason == "Boost to 60 Gy after MDT"
+    listed = api("therapist").get(f"/api/courses/{started.pk}/amendments/").json()
+    assert [(a["before_fractions"], a["after_fractions"], a["amended_by"]) for a in listed] == [(25, 30, "oncologist")]
     assert started.history.first().history_user.username == "oncologist"
 
 
@@ -197,3 +199,22 @@ def test_follow_up_visit_never_moves_to_another_course(api, course, other_patien
     assert response.status_code == 400 and "course" in response.json()
     visit.refresh_from_db()
     assert visit.course_id == course.pk
+
+
+def test_admin_edit_of_a_started_course_is_refused_on_the_field(started):
+    from django.contrib.auth.models import User
+    from django.test import Client
+
+    client = Client()
+    client.force_login(User.objects.create_superuser("boss", "boss@example.org", "pw-boss-123"))
+    url = f"/admin/workflow/course/{started.pk}/change/"
+    form = client.get(url).context["adminform"].form
+    data = {name: form.initial.get(name) for name in form.fields}
+    data = {k: ("" if v is None else v) for k, v in data.items()}
+    data.update(total_dose_gy="2.00", fractions_planned="1", dose_per_fraction_gy="2.00", patient=started.patient_id,
+                twice_daily="", plan_approved="on")
+    response = client.post(url, {k: v for k, v in data.items() if v is not False})
+    assert response.status_code == 200
+    assert "prescription amendment" in response.context["adminform"].form.errors["total_dose_gy"][0]
+    started.refresh_from_db()
+    assert started.fractions_planned == 25
