@@ -2,12 +2,13 @@
 
 from django import forms
 
+from workflow.widgets import DateInput
 from workflow.models import DiseaseSite, Intent, Technique, TreatmentKind
 
 from . import services
 from .models import CauseOfDeath, FollowUpAssessment, LesionMeasurement, Response
 
-DATE = forms.DateInput(attrs={"type": "date"})
+DATE = DateInput()
 
 
 class AssessmentForm(forms.ModelForm):

@@ -8,6 +8,7 @@ Machine slots are the scheduler's bookkeeping: read-only.
 from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
+from .record_forms import LockedModelForm
 from .models import (
     Closure,
     Course,
@@ -18,6 +19,7 @@ from .models import (
     Machine,
     MachineSlot,
     Patient,
+    PrescriptionAmendment,
     SimulationVisit,
     Treatment,
 )
@@ -35,8 +37,10 @@ def void_selected(modeladmin, request, queryset):
 
 
 class ClinicalAdmin(SimpleHistoryAdmin):
-    """Clinical records: history shown, never deleted, voiding instead."""
+    """Clinical records: history shown, never deleted, voiding instead; the locks of ``workflow.locking`` apply
+    (identity links never move, a started course's prescription changes only by amendment)."""
 
+    form = LockedModelForm
     readonly_fields = VOID_FIELDS
     actions = [void_selected]
 
@@ -78,6 +82,7 @@ class DiagnosisInline(admin.TabularInline):
 
 class CourseInline(admin.TabularInline):
     model = Course
+    form = LockedModelForm
     fk_name = "patient"
     extra = 0
     fields = ("name", "intent", "technique", "treated_site", "total_dose_gy", "fractions_planned", "status")
@@ -205,6 +210,24 @@ class MachineSlotAdmin(admin.ModelAdmin):
     list_display = ("machine", "starts_at", "fraction", "simulation")
     list_filter = ("machine",)
     date_hierarchy = "starts_at"
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PrescriptionAmendment)
+class PrescriptionAmendmentAdmin(admin.ModelAdmin):
+    """The audit of prescription amendments: written only by ``amend_prescription``, read-only here."""
+
+    list_display = ("course", "amended_at", "amended_by", "before_total_dose_gy", "before_fractions",
+                    "after_total_dose_gy", "after_fractions", "reason")
+    list_select_related = ("course__patient", "amended_by")
 
     def has_add_permission(self, request):
         return False

@@ -276,6 +276,8 @@ class CourseViewSet(
         "schedule": "workflow.schedule_fraction",
         "clear": "workflow.approve_course",
         "stop": "workflow.stop_course",
+        "amend": "workflow.add_prescriptionamendment",
+        "amendments": read_perms("course") + ["workflow.view_prescriptionamendment"],
         "followups": "workflow.change_followupvisit",
     }
 
@@ -327,6 +329,29 @@ class CourseViewSet(
         )
         course.refresh_from_db()
         return Response(self.get_serializer(course).data)
+
+    @extend_schema(
+        summary="Amend the prescription with a reason (oncologist); booked fractions are added or cancelled to match",
+        description="The only way to change a started course's dose or fractions. Give `fractions_planned` and "
+        "`total_dose_gy` or `dose_per_fraction_gy` (the other is derived). The number of fractions may not go below "
+        "the delivered count.",
+        request=s.AmendSerializer,
+        responses={200: s.PrescriptionAmendmentSerializer, **ERRORS},
+    )
+    @action(detail=True, methods=["post"])
+    def amend(self, request, *args, **kwargs):
+        course = live(self.get_object())
+        params = s.AmendSerializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        amendment = service("prescriptions").amend_prescription(course, user=request.user, **params.validated_data)
+        return Response(s.PrescriptionAmendmentSerializer(amendment.record).data)
+
+    @extend_schema(summary="The course's prescription amendments, oldest first", responses={200: s.PrescriptionAmendmentSerializer(many=True)})
+    @action(detail=True, methods=["get"], pagination_class=None)
+    def amendments(self, request, *args, **kwargs):
+        course = self.get_object()
+        rows = course.amendments.select_related("amended_by").order_by("amended_at", "pk")
+        return Response(s.PrescriptionAmendmentSerializer(rows, many=True).data)
 
     @extend_schema(
         summary="Delivered and remaining fractions and dose, overall treatment time, delivery blockers",

@@ -21,7 +21,10 @@ def exception_handler(exc, context):
             detail = {"non_field_errors": exc.messages}
         return Response(detail, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, ConflictError):
-        return Response({"detail": str(exc), "code": exc.code}, status=status.HTTP_409_CONFLICT)
+        body = {"detail": str(exc), "code": exc.code}
+        if exc.field:
+            body[exc.field] = [str(exc)]
+        return Response(body, status=status.HTTP_409_CONFLICT)
     if isinstance(exc, RuleViolation):
         body = {"detail": str(exc), "code": exc.code}
         if exc.field:

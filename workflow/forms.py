@@ -2,36 +2,14 @@
 ``workflow.delivery``) apply the rules, and ``add_service_error`` puts a service's complaint on the field it names.
 """
 
-import datetime as dt
-
 from django import forms
 from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
-from django.utils import timezone
 
 from .errors import RuleViolation
 from .models import Machine, MachineKind, TerminationReason
-
-
-class DateInput(forms.DateInput):
-    input_type = "date"
-
-
-class TimeInput(forms.TimeInput):
-    input_type = "time"
-
-
-class DateTimeInput(forms.DateTimeInput):
-    input_type = "datetime-local"
-
-    def format_value(self, value):
-        if isinstance(value, dt.datetime):
-            value = timezone.localtime(value) if timezone.is_aware(value) else value
-            return value.strftime("%Y-%m-%dT%H:%M")
-        return value
-
-
-DATETIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%d %H:%M", "%Y-%m-%d %H:%M:%S"]
+from .widgets import DATETIME_INPUT_FORMATS as DATETIME_FORMATS
+from .widgets import DateInput, DateTimeInput, TimeInput
 
 
 def add_service_error(form, exc):

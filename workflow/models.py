@@ -440,3 +440,4 @@ class FollowUpVisit(ClinicalRecord):
 
 from .toxicity_models import *  # noqa: E402,F401,F403
 from .carepath_models import *  # noqa: E402,F401,F403
+from .prescription_models import *  # noqa: E402,F401,F403

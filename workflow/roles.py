@@ -26,6 +26,7 @@ CLINICAL_READ = [
     "workflow.view_machine",
     "workflow.view_closure",
     "workflow.view_downtime",
+    "workflow.view_prescriptionamendment",
 ]
 
 ROLE_PERMISSIONS = {
@@ -33,6 +34,8 @@ ROLE_PERMISSIONS = {
     + ["workflow.deliver_fraction", "workflow.schedule_fraction", "workflow.change_fraction"],
     SCHEDULER: CLINICAL_READ
     + [
+        "workflow.add_patient",  # registration at the front desk
+        "workflow.change_patient",
         "workflow.schedule_fraction",
         "workflow.change_fraction",
         "workflow.add_simulationvisit",
@@ -52,6 +55,7 @@ ROLE_PERMISSIONS = {
         "workflow.change_treatment",
         "workflow.add_course",
         "workflow.change_course",
+        "workflow.add_prescriptionamendment",
         "workflow.approve_course",
         "workflow.stop_course",
         "workflow.add_simulationvisit",

@@ -346,6 +346,28 @@ def _append_one(course, *, user=None, is_makeup=True, exclude_machine_time=None)
     return _create_fractions(course, slots, number, user, is_makeup=is_makeup)[0]
 
 
+def append_fractions(course, count, *, user=None):
+    """Book ``count`` more fractions after the course's last live fraction (a prescription amendment adds them).
+
+    Each goes on the next treatment day at the course's daily time where capacity allows, like a make-up, but is
+    not a make-up. Call inside the transaction that holds the course row.
+    """
+    return [_append_one(course, user=user, is_makeup=False) for _ in range(count)]
+
+
+def cancel_last_scheduled(course, count, *, user=None, reason=""):
+    """Cancel the course's last ``count`` scheduled fractions and free their machine time (an amendment to fewer
+    fractions). Delivered fractions are never touched."""
+    last = list(course.fractions.filter(status=AppointmentStatus.SCHEDULED).select_for_update().order_by("-starts_at", "-pk")[:count])
+    for f in last:
+        f.status = AppointmentStatus.CANCELLED
+        f.status_note = reason[:200]
+        f._history_user = user
+        f.save(update_fields=["status", "status_note", "updated_at"])
+    MachineSlot.objects.filter(fraction__in=last).delete()
+    return last
+
+
 @dataclass
 class Missed:
     fraction: Fraction

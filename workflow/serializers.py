@@ -15,6 +15,7 @@ from django.core.exceptions import NON_FIELD_ERRORS
 from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
+from . import locking
 from .models import (
     AppointmentStatus,
     Closure,
@@ -27,6 +28,7 @@ from .models import (
     ImagingModality,
     Machine,
     Patient,
+    PrescriptionAmendment,
     SimulationVisit,
     SkinMarks,
     TerminationReason,
@@ -59,6 +61,11 @@ class CleanModelSerializer(serializers.ModelSerializer):
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
+        if self.instance is not None:
+            try:
+                locking.check_edit(self.instance, attrs)
+            except DjangoValidationError as exc:
+                raise serializers.ValidationError(django_errors_to_drf(exc)) from exc
         model = self.Meta.model
         candidate = copy.copy(self.instance) if self.instance is not None else model()
         for name, value in attrs.items():
@@ -227,7 +234,7 @@ class SimulationVisitSerializer(CleanModelSerializer):
     def get_fields(self):
         fields = super().get_fields()
         if self.instance is not None:
-            for name in ("course", "machine", "starts_at", "duration_minutes"):
+            for name in ("machine", "starts_at", "duration_minutes"):  # course: refused by locking, naming it
                 fields[name].read_only = True
         return fields
 
@@ -278,13 +285,6 @@ class FollowUpVisitSerializer(CleanModelSerializer):
         fields = ("id", "course", "patient", "due_date", "modality", "label", "status") + STAMP_FIELDS + VOID_FIELDS
         read_only_fields = STAMP_FIELDS + VOID_FIELDS
 
-    def get_fields(self):
-        fields = super().get_fields()
-        if self.instance is not None:
-            fields["course"].read_only = True
-        return fields
-
-
 # --- action inputs ---------------------------------------------------------------------------------------------
 
 
@@ -298,6 +298,31 @@ class ScheduleSerializer(serializers.Serializer):
     machine = serializers.PrimaryKeyRelatedField(
         queryset=Machine.objects.filter(active=True), required=False, allow_null=True, default=None
     )
+
+
+class AmendSerializer(serializers.Serializer):
+    """A prescription amendment: the new number of fractions and the total dose or the dose per fraction."""
+
+    reason = serializers.CharField(max_length=300)
+    fractions_planned = serializers.IntegerField(min_value=1, max_value=60, required=False, allow_null=True, default=None)
+    total_dose_gy = serializers.DecimalField(max_digits=6, decimal_places=2, required=False, allow_null=True, default=None)
+    dose_per_fraction_gy = serializers.DecimalField(
+        max_digits=5, decimal_places=2, required=False, allow_null=True, default=None
+    )
+
+
+class PrescriptionAmendmentSerializer(serializers.ModelSerializer):
+    amended_by = serializers.CharField(source="amended_by.username", read_only=True)
+
+    class Meta:
+        model = PrescriptionAmendment
+        fields = (
+            "id", "course", "amended_at", "amended_by", "reason",
+            "before_total_dose_gy", "before_fractions", "before_dose_per_fraction_gy",
+            "after_total_dose_gy", "after_fractions", "after_dose_per_fraction_gy",
+            "delivered_fractions", "fractions_added", "fractions_cancelled",
+        )
+        read_only_fields = fields
 
 
 class StopSerializer(serializers.Serializer):

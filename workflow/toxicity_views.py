@@ -19,20 +19,12 @@ from . import ctcae
 from . import toxicity as tox
 from .errors import RuleViolation
 from .forms import add_service_error, service_error_text
+from .widgets import DateInput
 from .models import Course, CourseStatus, Patient
 from .toxicity_models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent
 
 SERVICE_ERRORS = (RuleViolation, DjangoValidationError)
 IDENTIFIED = ("workflow.view_identified",)
-
-
-class DateInput(forms.DateInput):
-    """``<input type=date>`` needs ISO dates whatever the locale's display format."""
-
-    input_type = "date"
-
-    def __init__(self, attrs=None):
-        super().__init__(attrs, format="%Y-%m-%d")
 
 
 GRADES = [(g, f"{g} {ctcae.GRADE_NAMES[g]}") for g in range(1, 6)]

@@ -173,13 +173,15 @@ def pathway_timeline(patient):
     events = []
     for diagnosis in patient.diagnoses.active():
         detail = ", ".join(x for x in (diagnosis.histology, diagnosis.stage) if x)
-        events.append({"date": diagnosis.diagnosed_on, "kind": "diagnosis", "title": f"Diagnosis: {diagnosis.get_site_display()}", "detail": detail})
+        events.append({"date": diagnosis.diagnosed_on, "kind": "diagnosis", "title": f"Diagnosis: {diagnosis.get_site_display()}",
+                       "detail": detail, "record": ("diagnosis", diagnosis.pk)})
     for treatment in patient.treatments.active():
         title = treatment.get_surgery_type_display() if treatment.surgery_type else treatment.get_kind_display()
         detail = " ".join(x for x in (treatment.agent, treatment.trial_arm and f"(arm {treatment.trial_arm})") if x)
         if treatment.end_date:
             detail = f"{detail} until {treatment.end_date:%d %b %Y}".strip()
-        events.append({"date": treatment.start_date, "kind": treatment.kind, "title": title, "detail": detail})
+        events.append({"date": treatment.start_date, "kind": treatment.kind, "title": title, "detail": detail,
+                       "record": ("treatment", treatment.pk)})
     for course in patient.courses.active():
         for visit in course.simulations.active().select_related("machine"):
             events.append(
@@ -192,7 +194,8 @@ def pathway_timeline(patient):
             )
         summary = _course_summary(course)
         start = summary["time"].first_day or timezone.localtime(course.created_at).date()
-        events.append({"date": start, "kind": "radiotherapy", "title": f"Radiotherapy: {course.treated_site}", "summary": summary})
+        events.append({"date": start, "kind": "radiotherapy", "title": f"Radiotherapy: {course.treated_site}", "summary": summary,
+                       "course": course.pk})
         if course.stopped_on:
             events.append(
                 {
@@ -218,10 +221,15 @@ def pathway_timeline(patient):
 @identified("workflow.view_patient")
 def patient_detail(request, pk):
     patient = get_object_or_404(Patient.objects.active(), pk=pk)
+    timeline = pathway_timeline(patient)
+    for event in timeline:
+        kind, record = event.get("record", (None, None))
+        if kind and request.user.has_perm(f"workflow.change_{kind}"):
+            event["edit_url"] = reverse(f"{kind}-edit", args=[record])
     return render(
         request,
         "workflow/patient_detail.html",
-        {"patient": patient, "timeline": pathway_timeline(patient), "today": timezone.localdate()},
+        {"patient": patient, "timeline": timeline, "today": timezone.localdate()},
     )
 
 

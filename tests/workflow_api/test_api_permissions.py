@@ -66,12 +66,13 @@ def test_therapist_delivers_but_cannot_stop_a_course(api, booked_course):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("role", ["therapist", "scheduler", "physicist", "dosimetrist"])
-def test_only_oncologists_create_patients(api, role):
+@pytest.mark.parametrize("role", ["therapist", "physicist", "dosimetrist", "researcher"])
+def test_only_schedulers_and_oncologists_register_patients(api, role):
     body = {"mrn": "X1", "given_name": "A", "family_name": "B", "birth_date": "1960-01-01", "sex": "M"}
     assert api(role).post("/api/patients/", body, format="json").status_code == 403
     assert not Patient.objects.filter(mrn="X1").exists()
-    assert api("oncologist").post("/api/patients/", body, format="json").status_code == 201
+    assert api("scheduler").post("/api/patients/", body, format="json").status_code == 201
+    assert api("oncologist").post("/api/patients/", dict(body, mrn="X2"), format="json").status_code == 201
 
 
 @pytest.mark.django_db
