@@ -42,6 +42,7 @@ INSTALLED_APPS = [
     "rest_framework",
     "django_filters",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # swagger-ui served from the package: /api/docs/ works offline, no CDN code
     "simple_history",
     "django_tasks",
     "django_tasks_db",
@@ -150,6 +151,10 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Radiation-oncology care pathway, IMRT planning and outcomes.",
     "VERSION": "0.1.0",
     "SERVE_PERMISSIONS": ["rest_framework.permissions.IsAuthenticated"],
+    # swagger-ui and redoc from drf-spectacular-sidecar's static files, never a CDN (offline, pinned code).
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # One schema name per choice set that several fields share.
     "ENUM_NAME_OVERRIDES": {
         "TumourResponseEnum": "outcomes.models.Response",
@@ -170,9 +175,14 @@ else:
     TASKS = {"default": {"BACKEND": "django_tasks_db.DatabaseBackend", "QUEUES": ["default"]}}
 RQ_QUEUES = globals().get("RQ_QUEUES", {"default": {"URL": REDIS_URL, "DEFAULT_TIMEOUT": 3600}})
 
+# One console handler on the root logger. Django's own "django" logger gets no handler of its own (its default
+# console handler plus propagation to the root printed every line twice); a refused request (403) is one warning
+# line, not a traceback (config.logfilters.ForbiddenWithoutTraceback).
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "filters": {"forbidden_without_traceback": {"()": "config.logfilters.ForbiddenWithoutTraceback"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "filters": ["forbidden_without_traceback"]}},
+    "loggers": {"django": {"handlers": [], "level": os.environ.get("LOG_LEVEL", "WARNING"), "propagate": True}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
 }

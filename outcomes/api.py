@@ -72,11 +72,10 @@ class AssessmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
         "void": [IDENTIFIED, "outcomes.change_followupassessment"],
     }
 
+    filterset_fields = {"course": ["exact"], "patient": ["exact"]}
+
     def get_queryset(self):
         qs = FollowUpAssessment.objects.select_related("override_by").order_by("date", "pk")
-        course = self.request.query_params.get("course")
-        if course:
-            qs = qs.filter(course_id=course)
         if self.request.query_params.get("include_voided") not in ("1", "true"):
             qs = qs.active()
         return qs
@@ -127,7 +126,8 @@ class AssessmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
 class DeathViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, viewsets.GenericViewSet):
     serializer_class = s.DeathSerializer
     required_perms = {"read": [IDENTIFIED, "outcomes.view_death"], "write": [IDENTIFIED, "outcomes.add_death"]}
-    queryset = Death.objects.active().order_by("date")
+    queryset = Death.objects.active().order_by("date", "pk")
+    filterset_fields = {"patient": ["exact"]}
 
     def create(self, request, *args, **kwargs):
         ser = self.get_serializer(data=request.data)

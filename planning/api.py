@@ -72,11 +72,11 @@ class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
                       "cancel": RUN, "retry": RUN, "new_version": RUN, "approve": APPROVE, "reject": APPROVE,
                       "status": READ, "dose": READ, "reirradiation": READ, "dicom": READ}
 
+    filterset_fields = {"course": ["exact"], "status": ["exact"], "method": ["exact"]}
+    ordering_fields = ("created_at", "version", "status")
+
     def get_queryset(self):
         qs = Plan.objects.filter(voided_at__isnull=True).select_related("approved_by").prefetch_related("structure_doses")
-        course = self.request.query_params.get("course")
-        if course:
-            qs = qs.filter(course_id=course)
         return qs.order_by("course_id", "-version")
 
     def get_serializer_class(self):
@@ -182,8 +182,10 @@ class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     required_perms = {"read": ["workflow.view_identified", "planning.view_importedgeometry"],
                       "create": ["workflow.view_identified", "planning.import_dicom"]}
 
+    filterset_fields = {"course": ["exact"], "patient": ["exact"]}
+
     def get_queryset(self):
-        return ImportedGeometry.objects.filter(voided_at__isnull=True).order_by("-created_at")
+        return ImportedGeometry.objects.filter(voided_at__isnull=True).order_by("-created_at", "-pk")
 
     def create(self, request):
         from . import dicom_io

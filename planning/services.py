@@ -35,7 +35,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from workflow import delivery
+from workflow import delivery, gates
 from workflow.errors import ConflictError, RuleViolation
 from workflow.models import AppointmentStatus, CourseStatus
 
@@ -532,6 +532,19 @@ def reap_stale_plans(*, now=None, stale_after=None):
     return reaped
 
 
+def progress_text(plan):
+    """One line for the progress bar: status, the job's message, the iteration (only when the message does not
+    already name one, so it never reads "iteration 63 · iteration 63") and the objective."""
+    parts = [plan.get_status_display()]
+    if plan.progress_message and plan.progress_message != parts[0]:
+        parts.append(plan.progress_message)
+    if plan.iteration and "iteration" not in (plan.progress_message or "").lower():
+        parts.append(f"iteration {plan.iteration}")
+    if plan.objective_value is not None:
+        parts.append(f"objective {plan.objective_value:.3f}")
+    return " · ".join(parts)
+
+
 def plan_status(plan):
     """The progress/status payload for a progress bar; runs the reaper first so a dead job never looks alive."""
     reap_stale_plans()
@@ -542,7 +555,7 @@ def plan_status(plan):
         "objective": plan.objective_value, "message": plan.progress_message, "failure_reason": plan.failure_reason,
         "attempts": plan.attempts, "cancel_requested": plan.cancel_requested,
         "heartbeat_at": plan.heartbeat_at.isoformat() if plan.heartbeat_at else None,
-        "finished": plan.status not in ACTIVE_STATUSES,
+        "finished": plan.status not in ACTIVE_STATUSES, "text": progress_text(plan),
     }
 
 
@@ -841,7 +854,10 @@ def load_dose(plan):
 
 
 def approve_plan(plan, *, user, comment="", now=None):
-    """Approve a finished plan: freeze it, supersede the course's earlier approved plan, clear the course."""
+    """Approve a finished plan: freeze it, supersede the course's earlier approved plan, clear the course.
+
+    Refused (409 ``approval_blocked``, naming the step) while an approval gate blocks: a blocking care-path step
+    before the approval (physics plan check, prior-dose review) not done or skipped."""
     _require(user, "planning.approve_plan")
     now = now or timezone.now()
     with transaction.atomic():
@@ -854,6 +870,9 @@ def approve_plan(plan, *, user, comment="", now=None):
         course = plan.course
         if course.status in (CourseStatus.COMPLETED, CourseStatus.STOPPED):
             raise RuleViolation(f"The course is {course.get_status_display().lower()}.", field="course")
+        blockers = gates.approval_blockers(course)
+        if blockers:
+            raise ConflictError(" ".join(blockers), field="status", code="approval_blocked")
         for old in Plan.objects.select_for_update().filter(course=course, status=PlanStatus.APPROVED).exclude(pk=plan.pk):
             old.status = PlanStatus.SUPERSEDED
             old.superseded_at = now

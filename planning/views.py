@@ -16,11 +16,12 @@ from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
+from workflow import gates
 from workflow.errors import RuleViolation
 from workflow.models import Course
 
 from . import services
-from .models import GeometrySource, ImportedGeometry, Phantom, Plan, PlanMethod
+from .models import GeometrySource, ImportedGeometry, Phantom, Plan, PlanMethod, PlanStatus
 
 VIEW = "planning.view_plan"
 
@@ -102,6 +103,8 @@ def plan_review(request, pk):
     ctx["versions"] = plan.course.plans.filter(voided_at__isnull=True).order_by("-version")
     ctx["can_run"] = request.user.has_perm("planning.run_plan")
     ctx["can_approve"] = request.user.has_perm("planning.approve_plan")
+    ctx["progress_text"] = services.progress_text(plan)
+    ctx["approval_blockers"] = gates.approval_blockers(plan.course) if plan.status == PlanStatus.DONE else []
     return render(request, "planning/plan_review.html", ctx)
 
 

@@ -7,6 +7,7 @@ from . import carepath_views as views
 urlpatterns = [
     path("carepaths/worklist/", views.worklist, name="carepath-worklist"),
     path("carepaths/board/", views.board, name="carepath-board"),
+    path("carepaths/board/timing.png", views.board_chart, name="carepath-board-chart"),
     path("carepaths/<int:pk>/", views.path_detail, name="carepath-detail"),
     path("carepaths/tasks/<int:pk>/<slug:action>/", views.task_action, name="carepath-task-action"),
 ]

@@ -1,7 +1,8 @@
 """Care-path services: start a course's path, complete / reassign / hold / skip tasks, worklists, board, timing.
 
 Rules:
-- A course's path starts when the course is created (``post_save``); the template is the active one matching the
+- A course's path starts when the course is created (``post_save``), unless the course is created completed or
+  stopped (historical or registry-imported courses get none); the template is the active one matching the
   course's intent and technique with the highest priority. Its steps are copied into the path (``snapshot``) and the
   tasks made from that copy, so later template edits never touch a running path.
 - A task opens when every step in its ``after`` list is done or skipped; its due date is ``due_days`` working days
@@ -11,8 +12,9 @@ Rules:
   waiting for it whatever its state, dated the day the event happened. Reassign, hold and skip need the task's role
   or ``workflow.manage_caretask``; hold and skip need a reason. Every change is in the task's history with the user.
 - A task that blocks treatment keeps the course's fractions from being delivered from the day it opens until it is
-  done or skipped (on hold still blocks). Setting ``CAREPATHS_STRICT_GATE = True`` also blocks on blocking steps
-  the path has not reached yet. Courses without a path are never blocked by care paths.
+  done or skipped, whether the path has reached it or not (on hold and pending still block): one rule for every
+  course. A plan is approved only when the blocking steps before the approval step are done or skipped.
+  Courses without a path (historical, imported, or a voided path) are never blocked by care paths.
 - Timing: per course consult-to-sim, sim-to-plan-approval and sim-to-first-fraction in working days (and calendar
   days) and the share of tasks done by their due date; per clinic and month medians and 90th percentiles.
 """
@@ -33,7 +35,7 @@ from django.utils import timezone
 from . import gates, signals
 from .calendar import ClinicCalendar
 from .errors import ConflictError, RuleViolation
-from .models import CarePath, CarePathStatus, CarePathTemplate, CareTask, Course, DueUnit, PathEvent, TaskStatus, TemplateStep
+from .models import CarePath, CarePathStatus, CarePathTemplate, CareTask, Course, CourseStatus, DueUnit, PathEvent, TaskStatus, TemplateStep
 from .roles import user_roles
 
 DEFAULTS_FILE = Path(__file__).resolve().parent / "data" / "carepath_templates.json"
@@ -96,11 +98,23 @@ def validate_steps(steps):
 # --- instantiation ---------------------------------------------------------------------------------------------
 
 
+HISTORICAL = (CourseStatus.COMPLETED, CourseStatus.STOPPED)
+
+
+def needs_path(course):
+    """A care path is for a course still to be treated: a completed or stopped course (a historical course, a
+    registry import) gets none, since its steps happened outside RadPath and would only fill the worklists."""
+    return course.status not in HISTORICAL and not course.voided_at
+
+
 def instantiate_path(course, *, template=None, started_on=None, user=None):
-    """Start ``course``'s care path (idempotent: an existing path is returned unchanged). None if no template fits."""
+    """Start ``course``'s care path (idempotent: an existing path is returned unchanged). None if no template fits
+    or the course is already completed or stopped (``needs_path``)."""
     existing = CarePath.objects.filter(course=course).first()
     if existing is not None:
         return existing
+    if not needs_path(course):
+        return None
     template = template or select_template(course)
     if template is None:
         return None
@@ -364,21 +378,56 @@ def _on_course_stopped(sender, course, user=None, **kwargs):
 # --- delivery gate ---------------------------------------------------------------------------------------------
 
 
+UNFINISHED = (TaskStatus.PENDING, TaskStatus.OPEN, TaskStatus.ON_HOLD)
+
+
+def _blocking_unfinished(course, codes=None):
+    qs = CareTask.objects.active().filter(
+        path__course_id=course.pk, path__voided_at__isnull=True, blocks_treatment=True, status__in=UNFINISHED)
+    if codes is not None:
+        qs = qs.filter(code__in=codes)
+    return list(qs.order_by("order").values_list("name", "role", "status"))
+
+
+def _describe(blocking):
+    return "; ".join(f"{name} ({role}{', not reached yet' if status == TaskStatus.PENDING else ''})" for name, role, status in blocking)
+
+
 def carepath_gate(course):
-    """Delivery gate: the open (or held) blocking tasks of the course's path, as a reason; None if there are none."""
-    states = list(LIVE)
-    if getattr(settings, "CAREPATHS_STRICT_GATE", False):
-        states.append(TaskStatus.PENDING)
-    blocking = list(
-        CareTask.objects.active()
-        .filter(path__course_id=course.pk, path__voided_at__isnull=True, blocks_treatment=True, status__in=states)
-        .order_by("order")
-        .values_list("name", "role")
-    )
+    """Delivery gate: the course's blocking steps not yet done or skipped, as a reason; None if there are none.
+
+    One rule for every course: a blocking step (physics plan check, prior-dose review, plan approval) blocks every
+    fraction until it is done or skipped, whether the path has reached it (open, on hold) or not (pending)."""
+    blocking = _blocking_unfinished(course)
     if not blocking:
         return None
-    names = "; ".join(f"{name} ({role})" for name, role in blocking)
-    return f"Care path: blocking task not done: {names}."
+    return f"Care path: blocking task not done: {_describe(blocking)}."
+
+
+def _ancestors(tasks, code):
+    by_code = {t["code"]: t for t in tasks}
+    seen, todo = set(), list(by_code.get(code, {}).get("after", []))
+    while todo:
+        c = todo.pop()
+        if c in seen or c not in by_code:
+            continue
+        seen.add(c)
+        todo.extend(by_code[c]["after"])
+    return seen
+
+
+def approval_gate(course):
+    """Plan-approval gate: the blocking steps that come before the path's plan approval (the physics plan check,
+    a prior-dose review) and are not done or skipped, as a reason; None if approval may go ahead."""
+    tasks = list(CareTask.objects.active().filter(path__course_id=course.pk, path__voided_at__isnull=True)
+                 .values("code", "after", "event"))
+    approval = next((t["code"] for t in tasks if t["event"] == PathEvent.COURSE_CLEARED), None)
+    if approval is None:
+        return None
+    blocking = _blocking_unfinished(course, codes=_ancestors(tasks, approval))
+    if not blocking:
+        return None
+    return f"Care path: complete or skip {_describe(blocking)} before the plan is approved."
 
 
 # --- worklists and board ---------------------------------------------------------------------------------------
@@ -554,21 +603,29 @@ def carepath_timing_frame(paths=None, *, clinic=None, calendar=None):
 
 def timing_summary(frame):
     """Per clinic and month: courses, and for each interval the count, median and 90th percentile (working days);
-    the on-time rate over every measured task."""
+    the on-time rate over every measured task. One grouped aggregation (no Python loop over months)."""
     import pandas as pd
 
-    out = []
-    for (clinic, month), group in frame.groupby(["clinic", "month"], sort=True):
-        row = {"clinic": clinic, "month": month, "courses": len(group)}
-        for name, _, _ in INTERVALS:
-            values = group[name].dropna().astype(float)
-            row[f"{name}_n"] = len(values)
-            row[f"{name}_median"] = float(values.median()) if len(values) else None
-            row[f"{name}_p90"] = float(values.quantile(0.9)) if len(values) else None
-        measured = group["tasks_measured"].sum()
-        row["on_time_rate"] = float(group["tasks_on_time"].sum() / measured) if measured else None
-        out.append(row)
-    return pd.DataFrame(out)
+    if not len(frame):
+        return pd.DataFrame()
+    values = frame[["clinic", "month"]].copy()
+    for name, _, _ in INTERVALS:
+        values[name] = frame[name].astype("float64")
+    values["tasks_on_time"] = frame["tasks_on_time"].astype("float64")
+    values["tasks_measured"] = frame["tasks_measured"].astype("float64")
+    grouped = values.groupby(["clinic", "month"], sort=True)
+    out = grouped.size().rename("courses").to_frame()
+    for name, _, _ in INTERVALS:
+        out[f"{name}_n"] = grouped[name].count()
+        out[f"{name}_median"] = grouped[name].median()
+        out[f"{name}_p90"] = grouped[name].quantile(0.9)
+    measured = grouped["tasks_measured"].sum()
+    out["on_time_rate"] = (grouped["tasks_on_time"].sum() / measured).where(measured > 0)
+    out = out.reset_index()
+    out = out.astype(object).where(out.notna(), None)
+    for col in ["courses"] + [f"{n}_n" for n, _, _ in INTERVALS]:
+        out[col] = out[col].astype(int)
+    return out
 
 
 def step_on_time_rates(frame):
@@ -662,5 +719,6 @@ signals.course_completed.connect(_on_course_completed, dispatch_uid="carepaths_c
 signals.course_stopped.connect(_on_course_stopped, dispatch_uid="carepaths_course_stopped")
 post_migrate.connect(load_default_templates, sender=django_apps.get_app_config("workflow"), dispatch_uid="carepaths_default_templates")
 gates.register_gate(carepath_gate)
+gates.register_approval_gate(approval_gate)
 
 from . import carepath_admin  # noqa: E402,F401  (admin registration for templates and paths)

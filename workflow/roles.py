@@ -104,6 +104,11 @@ def sync_role_groups(sender=None, **kwargs):
 
 
 def user_roles(user):
+    """The user's clinic roles (group names), read once per user object (like Django's permission cache), so a
+    page checking the role of every row of a worklist asks the database once."""
     if not user.is_authenticated:
         return set()
-    return set(user.groups.values_list("name", flat=True))
+    cached = getattr(user, "_radpath_roles", None)
+    if cached is None:
+        cached = user._radpath_roles = frozenset(user.groups.values_list("name", flat=True))
+    return set(cached)

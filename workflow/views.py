@@ -147,6 +147,8 @@ def patient_list(request):
     if form.is_valid() and form.cleaned_data["q"]:
         q = form.cleaned_data["q"].strip()
         patients = patients.filter(Q(mrn__icontains=q) | Q(given_name__icontains=q) | Q(family_name__icontains=q))
+    # An aggregate drops Meta.ordering (GROUP BY): order explicitly, MRN last so pages never shuffle.
+    patients = patients.order_by("family_name", "given_name", "mrn")
     page = Paginator(patients, 50).get_page(request.GET.get("page"))
     return render(request, "workflow/patient_list.html", {"form": form, "page": page})
 

@@ -5,11 +5,17 @@ from decimal import Decimal
 
 import pytest
 
-from tests.conftest import make_course
+from tests.conftest import make_course as _make_course
 from workflow.carepaths import replay_path
 from workflow.models import CarePathTemplate
 
 MONDAY = dt.date(2027, 3, 1)  # a plain fortnight: no US federal holiday between 1 and 12 March 2027
+
+
+def make_course(*args, **kwargs):
+    """A course whose care path is as created: its blocking steps are left for the test (``checks_done=False``)."""
+    kwargs.setdefault("checks_done", False)
+    return _make_course(*args, **kwargs)
 
 
 @pytest.fixture

@@ -111,10 +111,33 @@ def test_board_and_path_pages(client, at_physics, users):
     assert page.status_code == 200
     html = page.content.decode()
     assert f'id="path-{at_physics.carepath.pk}"' in html and 'data-step="physics_check"' in html
-    assert "data:image/png;base64," in html and "timing-table" in html
+    assert 'src="/carepaths/board/timing.png"' in html and "timing-table" in html
+    chart = client.get("/carepaths/board/timing.png")
+    assert chart.status_code == 200 and chart["Content-Type"] == "image/png" and chart.content[:8] == b"\x89PNG\r\n\x1a\n"
     detail = client.get(f"/carepaths/{at_physics.carepath.pk}/")
     assert detail.status_code == 200 and "Physics plan check" in detail.content.decode()
     client.logout()
     client.login(username="researcher", password=PASSWORD)
     assert client.get("/carepaths/board/").status_code == 403
     assert client.get("/carepaths/worklist/").status_code == 403
+
+
+def _patients_on_paths(n):
+    from tests.carepaths.conftest import make_course
+    from workflow.models import Patient
+
+    for i in range(n):
+        p = Patient.objects.create(mrn=f"Q{i:03d}", given_name="Pat", family_name=f"Queue{i:03d}", birth_date=dt.date(1960, 1, 1), sex="M")
+        make_course(p, fractions=5)
+
+
+@pytest.mark.parametrize("url", ["/carepaths/worklist/", "/carepaths/board/"])
+def test_worklist_and_board_queries_do_not_grow_with_patients(client, templates, users, url, django_assert_max_num_queries):
+    """Twelve patients at their consult: the oncologist's worklist and the board take a fixed number of queries
+    (a query per row once made the worklist ask for the user's roles 54 times)."""
+    _patients_on_paths(12)
+    client.force_login(users["oncologist"])
+    with django_assert_max_num_queries(14):
+        page = client.get(url)
+    html = page.content.decode()
+    assert page.status_code == 200 and all(f"Queue{i:03d}" in html for i in range(12))

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from tests.browser.support import launch, login
-from tests.conftest import make_course
+from tests.carepaths.conftest import make_course
 from workflow import carepaths
 from workflow.calendar import ClinicCalendar
 

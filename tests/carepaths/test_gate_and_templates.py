@@ -7,7 +7,7 @@ import pytest
 from django.core.exceptions import PermissionDenied
 
 from tests.carepaths.conftest import MONDAY, restart, task
-from tests.conftest import make_course
+from tests.carepaths.conftest import make_course
 from workflow import carepaths
 from workflow.delivery import clear_for_treatment, deliver_fraction
 from workflow.errors import RuleViolation
@@ -56,22 +56,29 @@ def test_a_held_blocking_task_still_blocks_and_a_skipped_one_does_not(at_physics
     deliver_fraction(fractions[0], user=users["therapist"], now=LATER)
 
 
-def test_courses_without_a_path_or_with_blocking_steps_not_reached_are_not_blocked(templates, patient, users, clinic):
+@pytest.mark.parametrize("strict", [False, True])
+def test_one_rule_a_blocking_step_not_reached_blocks_the_first_fraction_too(templates, patient, users, clinic, settings, strict):
+    """A new patient's course, cleared before its path reached the physics check: the first fraction is refused,
+    whatever the old strict setting says (the demo's patients, whose check is open, are refused the same way)."""
+    settings.CAREPATHS_STRICT_GATE = strict  # no longer read: one rule
     course = make_course(patient, fractions=2, dose=Decimal("5.00"))
+    booking = book_course(course, dt.date(2027, 3, 1), allow_past=True)
+    clear_for_treatment(course, user=users["oncologist"])
     assert task(course, "physics_check").status == "pending"
-    assert carepaths.carepath_gate(course) is None  # the path has not reached its physics check
+    with pytest.raises(RuleViolation) as err:
+        deliver_fraction(booking.fractions[0], user=users["therapist"], now=LATER)
+    assert err.value.code == "delivery_blocked" and "Physics plan check (physicist, not reached yet)" in str(err.value)
+    assert "Plan approval" not in str(err.value)  # done by the clearance
+    assert course.fractions.filter(status="delivered").count() == 0
+
+
+def test_courses_without_a_path_are_not_blocked(templates, patient, users, clinic):
+    course = make_course(patient, fractions=2, dose=Decimal("5.00"))
     course.carepath.void(user=users["oncologist"], reason="Entered in error")
     assert carepaths.carepath_gate(course) is None
     booking = book_course(course, dt.date(2027, 3, 1), allow_past=True)
     clear_for_treatment(course, user=users["oncologist"])
     deliver_fraction(booking.fractions[0], user=users["therapist"], now=LATER)
-
-
-def test_strict_gate_also_blocks_steps_not_reached(templates, patient, settings):
-    settings.CAREPATHS_STRICT_GATE = True
-    course = make_course(patient, fractions=2, dose=Decimal("5.00"))
-    reason = carepaths.carepath_gate(course)
-    assert "Physics plan check" in reason and "Plan approval" in reason
 
 
 def test_template_edits_do_not_touch_running_paths(templates, patient, users):

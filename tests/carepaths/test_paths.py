@@ -7,7 +7,8 @@ import pytest
 from django.core.exceptions import PermissionDenied
 
 from tests.carepaths.conftest import MONDAY, restart, task
-from tests.conftest import make_course, make_user
+from tests.carepaths.conftest import make_course
+from tests.conftest import make_user
 from workflow import carepaths
 from workflow.delivery import clear_for_treatment, deliver_fraction, stop_course
 from workflow.errors import RuleViolation
@@ -150,3 +151,15 @@ def test_anchor_due_date_counts_from_the_anchor_step(templates, patient, users):
     planning = task(course, "planning")
     assert planning.status == "open" and planning.due_date == dt.date(2027, 7, 6)  # 1 working day after Fri: Tue 6
     assert task(course, "simulation").due_date == dt.date(2027, 7, 2)
+
+
+@pytest.mark.parametrize("status", ["completed", "stopped"])
+def test_historical_courses_get_no_care_path(templates, patient, users, status):
+    """A course entered already completed or stopped (history, a registry) gets no path and no tasks; a course
+    still to be treated does."""
+    extra = {"completed_on": dt.date(2020, 3, 1)} if status == "completed" else {"termination_reason": "toxicity"}
+    historical = make_course(patient, status=status, **extra)
+    assert not CarePath.objects.filter(course=historical).exists()
+    assert carepaths.instantiate_path(historical, user=users["oncologist"]) is None
+    assert carepaths.worklist(role="oncologist", today=dt.date(2027, 3, 1))["overdue"] == []
+    assert make_course(patient).carepath.tasks.get(code="consult").status == "open"

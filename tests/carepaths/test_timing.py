@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from tests.carepaths.conftest import restart
-from tests.conftest import make_course
+from tests.carepaths.conftest import make_course
 from workflow import carepaths
 from workflow.models import Patient
 

@@ -38,6 +38,11 @@ GOOD = [
 def test_valid_file_imports_everything(oncologist):
     summary = import_registry(csv_text(GOOD), user=oncologist)
     assert summary.to_dict() == {"patients": 1, "courses": 1, "followups": 2, "deaths": 1}
+    from workflow.models import CarePath, CareTask
+
+    course = Course.objects.get(patient__mrn="R1")
+    assert course.status == "completed"  # treated years ago, outside RadPath: no care path, nothing on a worklist
+    assert not CarePath.objects.filter(course=course).exists() and not CareTask.objects.exists()
     p = Patient.objects.get(mrn="R1")
     assert Treatment.objects.filter(patient=p).count() == 3
     out = CourseOutcome.objects.get(course__patient=p)

@@ -125,3 +125,36 @@ def test_delivered_dose_accumulates_per_fraction(booked, users):
     assert summary["delivered_fractions"] == 2
     assert core["delivered"]["Dmean"] == pytest.approx(15.0 / 5 * 1.5)
     assert ptv["delivered"]["D95"] == pytest.approx(20.0 / 5 * 1.5)
+
+
+def _physics_check(course):
+    return course.carepath.tasks.get(code="physics_check")
+
+
+def test_approval_is_refused_while_the_blocking_physics_check_is_open(clinic, cshape_course, users, client):
+    """The care path's physics plan check blocks approval: 409 naming the step, the page says so, nothing changes."""
+    from workflow import carepaths
+
+    course = make_course(cshape_course.patient, cshape_course.diagnosis, fractions=5, dose=Decimal("4.00"), checks_done=False)
+    plan = make_done_plan(course, users["physicist"])
+    with pytest.raises(ConflictError) as err:
+        services.approve_plan(plan, user=users["oncologist"])
+    assert err.value.code == "approval_blocked" and "Physics plan check (physicist" in str(err.value)
+    client.force_login(users["oncologist"])
+    r = client.post(f"/api/planning/plans/{plan.pk}/approve/", {"comment": "ok"}, content_type="application/json")
+    assert r.status_code == 409 and r.json()["code"] == "approval_blocked" and "Physics plan check" in r.json()["detail"]
+    html = client.get(f"/planning/plans/{plan.pk}/").content.decode()
+    assert 'id="approval-blocked"' in html and "Physics plan check" in html
+    plan.refresh_from_db()
+    course.refresh_from_db()
+    assert plan.status == PlanStatus.DONE and not course.plan_approved and course.carepath.tasks.get(code="plan_approval").status != "done"
+    carepaths.skip(_physics_check(course), user=users["physicist"], reason="Independent check by the vendor's software")
+    assert 'id="approval-blocked"' not in client.get(f"/planning/plans/{plan.pk}/").content.decode()
+    assert services.approve_plan(plan, user=users["oncologist"]).status == PlanStatus.APPROVED
+
+
+def test_progress_text_names_the_iteration_once():
+    plan = Plan(status=PlanStatus.RUNNING, progress_message="Optimising: iteration 63", iteration=63, objective_value=1.23456)
+    assert services.progress_text(plan) == "Running · Optimising: iteration 63 · objective 1.235"
+    plan.progress_message = "Starting"
+    assert services.progress_text(plan) == "Running · Starting · iteration 63 · objective 1.235"
