@@ -11,6 +11,7 @@ queue) and a clinic (PostgreSQL, RQ workers on Redis) unchanged:
 - ``RADPATH_PSEUDONYM_KEY``: the server secret that keys research pseudonyms (defaults to SECRET_KEY).
 """
 
+import datetime as dt
 import os
 from pathlib import Path
 
@@ -48,6 +49,8 @@ INSTALLED_APPS = [
     "django_tasks_db",
     "django_rq",
     "django_tasks_rq",
+    "axes",
+    "knox",
     "workflow",
     "planning",
     "outcomes",
@@ -63,6 +66,8 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "simple_history.middleware.HistoryRequestMiddleware",
     "workflow.middleware.LoginRequiredEverywhere",
+    # last: turns a lockout (django-axes) into its 429 response
+    "axes.middleware.AxesMiddleware",
 ]
 
 ROOT_URLCONF = "config.urls"
@@ -106,9 +111,31 @@ elif DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
+# Clinic accounts: Django's whole set, 12 characters at least (RADPATH_PASSWORD_MIN_LENGTH).
 AUTH_PASSWORD_VALIDATORS = [
-    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {
+        "NAME": "django.contrib.auth.password_validation.MinimumLengthValidator",
+        "OPTIONS": {"min_length": int(os.environ.get("RADPATH_PASSWORD_MIN_LENGTH", "12"))},
+    },
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
 ]
+
+# Lockout of repeated wrong passwords (django-axes; workflow.auth): after RADPATH_LOGIN_FAILURE_LIMIT failures for
+# one username, or from one client IP, logins for it are refused (429) for RADPATH_LOGIN_COOLOFF_MINUTES, on the
+# login page, the admin and the API's HTTP Basic. Behind a proxy set RADPATH_PROXY_COUNT (the number of proxies
+# that append to X-Forwarded-For) so the client's address, not the proxy's, is counted.
+AUTHENTICATION_BACKENDS = [
+    "workflow.auth.LoginLockoutBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AXES_FAILURE_LIMIT = int(os.environ.get("RADPATH_LOGIN_FAILURE_LIMIT", "5"))
+AXES_COOLOFF_TIME = dt.timedelta(minutes=float(os.environ.get("RADPATH_LOGIN_COOLOFF_MINUTES", "15")))
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_IPWARE_PROXY_COUNT = int(os.environ["RADPATH_PROXY_COUNT"]) if os.environ.get("RADPATH_PROXY_COUNT") else None
+AXES_VERBOSE = False
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = os.environ.get("CLINIC_TIME_ZONE", "America/New_York")
@@ -119,6 +146,16 @@ STATIC_URL = "static/"
 STATIC_ROOT = VAR_DIR / "static"
 MEDIA_URL = "media/"
 MEDIA_ROOT = Path(os.environ.get("RADPATH_MEDIA_ROOT", VAR_DIR / "media"))
+
+# CACHE_URL=redis://host:6379/1 shares API throttle counts between web processes; default: per-process memory.
+CACHE_URL = os.environ.get("CACHE_URL", "")
+if CACHE_URL.startswith(("redis://", "rediss://")):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": CACHE_URL}}
+else:
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
+
+# API tokens (django-rest-knox, workflow.auth): POST /api/auth/token/ with HTTP Basic once.
+REST_KNOX = {"TOKEN_TTL": dt.timedelta(hours=float(os.environ.get("RADPATH_API_TOKEN_HOURS", "10"))), "AUTO_REFRESH": False}
 
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "home"
@@ -133,8 +170,21 @@ RADPATH_PSEUDONYM_KEY = os.environ.get("RADPATH_PSEUDONYM_KEY", SECRET_KEY)
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.SessionAuthentication",
-        "rest_framework.authentication.BasicAuthentication",
+        "knox.auth.TokenAuthentication",
+        "workflow.auth.ThrottledBasicAuthentication",
     ],
+    # Per signed-in user and per anonymous client; "token" is POST /api/auth/token/. Counts live in the cache
+    # (CACHE_URL: Redis shares them between web processes, the default local memory counts per process).
+    "DEFAULT_THROTTLE_CLASSES": [
+        "rest_framework.throttling.AnonRateThrottle",
+        "rest_framework.throttling.UserRateThrottle",
+        "rest_framework.throttling.ScopedRateThrottle",
+    ],
+    "DEFAULT_THROTTLE_RATES": {
+        "anon": os.environ.get("RADPATH_API_RATE_ANON", "60/minute"),
+        "user": os.environ.get("RADPATH_API_RATE_USER", "1200/minute"),
+        "token": os.environ.get("RADPATH_API_RATE_TOKEN", "10/minute"),
+    },
     "DEFAULT_PERMISSION_CLASSES": ["workflow.permissions.RolePermission"],
     "DEFAULT_FILTER_BACKENDS": [
         "django_filters.rest_framework.DjangoFilterBackend",

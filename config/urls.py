@@ -7,11 +7,15 @@ from django.views.generic import RedirectView
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from workflow.auth_views import TokenLoginView, TokenLogoutView
+
 urlpatterns = [
     path("favicon.ico", RedirectView.as_view(url=static("workflow/favicon.svg"), permanent=True)),
     path("admin/", admin.site.urls),
     path("accounts/login/", auth_views.LoginView.as_view(), name="login"),
     path("accounts/logout/", auth_views.LogoutView.as_view(), name="logout"),
+    path("api/auth/token/", TokenLoginView.as_view(), name="api-token"),
+    path("api/auth/logout/", TokenLogoutView.as_view(), name="api-token-logout"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/planning/", include("planning.api_urls")),

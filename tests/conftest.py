@@ -99,3 +99,13 @@ def course(patient, diagnosis):
 def fast_password_hasher(settings):
     """PBKDF2's deliberate slowness protects real passwords, not test users; MD5 keeps fixtures quick."""
     settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache():
+    """API throttle counts live in the cache, which outlives a test: each test starts with none."""
+    from django.core.cache import cache
+
+    cache.clear()
+    yield
+    cache.clear()

@@ -564,20 +564,8 @@ class ClosureViewSet(
     }
 
     def perform_create(self, serializer):
-        # Fractions already booked that day would be left on a closed day: refuse until they are moved (the
-        # scheduler has no "close a day and shift the courses" service yet).
-        day = serializer.validated_data["date"]
-        start = service("scheduling").local_datetime(day, dt.time(0))
-        booked = Fraction.objects.active().filter(
-            status=AppointmentStatus.SCHEDULED, starts_at__gte=start, starts_at__lt=start + dt.timedelta(days=1)
-        )
-        if booked.exists():
-            raise ConflictError(
-                f"{booked.count()} fraction(s) are booked on {day}; move them (POST /api/fractions/{{id}}/move/) "
-                "before closing the clinic that day.",
-                code="day_has_bookings",
-            )
-        super().perform_create(serializer)
+        data = serializer.validated_data
+        serializer.instance = service("scheduling").add_closure(data["date"], data["reason"], user=self.request.user)
 
     def destroy(self, request, *args, **kwargs):
         instance = self.get_object()

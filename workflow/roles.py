@@ -30,8 +30,9 @@ CLINICAL_READ = [
 ]
 
 ROLE_PERMISSIONS = {
-    THERAPIST: CLINICAL_READ
-    + ["workflow.deliver_fraction", "workflow.schedule_fraction", "workflow.change_fraction"],
+    # Therapists deliver fractions and record missed ones (the make-up is appended by the rule, not chosen);
+    # booking a course and moving fractions is schedulers' work.
+    THERAPIST: CLINICAL_READ + ["workflow.deliver_fraction"],
     SCHEDULER: CLINICAL_READ
     + [
         "workflow.add_patient",  # registration at the front desk

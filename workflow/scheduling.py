@@ -15,6 +15,12 @@ Rules (DOMAIN.md section 2):
 - Downtime recorded later moves each affected fraction to another capable machine the same day when one is free,
   else off that day: the course then ends one treatment day later (each later fraction takes the next treatment
   day), which is the same set of days as appending the fraction after the course's last one.
+- Booking, moving, missing, downtime and closures serialise on the machines they touch: each first locks those
+  ``Machine`` rows (``lock_machines``, one ordered ``SELECT ... FOR NO KEY UPDATE``, so two writers never
+  deadlock on them) and only then reads occupancy, downtime and closures. A downtime or closure recorded while a
+  booking runs therefore waits for it and then moves (downtime) or refuses (closure) its fractions, and a booking
+  that waited sees the new downtime or closure. Downtime and closures lock every machine; a booking locks the
+  machines that can deliver its technique. On SQLite the IMMEDIATE transaction mode already serialises writers.
 """
 
 import datetime as dt
@@ -76,6 +82,24 @@ def capable_machines(technique, machine=None):
         machines.remove(machine)
         machines.insert(0, machine)
     return machines
+
+
+def lock_machines(machines=None):
+    """Lock ``machines`` (all machines if None) for this transaction, in primary-key order; returns them.
+
+    ``FOR NO KEY UPDATE`` conflicts only with another scheduling writer's lock, not with the key-share locks that
+    inserting a fraction or slot takes on its machine. It must be the transaction's first row lock (before the
+    course or its fractions), so every scheduling writer takes its locks in the same order.
+    """
+    qs = Machine.objects.select_for_update(no_key=True).order_by("pk")
+    if machines is not None:
+        qs = qs.filter(pk__in=sorted({m.pk for m in machines}))
+    return list(qs)
+
+
+def _lock_for_technique(technique, *extra):
+    """Lock every active machine that can deliver ``technique`` plus ``extra`` ones (a fraction's own machine)."""
+    return lock_machines(capable_machines(technique) + [m for m in extra if m is not None])
 
 
 class Occupancy:
@@ -277,6 +301,7 @@ def book_course(course, start_date, *, preferred_time=None, machine=None, user=N
     if not allow_past and start_date < timezone.localdate():
         raise RuleViolation("The start date is in the past.", field="start_date")
     with transaction.atomic():
+        _lock_for_technique(Course.objects.values_list("technique", flat=True).get(pk=course.pk), machine)
         course = _lock_course(course)
         _check_open_course(course)
         if course.fractions.filter(status=AppointmentStatus.SCHEDULED).exists():
@@ -388,6 +413,7 @@ class Missed:
 def mark_missed(fraction, *, user=None, reason=""):
     """Record a missed fraction and append its make-up at the end of the course."""
     with transaction.atomic():
+        _lock_for_technique(Course.objects.values_list("technique", flat=True).get(pk=fraction.course_id))
         fraction = Fraction.objects.select_for_update().get(pk=fraction.pk)
         if fraction.status != AppointmentStatus.SCHEDULED:
             raise RuleViolation(f"Fraction {fraction.number} is {fraction.status}, not scheduled.", field="status", code="not_scheduled")
@@ -422,6 +448,7 @@ def _move(fraction, machine, start, user, note):
 def move_fraction(fraction, starts_at, *, machine=None, user=None):
     """Move one scheduled fraction to ``starts_at`` (and ``machine``), keeping every scheduling rule."""
     with transaction.atomic():
+        _lock_for_technique(Course.objects.values_list("technique", flat=True).get(pk=fraction.course_id), machine)
         fraction = Fraction.objects.select_for_update().select_related("machine").get(pk=fraction.pk)
         if fraction.status != AppointmentStatus.SCHEDULED:
             raise RuleViolation(f"Fraction {fraction.number} is {fraction.status}, not scheduled.", field="status")
@@ -498,6 +525,7 @@ def add_downtime(machine, starts_at, ends_at, reason, *, user=None):
     if not reason:
         raise RuleViolation("Give a reason for the downtime.", field="reason")
     with transaction.atomic():
+        lock_machines()  # fractions it hits may move to any machine, or to a later day
         downtime = Downtime(machine=machine, starts_at=starts_at, ends_at=ends_at, reason=reason, created_by=user)
         downtime._history_user = user
         downtime.save()
@@ -533,15 +561,46 @@ def add_downtime(machine, starts_at, ends_at, reason, *, user=None):
     return result
 
 
+def add_closure(day, reason, *, user=None):
+    """Close the clinic on ``day``; refused (409 ``day_has_bookings``) while fractions are booked that day.
+
+    The scheduler has no "close a day and shift the courses" service yet, so the fractions must be moved first.
+    Every machine is locked before the check, so a booking running meanwhile either commits first (and the
+    closure is refused) or waits and then sees the closed day.
+    """
+    from .models import Closure
+
+    with transaction.atomic():
+        lock_machines()
+        start = local_datetime(day, dt.time(0))
+        booked = Fraction.objects.active().filter(
+            status=AppointmentStatus.SCHEDULED, starts_at__gte=start, starts_at__lt=start + dt.timedelta(days=1)
+        )
+        n = booked.count()
+        if n:
+            raise ConflictError(
+                f"{n} fraction(s) are booked on {day}; move them (POST /api/fractions/{{id}}/move/) "
+                "before closing the clinic that day.",
+                code="day_has_bookings",
+            )
+        if Closure.objects.filter(date=day).exists():
+            raise RuleViolation(f"The clinic is already closed on {day}.", field="date", code="unique")
+        closure = Closure(date=day, reason=reason)
+        closure._history_user = user
+        closure.save()
+    return closure
+
+
 def book_simulation(course, starts_at, machine, *, duration_minutes=30, modality="CT", immobilisation="", skin_marks="tattoos", notes="", user=None):
     """Book the simulation visit on a simulator, with the same no-overlap rule as fractions."""
     if machine.kind != MachineKind.CT_SIM:
         raise RuleViolation(f"{machine} is not a simulator.", field="machine")
     day = local_day(starts_at)
-    reason = ClinicCalendar().closure_reason(day)
-    if reason:
-        raise RuleViolation(f"The clinic is closed on {day}: {reason}.", field="starts_at")
     with transaction.atomic():
+        lock_machines([machine])
+        reason = ClinicCalendar().closure_reason(day)
+        if reason:
+            raise RuleViolation(f"The clinic is closed on {day}: {reason}.", field="starts_at")
         course = _lock_course(course)
         _check_open_course(course)
         occupancy = Occupancy([machine], day, day)

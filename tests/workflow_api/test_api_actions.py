@@ -61,7 +61,7 @@ def test_miss_appends_a_makeup_and_moves_the_end(api, booked_course):
 def test_move_changes_time_and_machine(api, booked_course, clinic):
     fraction = booked_course.fractions.filter(status="scheduled").order_by("starts_at").last()
     target = scheduling.local_datetime(scheduling.local_day(fraction.starts_at), dt.time(15, 0))
-    response = api("therapist").post(
+    response = api("scheduler").post(
         f"/api/fractions/{fraction.pk}/move/", {"starts_at": target.isoformat(), "machine": clinic["linac2"].pk}, format="json"
     )
     assert response.status_code == 200, response.content

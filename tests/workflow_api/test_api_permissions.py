@@ -85,7 +85,7 @@ def test_clear_for_treatment_is_for_oncologists(api, course, role, expected):
 
 
 @pytest.mark.django_db
-@pytest.mark.parametrize("role,expected", [("scheduler", 201), ("therapist", 201), ("physicist", 403), ("oncologist", 403)])
+@pytest.mark.parametrize("role,expected", [("scheduler", 201), ("therapist", 403), ("physicist", 403), ("oncologist", 403)])
 def test_scheduling_roles(api, course, clinic, role, expected):
     response = api(role).post(
         f"/api/courses/{course.pk}/schedule/", {"start_date": future_monday().isoformat()}, format="json"
