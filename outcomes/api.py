@@ -175,6 +175,26 @@ class ToxicityAnalysisView(APIView):
         return Response(services.toxicity_analysis_dict(cohort_from(request)))
 
 
+class NTCPView(APIView):
+    """Predicted vs observed toxicity of one NTCP model (``?model=``, default the QUANTEC mean-lung-dose model):
+    calibration by risk decile, Brier score, AUC (DeLong), dose-response bins, maximum-likelihood refit with
+    profile-likelihood CIs; ``?models=1`` lists the models. Cohort filters as for survival; ``site`` defaults to
+    the model's population sites (``site=all``: every site)."""
+
+    required_perms = {"read": ANALYSIS}
+
+    @extend_schema(parameters=COHORT_PARAMS + [OpenApiParameter("model", str), OpenApiParameter("models", bool)],
+                   responses=OpenApiTypes.OBJECT)
+    def get(self, request):
+        from . import ntcp_services
+        from .views import _ntcp_request
+
+        if request.query_params.get("models") in ("1", "true"):
+            return Response({"models": [m.to_dict() for m in ntcp_services.models()]})
+        courses, model_id, sites = _ntcp_request(request.query_params)
+        return Response(ntcp_services.analysis_dict(ntcp_services.cohort_analysis(courses, model_id, sites=sites)))
+
+
 class SurvivalPlotView(APIView):
     required_perms = {"read": ANALYSIS}
 

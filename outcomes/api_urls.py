@@ -13,9 +13,10 @@ urlpatterns = [
     path("courses/<int:pk>/outcome/", api.CourseOutcomeView.as_view(), name="outcomes-course-outcome"),
     path("survival/", api.SurvivalView.as_view(), name="outcomes-survival"),
     path("toxicity/", api.ToxicityAnalysisView.as_view(), name="outcomes-toxicity"),
+    path("ntcp/", api.NTCPView.as_view(), name="outcomes-ntcp-api"),
     re_path(r"^survival/plot\.(?P<fmt>png|svg)$", api.SurvivalPlotView.as_view(), name="outcomes-survival-plot"),
     re_path(r"^swimmer\.(?P<fmt>png|svg)$", api.SwimmerPlotView.as_view(), name="outcomes-swimmer-plot"),
-    re_path(r"^exports/(?P<table>patients|assessments|toxicity|timing)\.(?P<fmt>csv|parquet|json)$", api.ExportView.as_view(),
+    re_path(r"^exports/(?P<table>patients|assessments|toxicity|timing|dvh)\.(?P<fmt>csv|parquet|json)$", api.ExportView.as_view(),
             name="outcomes-export"),
     path("import/", api.RegistryImportView.as_view(), name="outcomes-api-import"),
 ] + router.urls

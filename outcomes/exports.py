@@ -28,7 +28,7 @@ from .models import FollowUpAssessment
 from .services import endpoint_frame
 
 FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
-TABLES = ("patients", "assessments", "toxicity", "timing")
+TABLES = ("patients", "assessments", "toxicity", "timing", "dvh")
 
 PATIENT_COLUMNS = [
     "mrn", "course_id", "birth_date", "time_zero", "time_zero_date", "sex", "site", "intent", "technique",
@@ -190,6 +190,12 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
         }
         stamp = timezone.localdate().strftime("%Y%m%d")
         return render(frame, meta, fmt), FORMATS[fmt], f"radpath-toxicity-{stamp}.{fmt}"
+    if table == "dvh":
+        from .ntcp_services import dvh_export_frame
+
+        frame, meta = dvh_export_frame(courses)
+        stamp = timezone.localdate().strftime("%Y%m%d")
+        return render(frame, meta, fmt), FORMATS[fmt], f"radpath-dvh-{stamp}.{fmt}"
     if table == "timing":
         frame = timing_frame(courses)
         meta = {

@@ -143,3 +143,48 @@ def registry_upload(request):
         form = RegistryUploadForm()
     return render(request, "outcomes/registry_import.html", {"form": form, "errors": errors, "summary": summary,
                                                              "columns": COLUMNS, "template_url": reverse("outcomes-import") + "?template=1"})
+
+
+def _ntcp_request(params):
+    """(courses, model id, sites) of an NTCP cohort request: the standard cohort filters; without ``site`` the
+    model's own population sites; ``site=all`` takes every site."""
+    model_id = params.get("model") or NTCP_DEFAULT_MODEL
+    site = params.get("site", "")
+    base = {k: v for k, v in params.items() if k not in ("model", "site")}
+    if site and site != "all":
+        base["site"] = site
+    courses = CohortFilter.from_params(base).queryset()
+    return courses, model_id, ([] if site else None)
+
+
+NTCP_DEFAULT_MODEL = "pneumonitis_quantec_mld"
+
+
+@guard("outcomes.run_analysis")
+def ntcp_cohort(request):
+    """Predicted vs observed toxicity of one NTCP model over the clinic's finished courses (de-identified)."""
+    from . import ntcp_services
+
+    error = result = None
+    try:
+        courses, model_id, sites = _ntcp_request(request.GET)
+        result = ntcp_services.analysis_dict(ntcp_services.cohort_analysis(courses, model_id, sites=sites))
+    except RuleViolation as exc:
+        error = str(exc)
+    return render(request, "outcomes/ntcp.html", {
+        "result": result, "error": error, "models": ntcp_services.models(), "query": request.GET.urlencode(),
+        "selected": request.GET.get("model") or NTCP_DEFAULT_MODEL, "site": request.GET.get("site", ""),
+    }, status=400 if error else 200)
+
+
+@guard("outcomes.run_analysis")
+def ntcp_figure(request, kind):
+    from . import ntcp_services
+
+    try:
+        courses, model_id, sites = _ntcp_request(request.GET)
+        result = ntcp_services.cohort_analysis(courses, model_id, sites=sites, refit=(kind == "dose-response"))
+    except RuleViolation as exc:
+        return HttpResponse(str(exc), status=400, content_type="text/plain")
+    data = ntcp_services.calibration_png(result) if kind == "calibration" else ntcp_services.dose_response_png(result)
+    return HttpResponse(data, content_type="image/png")

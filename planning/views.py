@@ -100,12 +100,20 @@ def plan_review(request, pk):
         ]
         ctx["slices"] = [ctx["slices"][2], ctx["slices"][1], ctx["slices"][0]]
         ctx["reirr"] = services.reirradiation_summary(plan)
+        ctx["ntcp"] = _plan_ntcp(plan, ctx["structures"])
     ctx["versions"] = plan.course.plans.filter(voided_at__isnull=True).order_by("-version")
     ctx["can_run"] = request.user.has_perm("planning.run_plan")
     ctx["can_approve"] = request.user.has_perm("planning.approve_plan")
     ctx["progress_text"] = services.progress_text(plan)
     ctx["approval_blockers"] = gates.approval_blockers(plan.course) if plan.status == PlanStatus.DONE else []
     return render(request, "planning/plan_review.html", ctx)
+
+
+def _plan_ntcp(plan, structures):
+    """Predicted NTCP per organ and endpoint from the plan's stored DVHs (``outcomes.ntcp_services``)."""
+    from outcomes import ntcp_services
+
+    return ntcp_services.plan_ntcp(plan, structures)
 
 
 def _action(request, pk, func, ok, **extra):

@@ -117,7 +117,8 @@ ADMIN_USERNAME = "admin"
 DELIVERED_TODAY_BEFORE = dt.time(10, 0)
 """Today's fractions that start before this time are recorded as delivered (fixed, so the demo is reproducible)."""
 
-DEMO_EXTENSIONS = ["workflow.toxicity_demo.seed", "outcomes.demo.seed", "planning.demo.seed", "workflow.carepath_demo.seed"]
+DEMO_EXTENSIONS = ["workflow.toxicity_demo.seed", "outcomes.demo.seed", "planning.demo.seed", "workflow.carepath_demo.seed",
+                   "outcomes.ntcp_demo.seed"]
 
 MACHINES = [
     {"name": "TrueBeam 1", "kind": MachineKind.LINAC, "techniques": ["IMRT", "VMAT", "3DCRT", "SBRT"]},
