@@ -166,6 +166,10 @@ CLINIC_HOLIDAY_COUNTRY = os.environ.get("CLINIC_HOLIDAY_COUNTRY", "US")
 CLINIC_HOLIDAY_SUBDIVISION = os.environ.get("CLINIC_HOLIDAY_SUBDIVISION") or None
 
 RADPATH_PSEUDONYM_KEY = os.environ.get("RADPATH_PSEUDONYM_KEY", SECRET_KEY)
+# DICOM import (planning.uploads, planning.dicom_io): files per upload on the import endpoints only (Django's
+# DATA_UPLOAD_MAX_NUMBER_FILES stays 100 elsewhere), and the server folder physicists may import from ("" = off).
+RADPATH_DICOM_MAX_FILES = int(os.environ.get("RADPATH_DICOM_MAX_FILES", "2000"))
+RADPATH_DICOM_IMPORT_ROOT = os.environ.get("RADPATH_DICOM_IMPORT_ROOT", "")
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

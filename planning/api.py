@@ -16,6 +16,7 @@ from workflow.models import Course
 
 from . import services
 from .models import ImportedGeometry, Plan, StructureDose
+from .uploads import DicomMultiPartParser, dicom_upload_limit, spool_to_disk
 
 READ = ["workflow.view_identified", "planning.view_plan"]
 RUN = READ + ["planning.run_plan"]
@@ -175,10 +176,12 @@ class ImportedGeometrySerializer(serializers.ModelSerializer):
 
 
 class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
-    """``POST`` multipart ``files`` (+ ``course``, ``name``, ``attach_plan``) imports CT + RT Structure Set (+ RT Dose/Plan)."""
+    """``POST`` multipart ``files`` (any number up to ``RADPATH_DICOM_MAX_FILES``, or zip archives) or JSON
+    ``folder`` (a folder under ``RADPATH_DICOM_IMPORT_ROOT``), with ``course``, ``name``, ``attach_plan``: imports
+    CT + RT Structure Set (+ RT Dose/Plan). Every refusal is a JSON 400 naming the field."""
 
     serializer_class = ImportedGeometrySerializer
-    parser_classes = [MultiPartParser, FormParser, JSONParser]
+    parser_classes = [DicomMultiPartParser, FormParser, JSONParser]
     required_perms = {"read": ["workflow.view_identified", "planning.view_importedgeometry"],
                       "create": ["workflow.view_identified", "planning.import_dicom"]}
 
@@ -187,15 +190,32 @@ class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
     def get_queryset(self):
         return ImportedGeometry.objects.filter(voided_at__isnull=True).order_by("-created_at", "-pk")
 
+    def initialize_request(self, request, *args, **kwargs):
+        if request.method == "POST":
+            spool_to_disk(request)
+        return super().initialize_request(request, *args, **kwargs)
+
     def create(self, request):
         from . import dicom_io
 
-        course = Course.objects.filter(pk=request.data.get("course") or 0).first()
+        with dicom_upload_limit():
+            data, uploads = request.data, request.FILES.getlist("files")
+        course = Course.objects.filter(pk=_int_or_none(data.get("course"))).first()
         if course is None:
             raise serializers.ValidationError({"course": ["Give the course to import into."]})
-        files = [(f.name, f.read()) for f in request.FILES.getlist("files")]
-        result = dicom_io.import_files(files, course=course, user=request.user, name=request.data.get("name", ""),
-                                       attach_plan=str(request.data.get("attach_plan", "1")).lower() in ("1", "true", "yes", "on"))
+        if data.get("folder"):
+            files = dicom_io.folder_sources(data.get("folder"))
+        else:
+            files = [(f.name, f) for f in uploads]
+        result = dicom_io.import_files(files, course=course, user=request.user, name=data.get("name", ""),
+                                       attach_plan=str(data.get("attach_plan", "1")).lower() in ("1", "true", "yes", "on"))
         body = {"geometry": ImportedGeometrySerializer(result["geometry"]).data, "message": result["message"],
-                "plan": PlanSerializer(result["plan"]).data if result.get("plan") else None}
+                "note": result["note"], "plan": PlanSerializer(result["plan"]).data if result.get("plan") else None}
         return Response(body, status=status.HTTP_201_CREATED)
+
+
+def _int_or_none(v):
+    try:
+        return int(v)
+    except (TypeError, ValueError):
+        return None

@@ -200,7 +200,39 @@ class StructureDose(models.Model):
         return f"{self.plan} {self.name}"
 
 
-PLAN_READ = ["planning.view_plan", "planning.view_structuredose", "planning.view_importedgeometry"]
+class CTDensityTable(ClinicalRecord):
+    """A CT scanner's HU -> relative electron density calibration: piecewise-linear ``points`` [[HU, RED], ...].
+
+    DICOM import picks the table whose ``manufacturer`` / ``model`` / ``station`` match the CT's headers
+    (Manufacturer, ManufacturerModelName, StationName; an empty field matches any value, the most specific match
+    wins); with none, the ``is_default`` table, else the built-in generic curve (``planning.ct_density``)."""
+
+    name = models.CharField(max_length=80, unique=True)
+    manufacturer = models.CharField(max_length=64, blank=True)
+    model = models.CharField(max_length=64, blank=True)
+    station = models.CharField(max_length=64, blank=True)
+    points = models.JSONField(help_text="[[HU, relative electron density], ...] with HU strictly increasing")
+    is_default = models.BooleanField(default=False)
+    note = models.TextField(blank=True)
+
+    class Meta:
+        ordering = ["name"]
+
+    def __str__(self):
+        return self.name
+
+    def clean(self):
+        from .ct_density import validate_points
+
+        self.points = validate_points(self.points)
+
+    def save(self, *args, **kwargs):
+        self.clean()
+        super().save(*args, **kwargs)
+
+
+PLAN_READ = ["planning.view_plan", "planning.view_structuredose", "planning.view_importedgeometry",
+             "planning.view_ctdensitytable"]
 PLAN_WRITE = PLAN_READ + [
     "planning.add_plan",
     "planning.change_plan",
@@ -208,7 +240,8 @@ PLAN_WRITE = PLAN_READ + [
     "planning.import_dicom",
     "planning.add_importedgeometry",
 ]
-roles.extend_role(roles.PHYSICIST, PLAN_WRITE)
+DENSITY_WRITE = ["planning.add_ctdensitytable", "planning.change_ctdensitytable"]
+roles.extend_role(roles.PHYSICIST, PLAN_WRITE + DENSITY_WRITE)
 roles.extend_role(roles.DOSIMETRIST, PLAN_WRITE)
 roles.extend_role(roles.ONCOLOGIST, PLAN_READ + ["planning.approve_plan"])
 roles.extend_role(roles.THERAPIST, PLAN_READ)

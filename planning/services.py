@@ -827,8 +827,14 @@ def store_result(plan, geo, dose, *, weights=None, beams=None, beam_summary=None
     if geo.targets:
         t = geo.primary_target
         metrics["target"] = t.name
-        metrics["HI"] = round(edvh.homogeneity_index(dose[t.mask]), 4)
-        metrics["CI"] = round(edvh.paddick_ci(dose, t.mask, geo.body.mask, plan.prescription_gy), 4)
+        hi = edvh.homogeneity_index(dose[t.mask])
+        ci = edvh.paddick_ci(dose, t.mask, geo.body.mask, plan.prescription_gy)
+        metrics["HI"] = round(hi, 4) if np.isfinite(hi) else None
+        metrics["CI"] = round(ci, 4) if np.isfinite(ci) else None
+        if metrics["HI"] is None:  # not defined: say why instead of a number (or a division by zero)
+            metrics["HI_reason"] = edvh.homogeneity_reason(dose[t.mask])
+        if metrics["CI"] is None:
+            metrics["CI_reason"] = edvh.paddick_reason(dose, t.mask, geo.body.mask, plan.prescription_gy)
     metrics["Dmax_body"] = round(float(dose.max()), 3)
     plan.metrics = metrics
     if beam_summary is not None:

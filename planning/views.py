@@ -277,14 +277,18 @@ def plan_export(request, pk):
 def dicom_import(request, course_id):
     from . import dicom_io
 
+    from .uploads import uploaded_files
+
     course = get_object_or_404(Course.objects.select_related("patient"), pk=course_id)
     result = None
     if request.method == "POST":
-        files = request.FILES.getlist("files")
         try:
+            files, post = uploaded_files(request)
+            if post.get("folder", "").strip():
+                files = dicom_io.folder_sources(post["folder"].strip())
             result = dicom_io.import_files(
-                [(f.name, f.read()) for f in files], course=course, user=request.user,
-                name=request.POST.get("name", ""), attach_plan=bool(request.POST.get("attach_plan")),
+                files, course=course, user=request.user,
+                name=post.get("name", ""), attach_plan=bool(post.get("attach_plan")),
             )
             messages.success(request, result["message"])
             if result.get("plan"):
@@ -292,5 +296,11 @@ def dicom_import(request, course_id):
             return redirect("planning:course-plans", course.pk)
         except (ValidationError, RuleViolation) as exc:
             messages.error(request, f"Nothing was imported: {_errors(exc)}")
-    return render(request, "planning/dicom_import.html", {"course": course, "patient": course.patient})
+    from django.conf import settings
+
+    from .uploads import max_files
+
+    return render(request, "planning/dicom_import.html", {
+        "course": course, "patient": course.patient, "max_files": max_files(),
+        "folder_root": getattr(settings, "RADPATH_DICOM_IMPORT_ROOT", "")})
 

@@ -42,17 +42,50 @@ def v_gy(dose: np.ndarray, x: float) -> float:
 
 
 def homogeneity_index(dose: np.ndarray) -> float:
-    """ICRU 83 HI = (D2 - D98) / D50."""
-    return (d_pct(dose, 2) - d_pct(dose, 98)) / d_pct(dose, 50)
+    """ICRU 83 HI = (D2 - D98) / D50; NaN (not defined) for an empty target or one whose median dose is 0."""
+    d50 = d_pct(dose, 50)
+    if not np.isfinite(d50) or d50 <= 0.0:
+        return float("nan")
+    return (d_pct(dose, 2) - d_pct(dose, 98)) / d50
 
 
-def paddick_ci(dose_cube: np.ndarray, target: np.ndarray, body: np.ndarray, rx: float) -> float:
-    """Paddick conformity index TV_PIV^2 / (TV * PIV)."""
-    piv = (dose_cube >= rx) & body
-    tv = int(target.sum())
-    n_piv = int(piv.sum())
-    tv_piv = int((piv & target).sum())
-    return float(tv_piv**2 / (tv * n_piv)) if tv and n_piv else 0.0
+def homogeneity_reason(dose: np.ndarray) -> str:
+    """Why the HI of these voxel doses is not defined ("" when it is)."""
+    dose = np.asarray(dose)
+    if dose.size == 0:
+        return "the target has no voxel"
+    if d_pct(dose, 50) <= 0.0:
+        return "the target's median dose D50 is 0 Gy (the dose does not reach it)"
+    return ""
+
+
+def paddick_ci(dose_cube: np.ndarray, target: np.ndarray, body: np.ndarray | None, rx: float) -> float:
+    """Paddick conformity index TV_PIV^2 / (TV * PIV) with PIV the body volume receiving >= ``rx``.
+
+    NaN (not defined) for an empty target, a missing or non-positive ``rx`` or when no voxel receives ``rx``
+    (0 / 0); 0 when the prescription isodose misses the target entirely."""
+    if rx is None or not np.isfinite(rx) or rx <= 0:
+        return float("nan")
+    piv = dose_cube >= rx
+    if body is not None:
+        piv &= body
+    tv = int(np.count_nonzero(target))
+    n_piv = int(np.count_nonzero(piv))
+    if not tv or not n_piv:
+        return float("nan")
+    tv_piv = int(np.count_nonzero(piv & target))
+    return float(tv_piv) ** 2 / (float(tv) * float(n_piv))
+
+
+def paddick_reason(dose_cube: np.ndarray, target: np.ndarray, body: np.ndarray | None, rx: float) -> str:
+    """Why the Paddick CI is not defined ("" when it is)."""
+    if rx is None or not np.isfinite(rx) or rx <= 0:
+        return "no prescription dose"
+    if not np.count_nonzero(target):
+        return "the target has no voxel"
+    if not np.count_nonzero(dose_cube >= rx):
+        return f"no voxel receives the prescription dose {rx:g} Gy"
+    return ""
 
 
 @dataclass

@@ -94,6 +94,7 @@ def evaluate(goals: list[Goal], dose_cube: np.ndarray, masks: dict[str, np.ndarr
         val = metric_value(g.metric, dose_cube[mask], voxel_cc, dose_cube=dose_cube, target_mask=mask,
                            body_mask=masks.get(body), rx=rx)
         out.append({"structure": g.structure, "goal": g.describe(), "metric": g.metric,
-                    "comparison": g.comparison, "limit": g.value, "value": round(float(val), 3),
+                    "comparison": g.comparison, "limit": g.value,
+                    "value": round(float(val), 3) if np.isfinite(val) else None,
                     "passed": bool(g.passed(val)), "priority": g.priority})
     return out

@@ -134,7 +134,15 @@ def test_malformed_dicom_is_refused_and_nothing_changes(computed_plan, users, me
         "truncated": ([(n, b[: len(b) // 3]) if n == "RS.dcm" else (n, b) for n, b in good], "RS.dcm"),
         "no structure set": ([(n, b) for n, b in good if n != "RS.dcm"], "exactly one RT Structure Set"),
         "no CT": ([(n, b) for n, b in good if not n.startswith("CT")], "No CT images"),
-        "missing slice": ([(n, b) for n, b in good if n != "CT.0005.dcm"], "not equally spaced"),
+        "missing slice": ([(n, b) for n, b in good if n != "CT.0005.dcm"], "1 CT slice(s) missing: a gap of 16.00 mm"),
+        "uneven slices": (_mutate(good, "CT.0016.dcm", lambda ds: setattr(ds, "ImagePositionPatient",
+                                                                           [*ds.ImagePositionPatient[:2], ds.ImagePositionPatient[2] + 3.0])),
+                          "not equally spaced (spacing from 8.00 to 11.00 mm"),
+        "one slice": ([(n, b) for n, b in good if not n.startswith("CT") or n == "CT.0008.dcm"], "only 1 slice"),
+        "contour beyond the CT": (_mutate(good, "RS.dcm", lambda ds: setattr(
+            ds.ROIContourSequence[1].ContourSequence[0], "ContourData",
+            [v + 200.0 if i % 3 == 2 else v for i, v in enumerate(ds.ROIContourSequence[1].ContourSequence[0].ContourData)])),
+            "lies outside the CT's slices"),
         "other frame": (_mutate(good, "RS.dcm", lambda ds: setattr(ds.ReferencedFrameOfReferenceSequence[0], "FrameOfReferenceUID", "1.2.3")),
                         "another frame of reference"),
         "dose frame": (_mutate(good, "RD.dcm", lambda ds: setattr(ds, "FrameOfReferenceUID", "1.2.3")), "RT Dose has another frame"),
@@ -170,3 +178,159 @@ def test_malformed_dicom_is_refused_and_nothing_changes(computed_plan, users, me
         dicom_io.import_files(other, course=course, user=user)
     assert "not MRN0001" in str(e.value)
     assert ImportedGeometry.objects.count() == 0
+
+
+def _ctx(course):
+    return {"patient": dicom_io.patient_info(course.patient), "study_uid": pydicom.uid.generate_uid(),
+            "frame_uid": pydicom.uid.generate_uid(), "ct_series_uid": pydicom.uid.generate_uid(),
+            "when": __import__("datetime").datetime(2026, 11, 20, 10, 0)}
+
+
+def _box_case(course, *, dose_fn, with_plan=None, extra_targets=()):
+    """A water box (61 x 61 x 5 voxels of 1 x 1 x 2 mm) with a 41 x 41 mm PTV and optional other targets first."""
+    grid = Grid((61, 61, 5), (1.0, 1.0, 2.0), (-30.0, -30.0, -4.0))
+    X, Y, Z = grid.mesh()
+    structures = [("BODY", BODY, np.ones(grid.shape, bool))]
+    structures += [(n, TARGET, m(X, Y)) for n, m in extra_targets]
+    structures.append(("PTV", TARGET, (np.abs(X) <= 20) & (np.abs(Y) <= 20)))
+    ctx = _ctx(course)
+    files = dicom_io.write_ct_series(np.ones(grid.shape, np.float32), grid, ctx)
+    files.append(dicom_io.write_rtstruct(structures, grid, ctx))
+    if with_plan:
+        files.append(dicom_io.write_rtplan([{"gantry_deg": 0.0, "mu": 100.0}], ctx, **with_plan))
+    files.append(dicom_io.write_rtdose(dose_fn(X, Y), grid, ctx))
+    return files
+
+
+def test_rt_plan_prescription_and_fractions_are_kept_and_indices_are_on_the_ptv(cshape_course, users):
+    """The RT Plan prescribes 11.31 Gy in 7 fractions (the course 50 Gy in 25): the plan keeps 11.31 Gy / 7 fx and
+    says so. The dose is exactly 11.31 Gy inside the 41 x 41 mm PTV and 0 outside, so on the PTV the Paddick CI is
+    1 and HI 0; a CTV listed first (a 10 x 10 mm square, also uniform) must not be taken as the target."""
+    files = _box_case(cshape_course, dose_fn=lambda X, Y: np.where((np.abs(X) <= 20) & (np.abs(Y) <= 20), 11.31, 0.0),
+                      with_plan={"fractions": 7, "prescription_gy": 11.31},
+                      extra_targets=[("CTV", lambda X, Y: (np.abs(X) <= 5) & (np.abs(Y) <= 5))])
+    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["plan"]
+    assert ext.prescription_gy == pytest.approx(11.31) and ext.fractions == 7
+    assert ext.metrics["target"] == "PTV"
+    assert ext.metrics["CI"] == pytest.approx(1.0) and ext.metrics["HI"] == pytest.approx(0.0, abs=1e-4)
+    note = ext.metrics["prescription_note"]
+    assert "11.31 Gy in 7 fractions" in note and "50 Gy in 25 fractions" in note
+    assert cshape_course.fractions_planned == 25  # the course itself is unchanged
+
+
+def test_target_without_dose_has_undefined_hi_not_a_500(cshape_course, users, media_root):
+    """The dose (a ramp 1 Gy/mm for x > 25 mm) misses the PTV (|x| <= 20 mm): D50 = 0 so the ICRU HI is not
+    defined, and no voxel reaches the course's 50 Gy, so the Paddick CI is not defined either; both say why."""
+    files = _box_case(cshape_course, dose_fn=lambda X, Y: np.clip(X - 25.0, 0, None))
+    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["plan"]
+    assert ext.metrics["HI"] is None and "D50 is 0 Gy" in ext.metrics["HI_reason"]
+    assert ext.metrics["CI"] is None and "no voxel receives the prescription dose 50 Gy" in ext.metrics["CI_reason"]
+    assert ext.structure_doses.get(name="PTV").metrics["Dmax"] == 0.0
+
+
+def test_failure_after_the_dose_is_written_leaves_no_file(cshape_course, users, media_root, monkeypatch):
+    files = _box_case(cshape_course, dose_fn=lambda X, Y: np.full(X.shape, 2.0))
+    real = services.store_result
+
+    def store_then_fail(plan, *args, **kwargs):
+        real(plan, *args, **kwargs)
+        assert (media_root / plan.result_file).exists()
+        raise OSError("disk full")
+
+    monkeypatch.setattr(services, "store_result", store_then_fail)
+    with pytest.raises(OSError):
+        dicom_io.import_files(files, course=cshape_course, user=users["physicist"])
+    assert ImportedGeometry.objects.count() == 0 and Plan.objects.count() == 0
+    assert [p for p in media_root.rglob("*") if p.is_file()] == []
+
+
+def test_patient_mismatch_is_found_from_the_headers_before_any_pixel(cshape_course, users, monkeypatch):
+    files = _box_case(cshape_course, dose_fn=lambda X, Y: np.full(X.shape, 2.0))
+    other = []
+    for n, b in files:
+        ds = pydicom.dcmread(io.BytesIO(b))
+        ds.PatientID = "MRN9999"
+        buf = io.BytesIO()
+        ds.save_as(buf)
+        other.append((n, buf.getvalue()))
+    decoded = []
+    monkeypatch.setattr(dicom_io, "read_ct_density", lambda *a, **k: decoded.append(1))
+    with pytest.raises(ValidationError, match="patient ID MRN9999, not MRN0001"):
+        dicom_io.import_files(other, course=cshape_course, user=users["physicist"])
+    assert decoded == []
+
+
+def test_fill_polygons_matches_matplotlib_even_odd():
+    """The scanline fill agrees voxel for voxel with matplotlib's point-in-polygon on a concave polygon with a
+    hole (a polygon inside another) on an anisotropic grid."""
+    from matplotlib.path import Path as MplPath
+
+    xs, ys = np.arange(-40.0, 40.0, 0.97), np.arange(-30.0, 30.0, 1.3)
+    t = np.linspace(0, 2 * np.pi, 60, endpoint=False)
+    star = np.column_stack([(25 + 8 * np.cos(5 * t)) * np.cos(t), (20 + 6 * np.cos(5 * t)) * np.sin(t)])
+    hole = np.column_stack([5 * np.cos(t) + 3.3, 4 * np.sin(t) - 1.1])
+    got = dicom_io.fill_polygons([star, hole], xs, ys)
+    X, Y = np.meshgrid(xs, ys, indexing="ij")
+    pts = np.column_stack([X.ravel(), Y.ravel()])
+    want = MplPath(star).contains_points(pts) ^ MplPath(hole).contains_points(pts)
+    assert got.sum() > 1000 and np.array_equal(got, want.reshape(X.shape))
+
+
+def _tall_series(course, n_slices):
+    """A small CT of ``n_slices`` 12 x 10 slices (2.5 mm apart) + a structure set + a uniform 2 Gy dose."""
+    grid = Grid((12, 10, n_slices), (2.0, 2.0, 2.5), (-11.0, -9.0, 0.0))
+    X, Y, Z = grid.mesh()
+    ctx = _ctx(course)
+    files = dicom_io.write_ct_series(np.ones(grid.shape, np.float32), grid, ctx)
+    ptv = (np.abs(X) <= 5) & (np.abs(Y) <= 5) & (Z >= 10) & (Z <= 2.5 * n_slices - 10)
+    files.append(dicom_io.write_rtstruct([("BODY", BODY, np.ones(grid.shape, bool)), ("PTV", TARGET, ptv)], grid, ctx))
+    files.append(dicom_io.write_rtdose(np.full(grid.shape, 2.0), grid, ctx))
+    return files, grid, int(ptv.sum())
+
+
+@pytest.mark.urls("tests.planning.urls")
+def test_api_takes_a_series_of_many_separate_files_and_refuses_too_many_as_json(client, cshape_course, users, settings):
+    from django.core.files.uploadedfile import SimpleUploadedFile
+
+    from tests.conftest import PASSWORD
+
+    files, grid, n_ptv = _tall_series(cshape_course, 160)  # 162 files: more than Django's default limit of 100
+    client.login(username=users["physicist"].username, password=PASSWORD)
+    uploads = [SimpleUploadedFile(n, b, "application/dicom") for n, b in files]
+    r = client.post("/api/planning/dicom-imports/", {"course": cshape_course.pk, "files": uploads})
+    assert r.status_code == 201, r.content
+    geom = ImportedGeometry.objects.get()
+    assert geom.grid["shape"] == [12, 10, 160]
+    assert {s["name"]: s["n_voxels"] for s in geom.structures}["PTV"] == n_ptv
+    settings.RADPATH_DICOM_MAX_FILES = 50
+    r = client.post("/api/planning/dicom-imports/", {"course": cshape_course.pk,
+                                                      "files": [SimpleUploadedFile(n, b) for n, b in files]})
+    assert r.status_code == 400 and r["Content-Type"].startswith("application/json")
+    assert "More than 50 files" in r.json()["files"][0]
+    assert ImportedGeometry.objects.count() == 1
+    # the page answers the same limit with its form message, not an HTML 400
+    r = client.post(f"/planning/courses/{cshape_course.pk}/import/", {"files": [SimpleUploadedFile(n, b) for n, b in files]})
+    assert r.status_code == 200 and b"More than 50 files" in r.content
+
+
+@pytest.mark.urls("tests.planning.urls")
+def test_api_imports_a_server_folder_inside_the_configured_root_only(client, cshape_course, users, settings, tmp_path):
+    from tests.conftest import PASSWORD
+
+    root = tmp_path / "dicom-drop"
+    series = root / "MRN0001" / "CT1"
+    series.mkdir(parents=True)
+    files, grid, n_ptv = _tall_series(cshape_course, 12)
+    for n, b in files:
+        (series / n).write_bytes(b)
+    client.login(username=users["physicist"].username, password=PASSWORD)
+    body = {"course": cshape_course.pk, "folder": "MRN0001/CT1"}
+    r = client.post("/api/planning/dicom-imports/", body, content_type="application/json")
+    assert r.status_code == 400 and "not enabled" in r.json()["folder"][0]
+    settings.RADPATH_DICOM_IMPORT_ROOT = str(root)
+    for bad in ("../", "/etc", "MRN0001/../../"):
+        r = client.post("/api/planning/dicom-imports/", {**body, "folder": bad}, content_type="application/json")
+        assert r.status_code == 400 and "must be inside" in r.json()["folder"][0], bad
+    r = client.post("/api/planning/dicom-imports/", body, content_type="application/json")
+    assert r.status_code == 201, r.content
+    assert r.json()["geometry"]["grid"]["shape"] == [12, 10, 12] and r.json()["plan"]["status"] == "done"
