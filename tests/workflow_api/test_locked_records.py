@@ -218,3 +218,15 @@ def test_admin_edit_of_a_started_course_is_refused_on_the_field(started):
     assert "prescription amendment" in response.context["adminform"].form.errors["total_dose_gy"][0]
     started.refresh_from_db()
     assert started.fractions_planned == 25
+
+
+def test_simulation_visit_never_moves_to_another_course(api, course, clinic, other_patient):
+    from workflow import scheduling
+
+    visit = scheduling.book_simulation(course, scheduling.local_datetime(dt.date(2027, 3, 2), dt.time(9, 0)), clinic["ct"])
+    elsewhere = make_course(other_patient)
+    response = api("scheduler").patch(f"/api/simulations/{visit.pk}/", {"course": elsewhere.pk}, format="json")
+    assert response.status_code == 400 and "course" in response.json()
+    assert api("scheduler").patch(f"/api/simulations/{visit.pk}/", {"immobilisation": "Wing board"}, format="json").status_code == 200
+    visit.refresh_from_db()
+    assert visit.course_id == course.pk and visit.immobilisation == "Wing board"
