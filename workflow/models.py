@@ -18,6 +18,13 @@ from simple_history.models import HistoricalRecords
 
 from .clinical import ClinicalRecord
 
+def clinic_date(day):
+    """A date as the clinic writes it (``5 Oct 2026``); HTML inputs use ISO (``workflow.widgets``)."""
+    from django.utils.dateformat import format as date_format
+
+    return date_format(day, "j M Y") if day else ""
+
+
 SLOT_MINUTES = 5
 """Machine time is booked in 5-minute units; one row per unit makes overlap a unique-constraint violation."""
 
@@ -76,7 +83,7 @@ class Diagnosis(ClinicalRecord):
         verbose_name_plural = "diagnoses"
 
     def __str__(self):
-        return f"{self.get_site_display()} ({self.diagnosed_on})"
+        return f"{self.get_site_display()} ({clinic_date(self.diagnosed_on)})"
 
 
 class TreatmentKind(models.TextChoices):
@@ -123,7 +130,7 @@ class Treatment(ClinicalRecord):
 
     def __str__(self):
         label = self.get_surgery_type_display() if self.surgery_type else self.get_kind_display()
-        return f"{label} ({self.start_date})"
+        return f"{label} ({clinic_date(self.start_date)})"
 
 
 class Intent(models.TextChoices):

@@ -26,6 +26,9 @@ class PrescriptionAmendment(models.Model):
     delivered_fractions = models.PositiveSmallIntegerField(help_text="Fractions delivered when the amendment was made")
     fractions_added = models.PositiveSmallIntegerField(default=0, help_text="Scheduled fractions booked by the amendment")
     fractions_cancelled = models.PositiveSmallIntegerField(default=0, help_text="Scheduled fractions cancelled by it")
+    clearance_withdrawn = models.BooleanField(
+        default=False, help_text="The dose per fraction changed: the approved plan no longer fits, treatment waits for a new approval"
+    )
 
     class Meta:
         ordering = ["amended_at"]

@@ -12,6 +12,9 @@ Rules:
   delivered count; the scheduled fractions follow it (added after the last live fraction, or the last ones
   cancelled with their machine time freed), and a count equal to the delivered one completes the course. A
   completed or stopped course is not amended.
+- A new dose per fraction no longer fits the approved plan: the amendment withdraws the course's clearance, so
+  no further fraction is delivered until a plan for the new prescription is approved (the same number of
+  fractions at the same dose per fraction keeps it).
 """
 
 from dataclasses import dataclass
@@ -75,6 +78,7 @@ class Amendment:
     added: list
     cancelled: list
     completed: bool
+    clearance_withdrawn: bool = False
 
 
 def _decimal(value, field):
@@ -164,6 +168,14 @@ def amend_prescription(course, *, reason, user, total_dose_gy=None, fractions_pl
             course.booked_end_date = _shift_back(calendar, scheduling.local_day(new_last.starts_at), prolonged)
             update.append("booked_end_date")
         completed = delivered > 0 and n == delivered
+        withdrawn = course.plan_approved and not completed and Decimal(d) != Decimal(before[2])
+        if withdrawn:
+            course.plan_approved, course.plan_approved_by, course.plan_approved_at = False, None, None
+            update += ["plan_approved", "plan_approved_by", "plan_approved_at"]
+            if course.status == CourseStatus.APPROVED:
+                simulated = course.simulations.active().filter(status=AppointmentStatus.DELIVERED).exists()
+                course.status = CourseStatus.SIMULATED if simulated else CourseStatus.PLANNED
+                update.append("status")
         if completed:
             scheduling.cancel_scheduled(course, user=user, reason="Course completed by a prescription amendment")
             last_delivered = course.fractions.filter(status=AppointmentStatus.DELIVERED).order_by("-starts_at").first()
@@ -186,6 +198,7 @@ def amend_prescription(course, *, reason, user, total_dose_gy=None, fractions_pl
             delivered_fractions=delivered,
             fractions_added=len(added),
             fractions_cancelled=len(cancelled),
+            clearance_withdrawn=withdrawn,
         )
         if completed:
             from .followup import propose_followups
@@ -193,5 +206,5 @@ def amend_prescription(course, *, reason, user, total_dose_gy=None, fractions_pl
             propose_followups(course, user=user)
     if completed:
         signals.course_completed.send(sender=Course, course=course, user=user)
-    return Amendment(record, added, cancelled, completed)
+    return Amendment(record, added, cancelled, completed, withdrawn)
 

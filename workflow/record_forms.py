@@ -106,6 +106,9 @@ class PatientRecordForm(LockedModelForm):
                 Diagnosis.objects.active().filter(patient=patient) if patient else Diagnosis.objects.none()
             )
             self.fields["diagnosis"].help_text = "" if patient else "Choose the patient first."
+            latest = self.fields["diagnosis"].queryset.first()  # newest first
+            if latest is not None and self.instance.pk is None:
+                self.initial.setdefault("diagnosis", latest.pk)
 
 
 class DiagnosisForm(PatientRecordForm):

@@ -223,6 +223,12 @@ def course_amend(request, pk):
                 f"{gy(record.after_dose_per_fraction_gy)} Gy; {record.fractions_added} fraction(s) booked, "
                 f"{record.fractions_cancelled} cancelled.",
             )
+            if record.clearance_withdrawn:
+                messages.warning(
+                    request,
+                    "The dose per fraction changed: the course is no longer cleared for treatment until a plan for the "
+                    "new prescription is approved.",
+                )
             return redirect("course-detail", pk=course.pk)
     delivered = course.fractions.filter(status="delivered").count()
     return _form_page(

@@ -320,7 +320,7 @@ class PrescriptionAmendmentSerializer(serializers.ModelSerializer):
             "id", "course", "amended_at", "amended_by", "reason",
             "before_total_dose_gy", "before_fractions", "before_dose_per_fraction_gy",
             "after_total_dose_gy", "after_fractions", "after_dose_per_fraction_gy",
-            "delivered_fractions", "fractions_added", "fractions_cancelled",
+            "delivered_fractions", "fractions_added", "fractions_cancelled", "clearance_withdrawn",
         )
         read_only_fields = fields
 

@@ -93,7 +93,7 @@ def test_new_patient_from_registration_to_first_fraction(workers, live_server, u
             page.get_by_role("button", name="Save diagnosis").click()
             expect(page.get_by_role("status")).to_contain_text("Diagnosis recorded")
             page.get_by_role("link", name="Prescribe radiotherapy").click()
-            page.get_by_label("Diagnosis").select_option(label="Other (2026-10-05)")
+            page.get_by_label("Diagnosis").select_option(label="Other (5 Oct 2026)")
             page.get_by_label("Intent").select_option("palliative")
             expect(page.get_by_label("Total dose (Gy)")).to_have_value("20")  # the palliative default, 20 Gy / 5
             page.get_by_label("Intent").select_option("adjuvant")

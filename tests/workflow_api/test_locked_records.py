@@ -218,3 +218,32 @@ def test_admin_edit_of_a_started_course_is_refused_on_the_field(started):
     assert "prescription amendment" in response.context["adminform"].form.errors["total_dose_gy"][0]
     started.refresh_from_db()
     assert started.fractions_planned == 25
+
+
+def test_simulation_visit_never_moves_to_another_course(api, course, clinic, other_patient):
+    from workflow import scheduling
+
+    visit = scheduling.book_simulation(course, scheduling.local_datetime(dt.date(2027, 3, 2), dt.time(9, 0)), clinic["ct"])
+    elsewhere = make_course(other_patient)
+    response = api("scheduler").patch(f"/api/simulations/{visit.pk}/", {"course": elsewhere.pk}, format="json")
+    assert response.status_code == 400 and "course" in response.json()
+    assert api("scheduler").patch(f"/api/simulations/{visit.pk}/", {"immobilisation": "Wing board"}, format="json").status_code == 200
+    visit.refresh_from_db()
+    assert visit.course_id == course.pk and visit.immobilisation == "Wing board"
+
+
+def test_new_dose_per_fraction_withdraws_the_clearance_until_a_new_approval(api, started):
+    assert started.plan_approved
+    response = api("oncologist").post(
+        f"/api/courses/{started.pk}/amend/",
+        {"reason": "Lower dose per fraction after pneumonitis risk review", "fractions_planned": 28, "dose_per_fraction_gy": "1.80"},
+        format="json",
+    )
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["clearance_withdrawn"] is True and body["after_total_dose_gy"] == "50.40"
+    started.refresh_from_db()
+    assert not started.plan_approved and started.status == "on_treatment"
+    nxt = started.fractions.filter(status="scheduled").order_by("starts_at").first()
+    refused = api("therapist").post(f"/api/fractions/{nxt.pk}/deliver/", {}, format="json")
+    assert refused.status_code == 400 and "not cleared" in refused.json()["detail"]

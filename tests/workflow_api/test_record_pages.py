@@ -225,3 +225,21 @@ def test_every_date_and_time_widget_renders_iso(settings):
                 continue
             checked += 1
     assert checked >= 12
+
+
+def test_new_course_without_a_patient_asks_for_one_first(web):
+    page = web("oncologist").get(reverse("course-new"))
+    form = page.context["form"]
+    assert list(form.fields["diagnosis"].queryset) == []
+    html = page.content.decode()
+    assert 'data-on-pick="reload"' in html and reverse("patient-search") in html
+
+
+def test_timeline_has_edit_links_for_roles_that_may_edit(web, patient, diagnosis):
+    Treatment.objects.create(patient=patient, kind="surgery", surgery_type="pd", start_date=dt.date(2026, 7, 1))
+    treatment = Treatment.objects.get(patient=patient)
+    page = web("oncologist").get(reverse("patient-detail", args=[patient.pk])).content.decode()
+    assert reverse("diagnosis-edit", args=[diagnosis.pk]) in page and reverse("treatment-edit", args=[treatment.pk]) in page
+    page = web("scheduler").get(reverse("patient-detail", args=[patient.pk])).content.decode()
+    assert reverse("diagnosis-edit", args=[diagnosis.pk]) not in page
+    assert "Pleurectomy/decortication (P/D) (1 Jul 2026)" == str(treatment)
