@@ -160,6 +160,9 @@ def test_cohort_page_api_and_permissions(client, cohort, users):
     r = c.get("/api/outcomes/ntcp/?model=no-such-model")
     assert r.status_code == 400 and "model" in r.json()
     assert c.get("/outcomes/ntcp/?model=no-such-model").status_code == 400
+    r = c.get("/api/outcomes/ntcp/?site=atlantis")
+    assert r.status_code == 400 and "site" in r.json()
+    assert c.get("/api/outcomes/ntcp/?site=all").json()["n"] == 11 and c.get("/api/outcomes/ntcp/?site=prostate").json()["n"] == 1
     assert c.get("/api/outcomes/ntcp/?models=1").json()["models"][0]["citation"]
     c.logout()
     t = login(client, users["therapist"])
