@@ -135,6 +135,9 @@ def test_pooling_left_and_right_lung_weights_by_volume():
         "Lung L (contralateral)", "Lung R (ipsilateral)"]
     assert m.structures_for(["Lungs", "Lung L", "Cord"]) == ["Lungs"]  # the whole organ when it is contoured
     assert m.structures_for(["Rectum", "Bladder"]) == []
+    for whole in ("Lung_GTV", "Lungs-GTV", "LUNG_TOTAL", "Total Lung", "Lungs - GTV"):
+        assert m.structures_for(["Lung_L", whole, "Lung_R"]) == [whole]
+    assert m.structures_for(["LUNG_L", "Lung_R", "Lung Left-GTV"]) == ["LUNG_L", "Lung_R", "Lung Left-GTV"]
 
 
 # ------------------------------------------------------------------------------------------------------ fits
