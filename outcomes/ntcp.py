@@ -340,11 +340,26 @@ def fit_lkb(dvhs, y, *, n=None, x0=None) -> Fit:
         x0 = x0 or (max(float(np.median(x)), 1.0), 0.3)
         hi = max(float(x.max()) * 20, 200.0)
         return _fit(lambda t: _nll(lkb(x, t[0], t[1]), y), x0, [(1e-3, hi), (1e-3, 5.0)], ("td50", "m"), len(y), int(y.sum()))
-    _check(np.array([h.mean() for h in dvhs]), y)
-    x0 = x0 or (max(float(np.median([h.mean() for h in dvhs])), 1.0), 0.3, 1.0)
+    geuds = _geud_all(dvhs)
+    _check(geuds(1.0), y)
+    x0 = x0 or (max(float(np.median(geuds(1.0))), 1.0), 0.3, 1.0)
     hi = max(max(h.dose_gy.max() for h in dvhs) * 20, 200.0)
-    return _fit(lambda t: _nll(lkb(np.array([h.geud(t[2]) for h in dvhs]), t[0], t[1]), y), x0,
+    return _fit(lambda t: _nll(lkb(geuds(t[2]), t[0], t[1]), y), x0,
                 [(1e-3, hi), (1e-3, 5.0), (0.01, 5.0)], ("td50", "m", "n"), len(y), int(y.sum()))
+
+
+def _geud_all(dvhs):
+    """gEUD(n) of every DVH at once (one pass over the concatenated bins), for fits that vary n."""
+    d = np.maximum(np.concatenate([h.dose_gy for h in dvhs]), 0.0)
+    w = np.concatenate([h.fraction / h.fraction.sum() for h in dvhs])
+    starts = np.cumsum([0] + [len(h.dose_gy) for h in dvhs[:-1]])
+    scale = max(float(d.max()), 1e-9)  # doses relative to the maximum keep d^(1/n) finite for small n
+    u = d / scale
+
+    def geuds(n):
+        return scale * np.add.reduceat(w * u ** (1.0 / n), starts) ** n
+
+    return geuds
 
 
 def _check(x, y):

@@ -58,8 +58,8 @@ def structure_dvh(sd) -> ntcp.DVH:
 
 def organ_dvh(model, structure_doses):
     """(pooled physical-dose DVH, structure names) of the model's organ among ``structure_doses``, or (None, [])."""
-    by_name = {sd.name: sd for sd in structure_doses if sd.dvh_dose_gy}
-    names = model.structures_for(by_name)
+    by_name = {sd.name: sd for sd in structure_doses if sd.dvh_dose_gy and max(sd.dvh_volume_pct, default=0) > 0}
+    names = model.structures_for(by_name)  # a structure with no voxels (an empty DVH) is not the organ
     if not names:
         return None, []
     return ntcp.pool([structure_dvh(by_name[n]) for n in names]), names
@@ -283,7 +283,7 @@ def dvh_export_frame(courses):
             for m in EXPORT_METRICS:
                 if m in sd.metrics:
                     row[f"{key}_{m.lower()}_gy"] = sd.metrics[m]
-            if sd.kind == "oar" and sd.dvh_dose_gy:
+            if sd.kind == "oar" and sd.dvh_dose_gy and max(sd.dvh_volume_pct) > 0:
                 h = structure_dvh(sd)
                 for x in EXPORT_VX:
                     row[f"{key}_v{x}_pct"] = round(h.v(x), 2)

@@ -122,6 +122,8 @@ def cohort(db):
     _finished_course(21, "prostate", 30.0)  # outside the model's population sites
     _finished_course(22, "lung", 30.0, with_plan=False)  # no plan, no DVH
     _finished_course(23, "lung", 30.0, structure="Rectum")  # no lungs in the plan
+    empty = _finished_course(24, "lung", 30.0)  # a lung structure without voxels: no DVH to read
+    StructureDose.objects.filter(plan__course=empty).update(dvh_volume_pct=[0.0, 0.0, 0.0], volume_cc=0.0)
     return doses, observed
 
 
@@ -160,6 +162,9 @@ def test_cohort_page_api_and_permissions(client, cohort, users):
     r = c.get("/api/outcomes/ntcp/?model=no-such-model")
     assert r.status_code == 400 and "model" in r.json()
     assert c.get("/outcomes/ntcp/?model=no-such-model").status_code == 400
+    r = c.get("/api/outcomes/ntcp/?site=atlantis")
+    assert r.status_code == 400 and "site" in r.json()
+    assert c.get("/api/outcomes/ntcp/?site=all").json()["n"] == 11 and c.get("/api/outcomes/ntcp/?site=prostate").json()["n"] == 1
     assert c.get("/api/outcomes/ntcp/?models=1").json()["models"][0]["citation"]
     c.logout()
     t = login(client, users["therapist"])
@@ -173,7 +178,7 @@ def test_dvh_export_is_deidentified_one_row_per_course(client, cohort, users):
     r = c.get("/api/outcomes/exports/dvh.csv")
     assert r.status_code == 200
     rows = list(csv.DictReader(io.StringIO(r.content.decode())))
-    assert len(rows) == 13  # every course with an approved plan (the on-treatment one too), one row each
+    assert len(rows) == 14  # every course with an approved plan (the on-treatment one too), one row each
     text = r.content.decode()
     assert "NT00" not in text and "Tcp" not in text and "1950-01" not in text
     by_dose = {float(row["lungs_dmean_gy"]): row for row in rows if row.get("lungs_dmean_gy")}

@@ -135,6 +135,9 @@ def test_pooling_left_and_right_lung_weights_by_volume():
         "Lung L (contralateral)", "Lung R (ipsilateral)"]
     assert m.structures_for(["Lungs", "Lung L", "Cord"]) == ["Lungs"]  # the whole organ when it is contoured
     assert m.structures_for(["Rectum", "Bladder"]) == []
+    for whole in ("Lung_GTV", "Lungs-GTV", "LUNG_TOTAL", "Total Lung", "Lungs - GTV"):
+        assert m.structures_for(["Lung_L", whole, "Lung_R"]) == [whole]
+    assert m.structures_for(["LUNG_L", "Lung_R", "Lung Left-GTV"]) == ["LUNG_L", "Lung_R", "Lung Left-GTV"]
 
 
 # ------------------------------------------------------------------------------------------------------ fits
@@ -181,6 +184,35 @@ def test_lkb_fit_on_dvhs_recovers_td50_and_m():
     assert fit.estimate["td50"] == pytest.approx(24.5, rel=0.08) and fit.estimate["m"] == pytest.approx(0.18, rel=0.35)
     for name, truth in (("td50", 24.5), ("m", 0.18)):
         assert fit.ci[name][0] <= truth <= fit.ci[name][1]
+
+
+def test_lkb_fit_with_free_volume_parameter_recovers_n():
+    rng = np.random.default_rng(21)
+    dvhs, ys = [], []
+    for _ in range(300):
+        hot = rng.uniform(0.05, 0.7)
+        d = ntcp.DVH(np.array([rng.uniform(0, 15), rng.uniform(15, 60)]), np.array([1 - hot, hot]))
+        dvhs.append(d)
+        ys.append(int(rng.random() < float(ntcp.lkb(d.geud(0.5), 30.0, 0.25))))
+    fit = ntcp.fit_lkb(dvhs, np.array(ys))
+    assert fit.names == ("td50", "m", "n")
+    for name, truth in (("td50", 30.0), ("m", 0.25), ("n", 0.5)):
+        lo, hi = fit.ci[name]
+        assert lo <= truth <= hi and fit.estimate[name] == pytest.approx(truth, rel=0.25)
+    assert fit.ci["n"][1] < 1.0  # the data reject a mean-dose (n = 1) organ
+
+
+def test_vx_metric_logistic_model():
+    m = ntcp.Model.from_dict({"id": "v20", "name": "V20 logistic", "endpoint": {"term": "Pneumonitis", "grade": 2},
+                              "organ": "Lungs", "structures": {"whole": "^lungs$"}, "form": "logistic", "metric": "V20",
+                              "parameters": {"b0": -4.0, "b1": 0.1}, "fractionation": {"correction": "none"}})
+    h = ntcp.DVH(np.array([5.0, 19.9, 20.0, 45.0]), np.array([0.4, 0.3, 0.2, 0.1]))
+    pred = m.predict(h, n_fractions=30)
+    assert pred["value"] == pytest.approx(30.0)  # V20 = 20 % + 10 %
+    assert pred["ntcp"] == pytest.approx(1 / (1 + math.exp(4.0 - 3.0)))
+    with pytest.raises(ValueError, match="needs parameters"):
+        ntcp.Model.from_dict({"id": "x", "name": "x", "endpoint": {"term": "Pneumonitis", "grade": 2}, "organ": "Lungs",
+                              "structures": {"whole": "^lungs$"}, "form": "lkb", "metric": "gEUD", "parameters": {"td50": 30}})
 
 
 def test_fit_refuses_a_cohort_without_both_outcomes():
