@@ -30,7 +30,8 @@ beyond ``cutoff_mm`` (default 30 mm) laterally are dropped. The scatter Gaussian
 integral above ``f`` times its peak, so the threshold sets how much of the scatter is kept: on the C-shape the
 default drops 10.2 % of the integral dose (7.6 % in the PTV, 11.3 % beyond 2 cm); ``rel_threshold=5e-4,
 cutoff_mm=40`` halves that for 4.6x the nonzeros, ``rel_threshold=2e-4, cutoff_mm=50`` drops 1.6 % (PTV 0.5 %,
-beyond 2 cm 2.1 %) for 9.6x (see :func:`dose_influence`).
+beyond 2 cm 2.1 %) for 9.6x (see :func:`dose_influence`). :class:`AccurateDose` (and :func:`accurate_dose`)
+evaluate the same model without any truncation for given weights: the dose RadPath reports.
 """
 from __future__ import annotations
 
@@ -490,11 +491,9 @@ def dose_influence(geo: Geometry, beams: list[Beam], machine: Machine = DEFAULT_
     at 30 mm it alone drops 3.1 %.) Cost on the pyRadPlan benchmark (``benchmarks/planning.py``, TG119.mat, 5 mm
     grid, 9 beams; pyRadPlan keeps 37.6 M nonzeros): the default 4 M nonzeros, 14x faster than pyRadPlan end to
     end; 5e-4 / 40 mm 18.6 M, 5.9x; 2e-4 / 50 mm (about matRad's 99.5 % of each beamlet kept) 42 M, 2.3x.
-    Plans are normalised to the prescription, so the in-field scale largely cancels; low doses far from the
-    target are under-estimated by about the dropped fraction, so pass ``rel_threshold=2e-4, cutoff_mm=50`` when
-    they matter. (With 5e-4 / 40 mm the TG-119 C-shape's objectives, tuned on the default, miss PTV D10 <= 55 and
-    the hard core goal: more modelled scatter makes that trade-off harder.) Keeping the scatter at ~2 % loss without
-    9x the nonzeros needs a second, coarse matrix for the wide scatter kernel (planned).
+    This matrix is the optimiser's working model only: RadPath stores, shows and exports the untruncated dose of
+    the final fluence (:class:`AccurateDose`), and optimises on this matrix corrected to it
+    (:mod:`planning.engine.accurate`), which keeps the default's speed without its 5-10 % dose error.
     """
     mask = geo.body.mask if calc_mask is None else calc_mask
     voxels = np.flatnonzero(mask.ravel())
