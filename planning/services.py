@@ -683,8 +683,12 @@ SEQUENCING_LEVELS = 10
 SEGMENT_WEIGHT_MAX_ITER = 100
 
 
+# Rounds of optimisation on the fast matrix corrected to the accurate dose (planning.engine.accurate).
+CORRECTION_ROUNDS = 2
+
+
 def _compute(plan, job):
-    from .engine import aperture, forward, optimize, pencilbeam
+    from .engine import accurate, forward, pencilbeam
     from .engine import beams as ebeams
     from .engine import objectives as eobj
 
@@ -703,39 +707,49 @@ def _compute(plan, job):
     dij = pencilbeam.dose_influence(geo, bs, progress=dij_progress)
     rows = {name: dij.row_index(s.mask) for name, s in geo.structures.items()}
     job.check()
+    # Optimise fast, report accurately: the optimiser works on the truncated matrix ``dij`` corrected to the
+    # accurate dose in CORRECTION_ROUNDS rounds; the deliverable plan (step-and-shoot leaf sequencing, segment
+    # weights re-optimised against the plan's own objectives) is normalised to the prescription on the accurate
+    # (untruncated) dose of the fluence its segments deliver, and that dose is what is stored: DVHs, goals,
+    # approval, EQD2, planned vs delivered, RT Dose. The MU are those of its segments (planning.engine.accurate).
+    job.progress(20, "Accurate dose: geometry", force=True)
+    acc = pencilbeam.AccurateDose.for_influence(geo, dij)
     objs = None
+    forward_w = None
     if plan.method == PlanMethod.FORWARD:
         job.progress(60, "Forward plan: conformal fields", force=True)
-        res = forward.conformal_plan(geo, dij, plan.beam_weights or None, target=target, rx=rx)
+        forward_w = forward.conformal_weights(geo, dij, plan.beam_weights or None, target_mask=geo.primary_target.mask)
     else:
         objs = [eobj.from_dict(o) for o in plan.objectives]
+    # the plan's iteration budget covers the fast optimisation and the correction rounds
+    total_iter = plan.max_iterations
+    round_iter = max(total_iter // 6, 1)
+    first_iter = max(total_iter - CORRECTION_ROUNDS * round_iter, 1)
 
-        def cb(it, f):
-            job.progress(20 + 70 * min(it / max(plan.max_iterations, 1), 1.0), f"Optimising: iteration {it}", it, f)
+    def cb(stage, it, f):
+        done = it if stage == 0 else first_iter + (stage - 1) * round_iter + it
+        msg = f"Optimising: iteration {it}" if stage == 0 else f"Optimising on the accurate dose (round {stage}): iteration {it}"
+        job.progress(20 + 70 * min(done / max(total_iter, 1), 1.0), msg, done, f)
 
-        res = optimize.optimize(dij, rows, objs, target=target, rx=rx, max_iter=plan.max_iterations, callback=cb,
-                                should_cancel=job.cancel.is_set)
-        if res.cancelled:
-            raise _JobCancelled()
-        job.progress(90, f"Optimised: {res.iterations} iterations", res.iterations, res.objective, force=True)
-    job.check()
-    # The deliverable plan: step-and-shoot leaf sequencing, segment-weight optimisation against the plan's own
-    # objectives (inverse plans; a forward plan's open fields sequence exactly), renormalised to the
-    # prescription. The stored dose (DVHs, goals, approval, planned vs delivered) is D @ the fluence its
-    # segments deliver, and the MU are those of its segments.
     swo_iter = min(plan.max_iterations, SEGMENT_WEIGHT_MAX_ITER)
 
     def swo_cb(it, f):
         job.progress(90 + 9 * min(it / max(swo_iter, 1), 1.0), f"Segment weights: iteration {it}")
 
-    job.progress(90, "Leaf sequencing", force=True)
-    dp = aperture.deliverable_plan(dij, res.weights, rows, objs, target=target, rx=rx, normalise_to="D95",
-                                   n_levels=SEQUENCING_LEVELS, n_fractions=plan.fractions, max_iter=swo_iter,
-                                   callback=swo_cb, should_cancel=job.cancel.is_set)
-    if dp.swo is not None and dp.swo.cancelled:
+    ap = accurate.plan_accurately(dij, rows, objs, target=target, rx=rx, accurate=acc, normalise_to="D95",
+                                  max_iter=first_iter, correction_rounds=CORRECTION_ROUNDS,
+                                  round_iter=round_iter, n_levels=SEQUENCING_LEVELS, n_fractions=plan.fractions,
+                                  swo_max_iter=swo_iter, forward_weights=forward_w, callback=cb, swo_callback=swo_cb,
+                                  should_cancel=job.cancel.is_set)
+    res, dp = ap.result, ap.deliverable
+    if res.cancelled or dp is None or (dp.swo is not None and dp.swo.cancelled) or ap.dose is None:
         raise _JobCancelled()
+    if objs is not None:
+        job.progress(90, f"Optimised: {res.iterations} iterations", res.iterations, res.objective, force=True)
     job.check()
-    dose = dij.dose_cube(dp.weights)
+    dose = np.zeros(int(np.prod(geo.grid.shape)), np.float32)
+    dose[dij.voxels] = ap.dose
+    dose = dose.reshape(geo.grid.shape)
     beams_info = []
     for b, s in zip(bs, dp.sequences):
         beams_info.append({"gantry_deg": b.gantry_deg, "beamlets": int(b.n_beamlets), "segments": len(s.segments),
@@ -744,7 +758,9 @@ def _compute(plan, job):
                "seconds": round(float(res.seconds), 2), "normalisation": float(res.scale), "beamlets": int(dij.n_beamlets),
                "sequencing_levels": SEQUENCING_LEVELS,
                "segments_sequenced": dp.segments_sequenced, "mu_sequenced": round(dp.mu_sequenced, 1),
-               "segments": dp.segments, "deliverable_normalisation": float(dp.scale)}
+               "segments": dp.segments, "deliverable_normalisation": float(dp.scale),
+               "dose_model": accurate.DOSE_MODEL, "dose_accuracy": ap.accuracy,
+               "accurate_dose_seconds": round(float(ap.seconds_accurate), 2)}
     if dp.swo is not None:
         metrics.update({"segment_weight_iterations": int(dp.swo.iterations),
                         "segment_weight_objective": [float(v) if np.isfinite(v) else None
@@ -841,6 +857,32 @@ def store_result(plan, geo, dose, *, weights=None, beams=None, beam_summary=None
         plan.beam_summary = beam_summary
         plan.total_mu = round(sum(b.get("mu", 0.0) for b in beam_summary), 1)
     return plan
+
+
+def dose_model_statement(plan):
+    """What the plan page says about the dose it shows: the dose model and how accurate it is, or None for a plan
+    without a computed dose (e.g. an imported RT Dose, shown as imported).
+
+    A computed plan's dose is the accurate (untruncated) pencil-beam dose of its deliverable fluence; the fast
+    matrix the optimiser used, and how much dose it alone would have dropped, are stated beside it."""
+    acc = (plan.metrics or {}).get("dose_accuracy")
+    if not acc:
+        return None
+    fm = acc.get("fast_matrix") or {}
+
+    def pct(v):
+        return None if v is None else round(100.0 * float(v), 1)
+
+    return {
+        "model": (plan.metrics or {}).get("dose_model", ""),
+        "stored_dropped_target_pct": pct(acc.get("stored_dropped_target", 0.0)),
+        "stored_dropped_body_pct": pct(acc.get("stored_dropped_body", 0.0)),
+        "fast_dropped_target_pct": pct(acc.get("fast_dropped_target")),
+        "fast_dropped_body_pct": pct(acc.get("fast_dropped_body")),
+        "fast_rel_threshold": fm.get("rel_threshold"), "fast_cutoff_mm": fm.get("cutoff_mm"),
+        "model_error_target_pct": None if acc.get("model_error_target_mean") is None
+        else round(100.0 * float(acc["model_error_target_mean"]), 2),
+    }
 
 
 def load_dose(plan):

@@ -101,6 +101,7 @@ def plan_review(request, pk):
         ctx["slices"] = [ctx["slices"][2], ctx["slices"][1], ctx["slices"][0]]
         ctx["reirr"] = services.reirradiation_summary(plan)
         ctx["ntcp"] = _plan_ntcp(plan, ctx["structures"])
+        ctx["dose_model"] = services.dose_model_statement(plan)
     ctx["versions"] = plan.course.plans.filter(voided_at__isnull=True).order_by("-version")
     ctx["can_run"] = request.user.has_perm("planning.run_plan")
     ctx["can_approve"] = request.user.has_perm("planning.approve_plan")

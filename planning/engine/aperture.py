@@ -37,7 +37,8 @@ import numpy as np
 import scipy.sparse as sp
 from scipy.optimize import minimize
 
-from .optimize import OptimizationCancelled, PlanningProblem, normalise, single_threaded_blas
+from .optimize import (DoseCorrection, OptimizationCancelled, PlanningProblem, corrected_dose, normalise,
+                       single_threaded_blas)
 from .pencilbeam import DEFAULT_MACHINE, DoseInfluence, InfluenceShape, mu_per_unit_weight
 from .sequencing import BeamSequence, Segment, sequence_plan
 
@@ -172,6 +173,11 @@ class NormalisedProblem:
         self.method = method
         self.window_pct = float(window_pct)
         self.Dt = seg.D[np.asarray(target_rows)].tocsr()
+        corr = prob.correction  # the target's part of the corrected model: scale * (Dt x) + offset
+        self._t_scale = None if corr is None else np.asarray(corr.scale, np.float64)[np.asarray(target_rows)]
+        self._t_offset = None if corr is None else np.asarray(corr.offset, np.float64)[np.asarray(target_rows)]
+        if self._t_scale is not None:
+            self.Dt = sp.csr_matrix(sp.diags(self._t_scale.astype(np.float32)) @ self.Dt)
         if method == "mean":
             self._mean_row = np.asarray(self.Dt.mean(axis=0), np.float64).ravel()
         elif method.startswith("D"):
@@ -182,6 +188,8 @@ class NormalisedProblem:
     def metric(self, x, window_pct: float | None = None):
         """(N(x), dN/dx); ``window_pct`` overrides the problem's (0: the exact Dx)."""
         d = np.asarray(self.Dt @ np.asarray(x, np.float32), np.float64)
+        if self._t_offset is not None:
+            d += self._t_offset
         n = d.size
         if n == 0:
             return 0.0, np.zeros(np.size(x))
@@ -228,7 +236,8 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
                              normalise_to: str | None = None, max_iter: int = 100, constraint_rounds: int = 2,
                              penalty_growth: float = 10.0, drop_rel: float = 1e-3, n_fractions: int = 1,
                              machine=DEFAULT_MACHINE, callback=None, should_cancel=None,
-                             window_pct: float = 0.5, tol: float = 1e-9) -> SegmentWeightResult:
+                             window_pct: float = 0.5, tol: float = 1e-9,
+                             correction: DoseCorrection | None = None) -> SegmentWeightResult:
     """Re-optimise the weights (MU) of the segments of ``seqs`` against ``objectives``.
 
     ``rows`` maps structure -> dij rows as for :func:`planning.engine.optimize.optimize`. With ``target``,
@@ -238,7 +247,8 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
     normalised; otherwise the objective of the weights as they are. Segments whose weight ends below ``drop_rel`` times the
     largest segment weight are dropped and the rest re-polished. ``callback(iteration, objective)`` and
     ``should_cancel()`` work as in the fluence optimiser (a cancellation returns the best weights so far with
-    ``cancelled=True``)."""
+    ``cancelled=True``). ``correction``: optimise on the corrected dose model (a
+    :class:`~planning.engine.optimize.DoseCorrection` of ``dij``'s rows, e.g. fitted to the accurate dose)."""
     t0 = time.perf_counter()
     mu_units = _mu_units(dij, machine, n_fractions)
     S = aperture_matrix(dij, seqs)
@@ -256,7 +266,7 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
     state = {"it": 0, "x": x0.copy()}
 
     def problem(window=0.0):
-        prob = PlanningProblem(seg, rows, objs, 0.0)
+        prob = PlanningProblem(seg, rows, objs, 0.0, correction)
         return NormalisedProblem(prob, seg, rows[target], rx, normalise_to, window) if normalised else prob
 
     def cb(intermediate_result):
@@ -299,7 +309,7 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
         candidates.append(x)
         if cancelled:
             break
-        d = np.asarray(seg.dose(x), np.float64) * (prob.scale(x) if normalised else 1.0)
+        d = np.asarray(corrected_dose(seg, x * (prob.scale(x) if normalised else 1.0), correction), np.float64)
         broken = [o for o in objs if getattr(o, "constraint", False) and o.violated(d[rows[o.structure]])]
         if not broken or rnd == constraint_rounds:
             break
@@ -363,17 +373,18 @@ def deliverable_plan(dij: DoseInfluence, weights: np.ndarray, rows: dict[str, np
                      *, target: str | None = None, rx: float | None = None, normalise_to: str | None = "D95",
                      n_levels: int = 20, n_fractions: int = 1, machine=DEFAULT_MACHINE, segment_weight_opt: bool = True,
                      normalised_objective: bool = True, max_iter: int = 100, callback=None, should_cancel=None,
-                     **swo_kwargs) -> DeliverablePlan:
+                     correction: DoseCorrection | None = None, **swo_kwargs) -> DeliverablePlan:
     """Leaf-sequence ``weights`` (``n_levels`` levels), re-optimise the segment weights against ``objectives``
     (skipped when there are none or ``segment_weight_opt`` is False), and renormalise the delivered fluence so
-    ``target`` gets ``rx`` at ``normalise_to`` (as the optimised plan). MU are per fraction."""
+    ``target`` gets ``rx`` at ``normalise_to`` (as the optimised plan). MU are per fraction. ``correction``:
+    segment weights and normalisation on the corrected dose model (see :func:`optimize_segment_weights`)."""
     seqs, w_seq = sequence_plan(dij, weights, n_levels=n_levels, machine=machine, n_fractions=n_fractions)
     n_before = int(sum(len(s.segments) for s in seqs))
     mu_before = float(sum(s.mu for s in seqs))
 
     def norm_factor(w):
         if normalise_to and target is not None and rx is not None:
-            return normalise(dij, w, rows[target], rx, normalise_to)
+            return normalise(dij, w, rows[target], rx, normalise_to, correction)
         return 1.0
 
     s_plain = norm_factor(w_seq)
@@ -382,7 +393,8 @@ def deliverable_plan(dij: DoseInfluence, weights: np.ndarray, rows: dict[str, np
         swo = optimize_segment_weights(dij, seqs, rows, objectives, target=target, rx=rx,
                                        normalise_to=normalise_to if normalised_objective else None,
                                        max_iter=max_iter, n_fractions=n_fractions,
-                                       machine=machine, callback=callback, should_cancel=should_cancel, **swo_kwargs)
+                                       machine=machine, callback=callback, should_cancel=should_cancel,
+                                       correction=correction, **swo_kwargs)
         final = swo.sequences
     else:
         final = seqs

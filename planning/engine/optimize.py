@@ -128,6 +128,45 @@ class PlanResult:
     scale: float = 1.0  # normalisation factor applied
 
 
+@dataclass
+class DoseCorrection:
+    """An accurate-dose correction of a fast (truncated) influence matrix, held fixed during an optimisation:
+    the optimiser's dose model becomes ``d(w) = scale * (D w) + offset`` (voxel-wise), fitted at a fluence
+    ``w0`` so that it equals the accurate dose there (the "intermediate dose" of commercial planning systems).
+
+    Where the fast dose is at least ``floor_rel`` of its maximum the correction is a ratio (``scale =
+    accurate / fast``, no offset): the missing scatter is about proportional to the local dose, and a ratio
+    keeps the model linear in the fluence, so normalising a plan (scaling ``w``) scales the modelled dose too;
+    below it (far from the fields, where the truncated matrix has little or nothing) an additive offset. The
+    gradient is ``D^T (scale * g)``, exact for the model."""
+
+    scale: np.ndarray   # float32, one per calculation voxel
+    offset: np.ndarray  # float32, one per calculation voxel
+
+    @classmethod
+    def fit(cls, fast: np.ndarray, accurate: np.ndarray, floor_rel: float = 0.02) -> "DoseCorrection":
+        f = np.asarray(fast, np.float64)
+        a = np.asarray(accurate, np.float64)
+        big = f >= floor_rel * max(float(f.max(initial=0.0)), 1e-30)
+        scale = np.ones_like(f)
+        scale[big] = a[big] / f[big]
+        offset = np.where(big, 0.0, a - f)
+        return cls(scale.astype(np.float32), offset.astype(np.float32))
+
+    def apply(self, d: np.ndarray) -> np.ndarray:
+        """The corrected dose of a fast dose ``d`` (in place when ``d`` is float32)."""
+        d = np.asarray(d, np.float32)
+        d *= self.scale
+        d += self.offset
+        return d
+
+
+def corrected_dose(dij, w, correction: DoseCorrection | None = None) -> np.ndarray:
+    """``dij.dose(w)``, corrected when a :class:`DoseCorrection` is given."""
+    d = np.array(dij.dose(w), np.float32)
+    return d if correction is None else correction.apply(d)
+
+
 def smoothing_operator(dij: DoseInfluence) -> sp.csr_matrix:
     """Sparse first-difference operator between 4-neighbour beamlets of each beam's fluence map."""
     rows, cols, vals = [], [], []
@@ -152,8 +191,9 @@ class PlanningProblem:
     """Objective function and gradient in beamlet space for a set of dose-space objectives."""
 
     def __init__(self, dij: DoseInfluence, rows: dict[str, np.ndarray], objectives: list[Objective],
-                 smoothing: float = 0.0):
+                 smoothing: float = 0.0, correction: DoseCorrection | None = None):
         self.dij = dij
+        self.correction = correction
         self.rows = rows
         self.objectives = [copy.copy(o) for o in objectives]  # penalty escalation must not touch the caller's
         missing = {o.structure for o in self.objectives} - set(rows)
@@ -174,11 +214,12 @@ class PlanningProblem:
         self._sub_g = np.empty(m, np.float32)
 
     def dose(self, w):
-        return self.products.matvec(w)
+        d = self.products.matvec(w)
+        return d if self.correction is None else self.correction.apply(d)
 
     def value_and_grad(self, w):
         self.n_evals += 1
-        d = self.products.matvec(w)
+        d = self.dose(w)
         gd = self._gd
         gd.fill(0.0)
         f = 0.0
@@ -194,6 +235,8 @@ class PlanningProblem:
                 v = acc(dr, gr, o.weight, self._work[:k]) if acc else accumulate_plain(o, dr, gr, o.weight)
                 gd[r] += gr
             f += o.weight * v
+        if self.correction is not None:
+            gd *= self.correction.scale
         g = self.products.rmatvec(gd).astype(np.float64)
         if self.L is not None:
             Lw = self.L @ w
@@ -214,10 +257,13 @@ def initial_weights(dij: DoseInfluence, target_rows: np.ndarray, rx: float) -> n
 
 
 def normalise(dij: DoseInfluence, w: np.ndarray, target_rows: np.ndarray, rx: float,
-              method: str = "D95") -> float:
+              method: str = "D95", correction: DoseCorrection | None = None, dose: np.ndarray | None = None) -> float:
     """Factor that brings the target to the prescription: ``D95`` (95 % of the target gets Rx), ``D50``
-    or ``mean``."""
-    d = dij.dose(w)[target_rows].astype(np.float64)
+    or ``mean``; on ``dij``'s dose of ``w`` (corrected by ``correction``), or on ``dose`` when given (e.g. the
+    accurate dose of ``w``)."""
+    if dose is None:
+        dose = corrected_dose(dij, w, correction)
+    d = np.asarray(dose)[target_rows].astype(np.float64)
     if method == "mean":
         v = d.mean()
     elif method.startswith("D"):
@@ -231,10 +277,13 @@ def normalise(dij: DoseInfluence, w: np.ndarray, target_rows: np.ndarray, rx: fl
 def optimize(dij: DoseInfluence, rows: dict[str, np.ndarray], objectives: list[Objective], *,
              target: str | None = None, rx: float | None = None, x0=None, max_iter: int = 300,
              smoothing: float = 0.0, callback=None, should_cancel=None, constraint_rounds: int = 4,
-             penalty_growth: float = 10.0, normalise_to: str | None = "D95", tol: float = 1e-9) -> PlanResult:
+             penalty_growth: float = 10.0, normalise_to: str | None = "D95", tol: float = 1e-9,
+             correction: DoseCorrection | None = None) -> PlanResult:
     """Inverse-plan beamlet weights. ``rows`` maps structure -> dij row indices (see
-    :meth:`DoseInfluence.row_index`). ``target``/``rx`` set the start point and the final normalisation."""
-    prob = PlanningProblem(dij, rows, objectives, smoothing)
+    :meth:`DoseInfluence.row_index`). ``target``/``rx`` set the start point and the final normalisation.
+    ``correction``: optimise on the corrected dose model (:class:`DoseCorrection`); the result's dose and
+    normalisation are then on that model too."""
+    prob = PlanningProblem(dij, rows, objectives, smoothing, correction)
     if x0 is None:
         if target is None or rx is None:
             x0 = np.ones(dij.n_beamlets)
@@ -279,7 +328,7 @@ def optimize(dij: DoseInfluence, rows: dict[str, np.ndarray], objectives: list[O
     f = prob.value(x)
     scale = 1.0
     if normalise_to and target is not None and rx is not None:
-        scale = normalise(dij, x, rows[target], rx, normalise_to)
+        scale = normalise(dij, x, rows[target], rx, normalise_to, correction)
         x = x * scale
-    return PlanResult(weights=x, dose=dij.dose(x), objective=f, history=history, iterations=state["it"],
+    return PlanResult(weights=x, dose=corrected_dose(dij, x, correction), objective=f, history=history, iterations=state["it"],
                       seconds=time.perf_counter() - t0, cancelled=cancelled, message=msg, scale=scale)

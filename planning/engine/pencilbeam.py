@@ -30,7 +30,8 @@ beyond ``cutoff_mm`` (default 30 mm) laterally are dropped. The scatter Gaussian
 integral above ``f`` times its peak, so the threshold sets how much of the scatter is kept: on the C-shape the
 default drops 10.2 % of the integral dose (7.6 % in the PTV, 11.3 % beyond 2 cm); ``rel_threshold=5e-4,
 cutoff_mm=40`` halves that for 4.6x the nonzeros, ``rel_threshold=2e-4, cutoff_mm=50`` drops 1.6 % (PTV 0.5 %,
-beyond 2 cm 2.1 %) for 9.6x (see :func:`dose_influence`).
+beyond 2 cm 2.1 %) for 9.6x (see :func:`dose_influence`). :class:`AccurateDose` (and :func:`accurate_dose`)
+evaluate the same model without any truncation for given weights: the dose RadPath reports.
 """
 from __future__ import annotations
 
@@ -490,11 +491,9 @@ def dose_influence(geo: Geometry, beams: list[Beam], machine: Machine = DEFAULT_
     at 30 mm it alone drops 3.1 %.) Cost on the pyRadPlan benchmark (``benchmarks/planning.py``, TG119.mat, 5 mm
     grid, 9 beams; pyRadPlan keeps 37.6 M nonzeros): the default 4 M nonzeros, 14x faster than pyRadPlan end to
     end; 5e-4 / 40 mm 18.6 M, 5.9x; 2e-4 / 50 mm (about matRad's 99.5 % of each beamlet kept) 42 M, 2.3x.
-    Plans are normalised to the prescription, so the in-field scale largely cancels; low doses far from the
-    target are under-estimated by about the dropped fraction, so pass ``rel_threshold=2e-4, cutoff_mm=50`` when
-    they matter. (With 5e-4 / 40 mm the TG-119 C-shape's objectives, tuned on the default, miss PTV D10 <= 55 and
-    the hard core goal: more modelled scatter makes that trade-off harder.) Keeping the scatter at ~2 % loss without
-    9x the nonzeros needs a second, coarse matrix for the wide scatter kernel (planned).
+    This matrix is the optimiser's working model only: RadPath stores, shows and exports the untruncated dose of
+    the final fluence (:class:`AccurateDose`), and optimises on this matrix corrected to it
+    (:mod:`planning.engine.accurate`), which keeps the default's speed without its 5-10 % dose error.
     """
     mask = geo.body.mask if calc_mask is None else calc_mask
     voxels = np.flatnonzero(mask.ravel())
@@ -517,3 +516,138 @@ def dose_influence(geo: Geometry, beams: list[Beam], machine: Machine = DEFAULT_
     DT = D.T.tocsr()
     return DoseInfluence(D, DT, voxels, list(beams), np.concatenate(beam_of) if beam_of else np.zeros(0, int),
                          tuple(geo.grid.shape), rel_threshold, cutoff_mm)
+
+
+# --------------------------------------------------------------------------- accurate (untruncated) dose
+class AccurateDose:
+    """The pencil-beam dose of beamlet fluences *without truncation*: the model of :func:`dose_influence` with
+    no ``rel_threshold`` and no lateral ``cutoff_mm``, evaluated for given weights instead of stored as a matrix.
+
+    This is the dose RadPath stores, shows, exports and judges plans by (the fast, truncated matrix is only the
+    optimiser's working model). Every beamlet of a beam contributes to every calculation voxel downstream of the
+    source: the lateral kernel is separable (each Gaussian component is a product of an ``x`` and a ``y`` edge
+    profile), so for one beam with fluence map ``F`` (leaf pairs ``b`` x columns ``a``) the dose at a voxel is::
+
+        fac(d, t) * sum_k c_k(d) * px_k^T F py_k
+
+    with ``px_k[a]``, ``py_k[b]`` the edge profiles of every column / row of the map at the voxel (two small
+    matrix products per chunk of voxels; nothing is dropped, so the result equals ``dose_influence(...,
+    rel_threshold=0, cutoff_mm=inf) @ w`` up to float rounding). The per-voxel geometry (BEV coordinates,
+    radiological depth, kernel, depth dose) is computed once at construction; a call costs the erf profiles and
+    the products (about the time one truncated matrix takes to build). Linear in the weights.
+
+    ``voxels``: flat grid indices of the calculation voxels (default: the body), e.g. a
+    :class:`DoseInfluence`'s ``voxels`` (then the result lines up with its rows, see :meth:`for_influence`)."""
+
+    def __init__(self, geo: Geometry, beams: list[Beam], machine: Machine = DEFAULT_MACHINE,
+                 voxels: np.ndarray | None = None, chunk: int = 4096):
+        self.machine = machine
+        self.beams = list(beams)
+        self.grid_shape = tuple(geo.grid.shape)
+        self.voxels = np.flatnonzero(geo.body.mask.ravel()) if voxels is None else np.asarray(voxels)
+        self.chunk = int(chunk)
+        self.n_beamlets = int(sum(b.n_beamlets for b in self.beams))
+        pts = geo.grid.points(self.voxels)
+        self._beam = []
+        for b in self.beams:
+            if b.n_beamlets == 0:
+                self._beam.append(None)
+                continue
+            u, v, t = b.project(pts)
+            rows = np.flatnonzero(t > 0)
+            u, v, t = u[rows], v[rows], t[rows]
+            depth = radiological_depth(geo.density, geo.grid, b, pts[rows], uvt=(u, v, t)).astype(np.float64)
+            cw, cs = machine.kernel(depth)
+            fac = machine.norm * (b.sad / t) ** 2 * machine.depth_dose(depth)
+            self._beam.append((rows, u, v, t / b.sad, cw * fac, cs))
+
+    @classmethod
+    def for_influence(cls, geo: Geometry, dij: "DoseInfluence", machine: Machine = DEFAULT_MACHINE):
+        """The accurate calculation on the rows (voxels) and columns (beamlets) of ``dij``."""
+        return cls(geo, dij.beams, machine, voxels=dij.voxels)
+
+    @property
+    def n_voxels(self) -> int:
+        return int(self.voxels.size)
+
+    def dose(self, weights) -> np.ndarray:
+        """Dose (Gy, float32) on the calculation voxels for beamlet weights ``weights`` (columns in beam order).
+
+        Beams run on the engine's threads (numpy's erf and matrix products release the GIL), each into its own
+        sum; OpenBLAS is held at one thread meanwhile (its own threads busy-wait against ours: 6x slower on the
+        shared 2-core machine)."""
+        from .optimize import single_threaded_blas  # (optimize imports this module)
+
+        weights = np.asarray(weights, np.float64)
+        if weights.shape != (self.n_beamlets,):
+            raise ValueError(f"{self.n_beamlets} beamlet weights expected, got shape {weights.shape}")
+        starts = np.concatenate([[0], np.cumsum([b.n_beamlets for b in self.beams])]).astype(int)
+        jobs = [i for i, b in enumerate(self.beams)
+                if self._beam[i] is not None and np.any(weights[starts[i]:starts[i + 1]])]
+        threads = min(engine_threads(), len(jobs))
+        with single_threaded_blas():
+            if threads <= 1:
+                parts = [self._beam_dose(i, weights[starts[i]:starts[i + 1]]) for i in jobs]
+            else:
+                pool = _pool(threads)
+                parts = list(pool.map(lambda i: self._beam_dose(i, weights[starts[i]:starts[i + 1]]), jobs))
+        out = np.zeros(self.n_voxels, np.float64)
+        for i, (rows, d) in zip(jobs, parts):
+            out[rows] += d
+        return out.astype(np.float32)
+
+    def _beam_dose(self, i: int, wb: np.ndarray):
+        """(rows, dose) of beam ``i`` with weights ``wb``: see the class docstring."""
+        b = self.beams[i]
+        rows, u, v, mag, cfac, cs = self._beam[i]
+        fmap, a0, b0 = b.fluence_map(wb)           # rows = ib - b0, columns = ia - a0
+        # keep the map's non-empty extent only (rows/columns of zero weight contribute nothing)
+        ra = np.flatnonzero(fmap.any(axis=0))
+        rb = np.flatnonzero(fmap.any(axis=1))
+        fT = np.ascontiguousarray(fmap[rb[0]:rb[-1] + 1, ra[0]:ra[-1] + 1].T)
+        # beamlet edges at the isocentre: column a spans ea[a]..ea[a+1], row b eb[b]..eb[b+1]; neighbouring
+        # beamlets share an edge, so one erf per edge (the profile is the difference of two)
+        ea = (np.arange(ra[0], ra[-1] + 2) + a0 + b.offset[0] - 0.5) * b.bixel_mm
+        eb = (np.arange(rb[0], rb[-1] + 2) + b0 + b.offset[1] - 0.5) * b.bixel_mm
+        out = np.zeros(rows.size, np.float64)
+        for s0 in range(0, rows.size, self.chunk):
+            sl = slice(s0, s0 + self.chunk)
+            du = u[sl][:, None] - ea[None, :]
+            dv = v[sl][:, None] - eb[None, :]
+            acc = out[sl]
+            for k in range(cs.shape[0]):
+                inv = (mag[sl] / (_SQRT2 * cs[k][sl]))[:, None]
+                Ea = erf(du * inv)
+                Eb = erf(dv * inv)
+                pa = Ea[:, :-1] - Ea[:, 1:]      # (chunk, columns): twice the edge profiles
+                pb = Eb[:, :-1] - Eb[:, 1:]      # (chunk, rows)
+                acc += (0.25 * cfac[k][sl]) * np.einsum("ib,ib->i", pa @ fT, pb)
+        return rows, out
+
+    __call__ = dose
+
+    def dose_cube(self, weights) -> np.ndarray:
+        """The accurate dose as a full grid array (zero outside the calculation voxels)."""
+        out = np.zeros(int(np.prod(self.grid_shape)), np.float32)
+        out[self.voxels] = self.dose(weights)
+        return out.reshape(self.grid_shape)
+
+
+def accurate_dose(geo: Geometry, beams: list[Beam], weights, machine: Machine = DEFAULT_MACHINE,
+                  calc_mask: np.ndarray | None = None) -> np.ndarray:
+    """The accurate (untruncated) pencil-beam dose cube of beamlet ``weights`` on ``calc_mask`` (default: the
+    body). The public entry point for recalculating a plan (stored, exported or imported fluence): see
+    :class:`AccurateDose`."""
+    voxels = None if calc_mask is None else np.flatnonzero(np.asarray(calc_mask).ravel())
+    return AccurateDose(geo, beams, machine, voxels=voxels).dose_cube(weights)
+
+
+def dropped_fraction(fast: np.ndarray, accurate: np.ndarray, rows: np.ndarray | None = None) -> float:
+    """Fraction of the dose a truncated calculation drops against the accurate one, ``1 - sum(fast) /
+    sum(accurate)`` over ``rows`` (all voxels when None): the truncation figure RadPath reports."""
+    f = np.asarray(fast, np.float64)
+    a = np.asarray(accurate, np.float64)
+    if rows is not None:
+        f, a = f[rows], a[rows]
+    s = float(a.sum())
+    return float(1.0 - f.sum() / s) if s > 0 else 0.0
