@@ -9,6 +9,7 @@ queue) and a clinic (PostgreSQL, RQ workers on Redis) unchanged:
   ``CLINIC_HOLIDAY_SUBDIVISION`` (optional state/province).
 - ``TASKS_BACKEND``: ``db`` (default, django-tasks-db) or ``rq`` (django-tasks-rq on ``REDIS_URL``).
 - ``RADPATH_PSEUDONYM_KEY``: the server secret that keys research pseudonyms (defaults to SECRET_KEY).
+- ``RADPATH_MIN_COHORT``: the minimum number of patients in any de-identified output (default 10).
 """
 
 import os
@@ -128,6 +129,9 @@ CLINIC_HOLIDAY_COUNTRY = os.environ.get("CLINIC_HOLIDAY_COUNTRY", "US")
 CLINIC_HOLIDAY_SUBDIVISION = os.environ.get("CLINIC_HOLIDAY_SUBDIVISION") or None
 
 RADPATH_PSEUDONYM_KEY = os.environ.get("RADPATH_PSEUDONYM_KEY", SECRET_KEY)
+# De-identified outputs (exports, analyses, figures, toxicity aggregates) cover at least this many patients; smaller
+# groups of a grouped analysis are suppressed (outcomes.disclosure).
+RADPATH_MIN_COHORT = int(os.environ.get("RADPATH_MIN_COHORT", "10"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

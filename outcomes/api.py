@@ -22,6 +22,7 @@ from workflow.models import Course
 from . import exports, services
 from . import serializers as s
 from .cohorts import CohortFilter
+from .disclosure import DATE_FILTERS
 from .models import Death, FollowUpAssessment
 from .registry_import import RegistryImportError, import_registry
 
@@ -31,8 +32,9 @@ DEIDENTIFIED = "outcomes.view_deidentified"
 
 COHORT_PARAMS = [
     OpenApiParameter("site", str, description="Diagnosis site(s), comma separated"),
-    OpenApiParameter("diagnosed_from", OpenApiTypes.DATE), OpenApiParameter("diagnosed_to", OpenApiTypes.DATE),
-    OpenApiParameter("rt_start_from", OpenApiTypes.DATE), OpenApiParameter("rt_start_to", OpenApiTypes.DATE),
+    *[OpenApiParameter(name, str, pattern=r"^\d{4}(-\d{2}(-\d{2})?)?$", description=(
+        "YYYY-MM or YYYY (a _to month or year runs to its last day). Researchers may not give a day: YYYY-MM-DD is "
+        "refused with 400 for them; clinicians with identified access may use it.")) for name in DATE_FILTERS],
     OpenApiParameter("intent", str), OpenApiParameter("technique", str),
     OpenApiParameter("treatment", str, description="Treatments received (surgery, chemotherapy, immunotherapy, trial)"),
     OpenApiParameter("multimodal", bool, description="Surgery + chemotherapy + RT"),
@@ -47,14 +49,15 @@ ANALYSIS_PARAMS = COHORT_PARAMS + [
 
 
 def cohort_from(request):
-    return CohortFilter.from_params(request.query_params).queryset()
+    """The request's cohort; researchers are held to month-granular date filters (``outcomes.disclosure``)."""
+    return CohortFilter.for_user(request.query_params, request.user).queryset()
 
 
 def analysis_from(request):
     q = request.query_params
     return services.analyze(
         cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
-        group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"),
+        group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
     )
 
 
@@ -160,7 +163,7 @@ class SurvivalView(APIView):
     def get(self, request):
         result = analysis_from(request)
         body = result.to_dict(include_points=request.query_params.get("points", "1") not in ("0", "false"))
-        body["cohort"] = CohortFilter.from_params(request.query_params).describe()
+        body["cohort"] = CohortFilter.for_user(request.query_params, request.user).describe()
         return Response(body)
 
 
@@ -172,7 +175,7 @@ class ToxicityAnalysisView(APIView):
 
     @extend_schema(parameters=COHORT_PARAMS, responses=OpenApiTypes.OBJECT)
     def get(self, request):
-        return Response(services.toxicity_analysis_dict(cohort_from(request)))
+        return Response(services.toxicity_analysis_dict(cohort_from(request), user=request.user))
 
 
 class SurvivalPlotView(APIView):
@@ -189,7 +192,8 @@ class SwimmerPlotView(APIView):
 
     @extend_schema(parameters=COHORT_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
     def get(self, request, fmt):
-        data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt)
+        data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt,
+                                       user=request.user)
         return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
 
 
@@ -201,7 +205,8 @@ class ExportView(APIView):
     @extend_schema(parameters=COHORT_PARAMS, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request, table, fmt):
         data, content_type, filename = exports.export(
-            cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start")
+            cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start"),
+            user=request.user,
         )
         resp = HttpResponse(data, content_type=content_type)
         resp["Content-Disposition"] = f'attachment; filename="{filename}"'

@@ -12,7 +12,7 @@ from django.views.decorators.http import require_POST
 from workflow.errors import RuleViolation
 from workflow.models import Course
 
-from . import services
+from . import disclosure, services
 from .cohorts import CohortFilter
 from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
 from .models import CourseOutcome, FollowUpAssessment
@@ -108,18 +108,27 @@ def analysis(request):
     if form.is_bound and form.is_valid():
         query = request.GET.urlencode()
         try:
-            result = services.analyze(
-                CohortFilter.from_params(request.GET).queryset(), endpoint=form.cleaned_data["endpoint"],
-                time_zero=form.cleaned_data["time_zero"], group_by=form.cleaned_data.get("group_by") or "",
-                conf_type=form.cleaned_data["conf_type"],
-            )
-            body = result.to_dict(include_points=False)
+            cohort = CohortFilter.for_user(request.GET, request.user).queryset()
         except RuleViolation as exc:
-            error = str(exc)
-        toxicity = services.toxicity_analysis_dict(CohortFilter.from_params(request.GET).queryset())
+            _service_error(form, exc)
+            cohort = None
+        if cohort is not None:
+            try:
+                result = services.analyze(
+                    cohort, endpoint=form.cleaned_data["endpoint"], time_zero=form.cleaned_data["time_zero"],
+                    group_by=form.cleaned_data.get("group_by") or "", conf_type=form.cleaned_data["conf_type"],
+                    user=request.user,
+                )
+                body = result.to_dict(include_points=False)
+            except RuleViolation as exc:
+                error = str(exc)
+            try:
+                toxicity = services.toxicity_analysis_dict(cohort, user=request.user)
+            except RuleViolation as exc:
+                toxicity = {"n_courses": 0, "error": str(exc)}
     return render(request, "outcomes/analysis.html", {
         "form": form, "result": body, "error": error, "query": query, "toxicity": toxicity,
-        "api_base": "/api/outcomes/",
+        "api_base": "/api/outcomes/", "min_cohort": disclosure.min_cohort(),
     })
 
 

@@ -20,6 +20,13 @@ from .test_registry_import import csv_text
 
 pytestmark = pytest.mark.urls("tests.outcomes.urls")
 
+@pytest.fixture(autouse=True)
+def small_cohorts_allowed(settings):
+    """These tests check analysis and export content on a 4-patient registry; the minimum cohort, group suppression
+    and release ledger are tested with a cohort above the minimum in tests/outcomes/test_disclosure.py."""
+    settings.RADPATH_MIN_COHORT = 1
+
+
 NAMES = [("Quilla", "Vantongeren"), ("Bartholomew", "Zygmuntowicz"), ("Ottoline", "Featherstonehaugh"), ("Evander", "Quartermaine")]
 
 
