@@ -120,4 +120,3 @@ def test_export_is_blocked_when_an_identifier_survives(raw):
     with pytest.raises(IdentifierLeakError) as exc:
         deidentify_frame(leaky, SECRET, known_identifiers=known)
     assert exc.value.hits[0][0] == "diagnosis_code"
-
