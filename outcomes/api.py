@@ -24,7 +24,7 @@ from . import serializers as s
 from .cohorts import CohortFilter
 from .disclosure import DATE_FILTERS
 from .models import Death, FollowUpAssessment
-from .registry_import import RegistryImportError, import_registry
+from .registry_import import RegistryImportError, import_registry, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
 ANALYSIS = "outcomes.run_analysis"
@@ -214,7 +214,8 @@ class ExportView(APIView):
 
 
 class RegistryImportView(APIView):
-    """POST a registry CSV (multipart ``file``): 201 with counts, or 400 listing each bad row's line and field."""
+    """POST a registry CSV (multipart ``file``): 201 with counts; 400 with the error count and the first 100 bad
+    rows' line and field; 413 above ``RADPATH_MAX_UPLOAD_MB``."""
 
     required_perms = {"write": [IDENTIFIED, "outcomes.import_registry"], "read": [IDENTIFIED, "outcomes.import_registry"]}
     parser_classes = [MultiPartParser, FormParser]
@@ -222,12 +223,17 @@ class RegistryImportView(APIView):
     @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
                    responses=OpenApiTypes.OBJECT)
     def post(self, request):
-        upload = request.FILES.get("file")
-        if upload is None:
-            raise RuleViolation("Upload the CSV as 'file'.", field="file")
+        too_large = upload_too_large(request.META.get("CONTENT_LENGTH"))
+        if too_large is None:
+            upload = request.FILES.get("file")
+            if upload is None:
+                raise RuleViolation("Upload the CSV as 'file'.", field="file")
+            too_large = upload_too_large(upload=upload)
+        if too_large:
+            return Response({"detail": too_large, "file": [too_large]}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         try:
             summary = import_registry(upload, user=request.user)
         except RegistryImportError as exc:
-            return Response({"detail": "Nothing imported.", "errors": [e.to_dict() for e in exc.errors]}, status=400)
+            return Response(exc.to_dict(), status=400)
         return Response(summary.to_dict(), status=status.HTTP_201_CREATED)
 

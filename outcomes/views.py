@@ -16,7 +16,7 @@ from . import disclosure, services
 from .cohorts import CohortFilter
 from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
 from .models import CourseOutcome, FollowUpAssessment
-from .registry_import import COLUMNS, RegistryImportError, import_registry, template_csv
+from .registry_import import COLUMNS, RegistryImportError, import_registry, max_upload_bytes, template_csv, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
 
@@ -135,20 +135,31 @@ def analysis(request):
 @guard(IDENTIFIED, "outcomes.import_registry")
 def registry_upload(request):
     errors = summary = None
+    error_count = 0
+    status = 200
     if request.GET.get("template"):
         resp = HttpResponse(template_csv(), content_type="text/csv")
         resp["Content-Disposition"] = 'attachment; filename="radpath-registry-template.csv"'
         return resp
     if request.method == "POST":
-        form = RegistryUploadForm(request.POST, request.FILES)
-        if form.is_valid():
+        too_large = upload_too_large(request.META.get("CONTENT_LENGTH"))
+        form = RegistryUploadForm(None if too_large else request.POST, None if too_large else request.FILES)
+        if too_large is None and form.is_valid():
+            too_large = upload_too_large(upload=form.cleaned_data["file"])
+        if too_large:
+            form = RegistryUploadForm()
+            form.errors["file"] = form.error_class([too_large])
+            status = 413
+        elif form.is_valid():
             try:
                 summary = import_registry(form.cleaned_data["file"], user=request.user).to_dict()
                 messages.success(request, "Registry imported: {patients} patients, {courses} courses, {followups} follow-ups, "
                                           "{deaths} deaths.".format(**summary))
             except RegistryImportError as exc:
-                errors = exc.errors
+                errors, error_count = exc.errors, exc.total
     else:
         form = RegistryUploadForm()
-    return render(request, "outcomes/registry_import.html", {"form": form, "errors": errors, "summary": summary,
-                                                             "columns": COLUMNS, "template_url": reverse("outcomes-import") + "?template=1"})
+    return render(request, "outcomes/registry_import.html", {
+        "form": form, "errors": errors, "error_count": error_count, "summary": summary, "columns": COLUMNS,
+        "template_url": reverse("outcomes-import") + "?template=1", "max_upload_mb": max_upload_bytes() // 2**20,
+    }, status=status)
