@@ -9,6 +9,8 @@ queue) and a clinic (PostgreSQL, RQ workers on Redis) unchanged:
   ``CLINIC_HOLIDAY_SUBDIVISION`` (optional state/province).
 - ``TASKS_BACKEND``: ``db`` (default, django-tasks-db) or ``rq`` (django-tasks-rq on ``REDIS_URL``).
 - ``RADPATH_PSEUDONYM_KEY``: the server secret that keys research pseudonyms (defaults to SECRET_KEY).
+- ``RADPATH_MIN_COHORT``: the minimum number of patients in any de-identified output (default 10).
+- ``RADPATH_MAX_UPLOAD_MB``: the largest upload accepted (default 100 MB; larger: HTTP 413).
 """
 
 import datetime as dt
@@ -170,6 +172,14 @@ RADPATH_PSEUDONYM_KEY = os.environ.get("RADPATH_PSEUDONYM_KEY", SECRET_KEY)
 # DATA_UPLOAD_MAX_NUMBER_FILES stays 100 elsewhere), and the server folder physicists may import from ("" = off).
 RADPATH_DICOM_MAX_FILES = int(os.environ.get("RADPATH_DICOM_MAX_FILES", "2000"))
 RADPATH_DICOM_IMPORT_ROOT = os.environ.get("RADPATH_DICOM_IMPORT_ROOT", "")
+# De-identified outputs (exports, analyses, figures, toxicity aggregates) cover at least this many patients; smaller
+# groups of a grouped analysis are suppressed (outcomes.disclosure).
+RADPATH_MIN_COHORT = int(os.environ.get("RADPATH_MIN_COHORT", "10"))
+# Registry CSV uploads: refused above this size with HTTP 413. Files above 2.5 MB are spooled to a temporary
+# file on disk, never held in memory; non-file request bodies stay capped at Django's 2.5 MB.
+RADPATH_MAX_UPLOAD_MB = int(os.environ.get("RADPATH_MAX_UPLOAD_MB", "100"))
+FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -22,8 +22,9 @@ from workflow.models import Course
 from . import exports, services
 from . import serializers as s
 from .cohorts import CohortFilter
+from .disclosure import DATE_FILTERS
 from .models import Death, FollowUpAssessment
-from .registry_import import RegistryImportError, import_registry
+from .registry_import import RegistryImportError, import_registry, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
 ANALYSIS = "outcomes.run_analysis"
@@ -31,8 +32,9 @@ DEIDENTIFIED = "outcomes.view_deidentified"
 
 COHORT_PARAMS = [
     OpenApiParameter("site", str, description="Diagnosis site(s), comma separated"),
-    OpenApiParameter("diagnosed_from", OpenApiTypes.DATE), OpenApiParameter("diagnosed_to", OpenApiTypes.DATE),
-    OpenApiParameter("rt_start_from", OpenApiTypes.DATE), OpenApiParameter("rt_start_to", OpenApiTypes.DATE),
+    *[OpenApiParameter(name, str, pattern=r"^\d{4}(-\d{2}(-\d{2})?)?$", description=(
+        "YYYY-MM or YYYY (a _to month or year runs to its last day). Researchers may not give a day: YYYY-MM-DD is "
+        "refused with 400 for them; clinicians with identified access may use it.")) for name in DATE_FILTERS],
     OpenApiParameter("intent", str), OpenApiParameter("technique", str),
     OpenApiParameter("treatment", str, description="Treatments received (surgery, chemotherapy, immunotherapy, trial)"),
     OpenApiParameter("multimodal", bool, description="Surgery + chemotherapy + RT"),
@@ -47,14 +49,15 @@ ANALYSIS_PARAMS = COHORT_PARAMS + [
 
 
 def cohort_from(request):
-    return CohortFilter.from_params(request.query_params).queryset()
+    """The request's cohort; researchers are held to month-granular date filters (``outcomes.disclosure``)."""
+    return CohortFilter.for_user(request.query_params, request.user).queryset()
 
 
 def analysis_from(request):
     q = request.query_params
     return services.analyze(
         cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
-        group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"),
+        group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
     )
 
 
@@ -160,7 +163,7 @@ class SurvivalView(APIView):
     def get(self, request):
         result = analysis_from(request)
         body = result.to_dict(include_points=request.query_params.get("points", "1") not in ("0", "false"))
-        body["cohort"] = CohortFilter.from_params(request.query_params).describe()
+        body["cohort"] = CohortFilter.for_user(request.query_params, request.user).describe()
         return Response(body)
 
 
@@ -172,7 +175,7 @@ class ToxicityAnalysisView(APIView):
 
     @extend_schema(parameters=COHORT_PARAMS, responses=OpenApiTypes.OBJECT)
     def get(self, request):
-        return Response(services.toxicity_analysis_dict(cohort_from(request)))
+        return Response(services.toxicity_analysis_dict(cohort_from(request), user=request.user))
 
 
 class NTCPView(APIView):
@@ -191,8 +194,9 @@ class NTCPView(APIView):
 
         if request.query_params.get("models") in ("1", "true"):
             return Response({"models": [m.to_dict() for m in ntcp_services.models()]})
-        courses, model_id, sites = _ntcp_request(request.query_params)
-        return Response(ntcp_services.analysis_dict(ntcp_services.cohort_analysis(courses, model_id, sites=sites)))
+        courses, model_id, sites = _ntcp_request(request.query_params, request.user)
+        return Response(ntcp_services.analysis_dict(ntcp_services.cohort_analysis(courses, model_id, sites=sites,
+                                                                                  user=request.user)))
 
 
 class SurvivalPlotView(APIView):
@@ -209,7 +213,8 @@ class SwimmerPlotView(APIView):
 
     @extend_schema(parameters=COHORT_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
     def get(self, request, fmt):
-        data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt)
+        data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt,
+                                       user=request.user)
         return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
 
 
@@ -221,7 +226,8 @@ class ExportView(APIView):
     @extend_schema(parameters=COHORT_PARAMS, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
     def get(self, request, table, fmt):
         data, content_type, filename = exports.export(
-            cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start")
+            cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start"),
+            user=request.user,
         )
         resp = HttpResponse(data, content_type=content_type)
         resp["Content-Disposition"] = f'attachment; filename="{filename}"'
@@ -229,7 +235,8 @@ class ExportView(APIView):
 
 
 class RegistryImportView(APIView):
-    """POST a registry CSV (multipart ``file``): 201 with counts, or 400 listing each bad row's line and field."""
+    """POST a registry CSV (multipart ``file``): 201 with counts; 400 with the error count and the first 100 bad
+    rows' line and field; 413 above ``RADPATH_MAX_UPLOAD_MB``."""
 
     required_perms = {"write": [IDENTIFIED, "outcomes.import_registry"], "read": [IDENTIFIED, "outcomes.import_registry"]}
     parser_classes = [MultiPartParser, FormParser]
@@ -237,12 +244,17 @@ class RegistryImportView(APIView):
     @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
                    responses=OpenApiTypes.OBJECT)
     def post(self, request):
-        upload = request.FILES.get("file")
-        if upload is None:
-            raise RuleViolation("Upload the CSV as 'file'.", field="file")
+        too_large = upload_too_large(request.META.get("CONTENT_LENGTH"))
+        if too_large is None:
+            upload = request.FILES.get("file")
+            if upload is None:
+                raise RuleViolation("Upload the CSV as 'file'.", field="file")
+            too_large = upload_too_large(upload=upload)
+        if too_large:
+            return Response({"detail": too_large, "file": [too_large]}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         try:
             summary = import_registry(upload, user=request.user)
         except RegistryImportError as exc:
-            return Response({"detail": "Nothing imported.", "errors": [e.to_dict() for e in exc.errors]}, status=400)
+            return Response(exc.to_dict(), status=400)
         return Response(summary.to_dict(), status=status.HTTP_201_CREATED)
 

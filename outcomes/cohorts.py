@@ -1,7 +1,7 @@
 """Cohort builder: which radiotherapy courses an analysis or export covers.
 
 A cohort is a ``Course`` queryset (active courses, active patients) filtered by diagnosis site, dates (diagnosis and
-RT start), intent, technique, treatments received (surgery, chemotherapy, immunotherapy, trial; or the multimodal
+RT start; by month for researchers, see ``outcomes.disclosure``), intent, technique, treatments received (surgery, chemotherapy, immunotherapy, trial; or the multimodal
 surgery + chemotherapy + RT combination), trial arm and toxicity (any CTCAE grade >= N event, when the toxicity
 module is installed). ``CohortFilter.from_params`` reads the same names from a query string or form, so the API, the
 analysis page and the exports share one definition.
@@ -17,6 +17,7 @@ from django.db.models import Exists, OuterRef
 from workflow.errors import RuleViolation
 from workflow.models import Course, DiseaseSite, Intent, Technique, Treatment, TreatmentKind
 
+from .disclosure import parse_filter_date, restricted
 from .services import toxicity_model
 
 TREATMENT_CHOICES = [k for k, _ in TreatmentKind.choices]
@@ -35,16 +36,8 @@ def _list(params, name):
     return out
 
 
-def _date(params, name):
-    value = params.get(name)
-    if value in (None, ""):
-        return None
-    if isinstance(value, dt.date):
-        return value
-    try:
-        return dt.date.fromisoformat(str(value))
-    except ValueError as exc:
-        raise RuleViolation(f"{name}: '{value}' is not a date (YYYY-MM-DD).", field=name) from exc
+def _date(params, name, month_only=False):
+    return parse_filter_date(name, params.get(name), month_only=month_only)
 
 
 def _bool(params, name):
@@ -78,7 +71,14 @@ class CohortFilter:
               "treatment", "multimodal", "trial_arm", "min_toxicity_grade", "no_toxicity_grade")
 
     @classmethod
-    def from_params(cls, params):
+    def for_user(cls, params, user):
+        """``from_params`` with the researcher rules when ``user`` has no identified-data access (month filters)."""
+        return cls.from_params(params, month_only=restricted(user))
+
+    @classmethod
+    def from_params(cls, params, *, month_only=False):
+        """Filters from a query string. Dates: ``YYYY-MM-DD``, ``YYYY-MM`` or ``YYYY`` (a ``_to`` month or year
+        runs to its last day); ``month_only`` (researchers) refuses day precision with a 400 naming the field."""
         def grade(name):
             value = params.get(name)
             if value in (None, ""):
@@ -93,10 +93,10 @@ class CohortFilter:
 
         f = cls(
             sites=_list(params, "site"),
-            diagnosed_from=_date(params, "diagnosed_from"),
-            diagnosed_to=_date(params, "diagnosed_to"),
-            rt_start_from=_date(params, "rt_start_from"),
-            rt_start_to=_date(params, "rt_start_to"),
+            diagnosed_from=_date(params, "diagnosed_from", month_only),
+            diagnosed_to=_date(params, "diagnosed_to", month_only),
+            rt_start_from=_date(params, "rt_start_from", month_only),
+            rt_start_to=_date(params, "rt_start_to", month_only),
             intents=_list(params, "intent"),
             techniques=_list(params, "technique"),
             treatments=_list(params, "treatment"),

@@ -5,7 +5,13 @@ treated-site labels); a stable pseudonymous ID per patient (``pseudo_id`` = "RP-
 ``settings.RADPATH_PSEUDONYM_KEY``, 16 hex characters) and per course ("RX-" + HMAC of the course id); every date as
 a whole-day offset from the patient's time zero (``<column>_day``; time zero = start of RT or diagnosis, recorded
 in the ``time_zero`` column and in the metadata); age in completed years at time zero (90 = 90 or older).
-Formats: CSV, Parquet (pyarrow) and JSON (``{"meta": ..., "rows": [...]}``).
+Formats: CSV, Parquet (pyarrow) and JSON (``{"meta": ..., "rows": [...]}``). In CSV, a text cell that begins with
+``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with a single quote (OWASP "CSV injection"), so a
+spreadsheet shows it as text instead of running it as a formula; numbers (negative day offsets) are left alone, and
+Parquet and JSON carry the data unchanged.
+
+Every table covers at least ``RADPATH_MIN_COHORT`` patients and, for researchers, passes the release ledger
+(``outcomes.disclosure``).
 
 Before any bytes are produced the frames are checked for every identifier value of the cohort's patients (MRNs,
 names, birth dates, as whole cells or word tokens); a hit refuses the export (``ExportLeak``).
@@ -17,15 +23,16 @@ import io
 import json
 import re
 
+import numpy as np
 import pandas as pd
 from django.conf import settings
 from django.utils import timezone
 
 from workflow.models import Patient
 
-from . import deidentify
+from . import deidentify, disclosure
 from .models import FollowUpAssessment
-from .services import endpoint_frame
+from .services import cohort_patient_ids, endpoint_frame
 
 FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
 TABLES = ("patients", "assessments", "toxicity", "timing", "dvh")
@@ -139,20 +146,46 @@ def _jsonable(frame):
 TIMING_DATE_COLUMNS = ("consult_on", "sim_on", "plan_approved_on", "first_fraction_on")
 
 
-def timing_frame(courses):
-    """Care-path timing of the cohort, de-identified: pseudonymous course IDs, no calendar dates (month kept)."""
+def timing_frame(courses, with_patients=False):
+    """Care-path timing of the cohort, de-identified: pseudonymous course IDs, no calendar dates (month kept).
+    ``with_patients``: also return the patient ids the rows are about (for the minimum cohort and the ledger)."""
     from workflow.carepaths import CarePath, carepath_timing_frame
+    from workflow.models import Course
 
     frame = carepath_timing_frame(CarePath.objects.active().filter(course__in=courses))
     secret = _secret()
     frame.insert(1, "pseudo_course_id", [deidentify.pseudonym(f"course:{c}", secret, prefix="RX-") for c in frame["course_id"]])
-    return frame.drop(columns=["course_id", *TIMING_DATE_COLUMNS])
+    out = frame.drop(columns=["course_id", *TIMING_DATE_COLUMNS])
+    if not with_patients:
+        return out
+    ids = Course.objects.filter(pk__in=[int(c) for c in frame["course_id"]]).values_list("patient_id", flat=True)
+    return out, np.unique(np.fromiter(ids, dtype=np.int64))
+
+
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def escape_formula(value):
+    """OWASP CSV-injection defence: a string starting like a spreadsheet formula gets a leading single quote."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
+def csv_safe(frame):
+    """A copy of ``frame`` whose text cells (and column names) cannot start a formula; numeric columns untouched."""
+    out = frame.copy()
+    for col in out.columns:
+        if out[col].dtype.kind in "OSU" or str(out[col].dtype) in ("string", "category"):
+            out[col] = out[col].astype(object).map(escape_formula)
+    out.columns = [escape_formula(str(c)) for c in out.columns]
+    return out
 
 
 def render(frame, meta, fmt):
-    """Bytes of one table in ``fmt`` (csv / parquet / json)."""
+    """Bytes of one table in ``fmt`` (csv / parquet / json); CSV text cells are formula-escaped."""
     if fmt == "csv":
-        return frame.to_csv(index=False).encode("utf-8")
+        return csv_safe(frame).to_csv(index=False).encode("utf-8")
     if fmt == "parquet":
         buf = io.BytesIO()
         table_meta = {k: str(v) for k, v in meta.items()}
@@ -169,8 +202,12 @@ def render(frame, meta, fmt):
     raise ValueError(f"format must be one of {', '.join(FORMATS)}")
 
 
-def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
-    """(bytes, content_type, filename) of a de-identified table."""
+def export(courses, *, table="patients", fmt="csv", time_zero="rt_start", user=None):
+    """(bytes, content_type, filename) of a de-identified table.
+
+    Refused (``disclosure.CohortTooSmall``) below ``RADPATH_MIN_COHORT`` patients or, for a researcher ``user``,
+    when the release ledger finds it would single out patients against that user's earlier releases.
+    """
     if table not in TABLES:
         raise ValueError(f"table must be one of {', '.join(TABLES)}")
     if fmt not in FORMATS:
@@ -178,7 +215,7 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
     if table == "toxicity":
         from .services import toxicity_analysis
 
-        result = toxicity_analysis(courses)
+        result = toxicity_analysis(courses, user=user)
         frame = result["rates"]
         meta = {
             "generated_at": timezone.now().isoformat(timespec="seconds"),
@@ -197,7 +234,9 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
         stamp = timezone.localdate().strftime("%Y%m%d")
         return render(frame, meta, fmt), FORMATS[fmt], f"radpath-dvh-{stamp}.{fmt}"
     if table == "timing":
-        frame = timing_frame(courses)
+        frame, patient_ids = timing_frame(courses, with_patients=True)
+        disclosure.check_cohort_size(len(np.unique(patient_ids)), "The care-path cohort")
+        disclosure.record_release(user, [patient_ids], kind="export:timing")
         meta = {
             "generated_at": timezone.now().isoformat(timespec="seconds"),
             "table": table,
@@ -206,7 +245,10 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start"):
         }
         stamp = timezone.localdate().strftime("%Y%m%d")
         return render(frame, meta, fmt), FORMATS[fmt], f"radpath-timing-{stamp}.{fmt}"
+    patient_ids = cohort_patient_ids(courses)
+    disclosure.check_cohort_size(len(patient_ids))
     patients, assessments, meta = deidentified_frames(courses, time_zero)
+    disclosure.record_release(user, [patient_ids], kind=f"export:{table}")
     frame = patients if table == "patients" else assessments
     meta = {**meta, "table": table}
     stamp = timezone.localdate().strftime("%Y%m%d")

@@ -9,6 +9,7 @@ from . import services
 from .models import CauseOfDeath, FollowUpAssessment, LesionMeasurement, Response
 
 DATE = DateInput()
+MONTH = forms.TextInput(attrs={"type": "month", "placeholder": "YYYY-MM", "pattern": r"\d{4}-\d{2}"})
 
 
 class AssessmentForm(forms.ModelForm):
@@ -79,10 +80,11 @@ class AnalysisForm(forms.Form):
                                           widget=forms.SelectMultiple(attrs={"size": 3}))
     multimodal = forms.ChoiceField(choices=[("", "Any"), ("yes", "Surgery + chemo + RT"), ("no", "Not multimodal")], required=False)
     trial_arm = forms.CharField(required=False)
-    diagnosed_from = forms.DateField(required=False, widget=DATE)
-    diagnosed_to = forms.DateField(required=False, widget=DATE)
-    rt_start_from = forms.DateField(required=False, widget=DATE)
-    rt_start_to = forms.DateField(required=False, widget=DATE)
+    # months (YYYY-MM): researchers may not filter by day (outcomes.disclosure); the cohort filter parses them
+    diagnosed_from = forms.CharField(required=False, widget=MONTH, label="Diagnosed from (month)")
+    diagnosed_to = forms.CharField(required=False, widget=MONTH, label="Diagnosed to (month)")
+    rt_start_from = forms.CharField(required=False, widget=MONTH, label="RT start from (month)")
+    rt_start_to = forms.CharField(required=False, widget=MONTH, label="RT start to (month)")
     min_toxicity_grade = forms.TypedChoiceField(choices=[("", "Any")] + [(g, f">= {g}") for g in range(1, 6)], coerce=int,
                                                 required=False, empty_value=None, label="Toxicity grade at least")
 

@@ -245,3 +245,26 @@ roles.extend_role(roles.ONCOLOGIST, FOLLOWUP_PERMS + RESEARCH_PERMS + ["outcomes
 roles.extend_role(roles.RESEARCHER, RESEARCH_PERMS)
 for _role in (roles.THERAPIST, roles.SCHEDULER, roles.PHYSICIST, roles.DOSIMETRIST):
     roles.extend_role(_role, ["outcomes.view_followupassessment", "outcomes.view_death", "outcomes.view_courseoutcome"])
+
+
+class CohortRelease(models.Model):
+    """One set of patients a researcher was given results about (an export, an analysis, a group of it).
+
+    The release ledger of ``outcomes.disclosure``: a new release is refused when, against this user's earlier
+    ones, it would single out fewer than ``RADPATH_MIN_COHORT`` patients. ``patient_ids`` holds the sorted patient
+    ids (int64, zlib-compressed); ``digest`` is their SHA-256, one row per distinct set and user. An audit log in
+    its own right: rows are only ever added.
+    """
+
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="cohort_releases")
+    created_at = models.DateTimeField(auto_now_add=True)
+    kind = models.CharField(max_length=40)
+    digest = models.CharField(max_length=64)
+    n_patients = models.PositiveIntegerField()
+    patient_ids = models.BinaryField()
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["user", "digest"], name="cohortrelease_unique_set_per_user")]
+
+    def __str__(self):
+        return f"{self.kind} of {self.n_patients} patients for {self.user_id}"

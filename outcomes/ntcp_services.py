@@ -33,6 +33,7 @@ from workflow.errors import RuleViolation
 from workflow.models import Course, CourseStatus
 from workflow.toxicity_models import ToxicityEvent
 
+from . import disclosure
 from . import deidentify, ntcp
 
 FINISHED = (CourseStatus.COMPLETED, CourseStatus.STOPPED)
@@ -109,8 +110,8 @@ def cohort_frame(courses, model, *, sites=None):
     plans = _cohort_plans(qs)
     observed_q = ToxicityEvent.objects.filter(course=OuterRef("pk"), voided_at__isnull=True, baseline=False,
                                               term=model.endpoint_term, worst_grade__gte=model.endpoint_grade)
-    info = dict((c, (s, o)) for c, s, o in Course.objects.filter(pk__in=list(plans))
-                .annotate(obs=Exists(observed_q)).values_list("pk", "diagnosis__site", "obs"))
+    info = dict((c, (pt, s, o)) for c, pt, s, o in Course.objects.filter(pk__in=list(plans))
+                .annotate(obs=Exists(observed_q)).values_list("pk", "patient_id", "diagnosis__site", "obs"))
     sds = {}
     for sd in StructureDose.objects.filter(plan__in=list(plans.values())).only(
             "plan_id", "name", "volume_cc", "dvh_dose_gy", "dvh_volume_pct"):
@@ -122,19 +123,22 @@ def cohort_frame(courses, model, *, sites=None):
             continue
         corrected = model.corrected(dvh, plan.fractions)
         x = ntcp.metric_value(corrected, model.metric, model.parameters.get("n"))
-        site, obs = info[course_id]
-        rows.append({"course_id": course_id, "plan_id": plan.pk, "site": site, "fractions": plan.fractions,
+        patient_id, site, obs = info[course_id]
+        rows.append({"course_id": course_id, "patient_id": patient_id, "plan_id": plan.pk, "site": site, "fractions": plan.fractions,
                      "value": x, "mean_gy": corrected.mean(), "predicted": float(model.probability(x)),
                      "observed": int(bool(obs)), "dvh": corrected})
-    return pd.DataFrame(rows, columns=["course_id", "plan_id", "site", "fractions", "value", "mean_gy", "predicted",
+    return pd.DataFrame(rows, columns=["course_id", "patient_id", "plan_id", "site", "fractions", "value", "mean_gy", "predicted",
                                        "observed", "dvh"])
 
 
-def cohort_analysis(courses, model_id, *, sites=None, refit=True):
+def cohort_analysis(courses, model_id, *, sites=None, refit=True, user=None):
     """Predicted vs observed for one model: calibration by risk decile, Brier score, AUC (DeLong), dose-response
-    table with the model curve, and the refit to this cohort."""
+    table with the model curve, and the refit to this cohort. Like every de-identified output it covers at least
+    ``RADPATH_MIN_COHORT`` patients and, for a researcher ``user``, passes the release ledger (``disclosure``)."""
     model = model_or_error(model_id)
     df = cohort_frame(courses, model, sites=sites)
+    disclosure.check_cohort_size(df["patient_id"].nunique(), "The NTCP cohort (finished courses with an approved plan)")
+    disclosure.record_release(user, [df["patient_id"].unique()], kind=f"ntcp:{model.id}")
     p, y = df["predicted"].to_numpy(float), df["observed"].to_numpy(int)
     out = {"model": model.to_dict(), "sites": list(model.sites) if sites is None else list(sites),
            "n": int(len(df)), "events": int(y.sum()), "observed_rate": float(y.mean()) if len(y) else None,

@@ -17,8 +17,12 @@ death         mrn*, date*, cause (disease/treatment/other_cancer/other/unknown)
 ============  ==============================================================================================
 
 Rules: all rows are validated first; every problem is reported with its line number (the header is line 1) and
-field; a file with any error imports nothing. A valid file is imported in one transaction. Dates are ISO
-(YYYY-MM-DD). Registry responses were not derived here (no measurements), so they are stored as the assessment's
+field (the first ``MAX_ERRORS_LISTED`` = 100 by line, with the total count); a file with any error imports nothing.
+A valid file is imported in one transaction. Dates are ISO (YYYY-MM-DD); doses are plain decimals (``50.4``: NaN,
+Infinity, signs and exponents such as ``1e309`` are refused), fractions whole numbers.
+
+The file is streamed, never held in memory: validation reads it twice, the import once per record type, inserting
+in batches with their audit history rows. Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no measurements), so they are stored as the assessment's
 override with the reason "recorded in historical registry"; the derived response stays NE.
 """
 
@@ -27,11 +31,14 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
+import re
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
+from simple_history.utils import bulk_create_with_history
 
 from workflow.models import (
     Course,
@@ -78,9 +85,77 @@ class RowError:
 
 
 class RegistryImportError(Exception):
-    def __init__(self, errors):
+    """The file was refused; ``errors``: the first ``MAX_ERRORS_LISTED`` problems by line, ``total``: how many."""
+
+    def __init__(self, errors, total=None):
         self.errors = errors
-        super().__init__(f"{len(errors)} error(s); nothing imported. " + "; ".join(str(e) for e in errors[:5]))
+        self.total = len(errors) if total is None else total
+        super().__init__(f"{self.total} error(s); nothing imported. " + "; ".join(str(e) for e in errors[:5]))
+
+    def to_dict(self):
+        return {"detail": "Nothing imported.", "error_count": self.total, "errors_listed": len(self.errors),
+                "errors": [e.to_dict() for e in self.errors]}
+
+
+MAX_ERRORS_LISTED = 100
+# Choice values, computed once (``TextChoices.values`` rebuilds its list on every access: per row, that dominated)
+SEXES, SITES, SURGERIES = tuple(Sex.values), tuple(DiseaseSite.values), tuple(SurgeryType.values)
+INTENTS, TECHNIQUES, IMAGING = tuple(Intent.values), tuple(Technique.values), tuple(ImagingModality.values)
+RESPONSES, FAILURE_SITES = tuple(Response.values), tuple(v for v in FailureSite.values if v)
+CAUSES = tuple(CauseOfDeath.values)
+
+
+def max_upload_bytes():
+    """``settings.RADPATH_MAX_UPLOAD_MB`` in bytes (default 100 MB)."""
+    from django.conf import settings
+
+    return int(getattr(settings, "RADPATH_MAX_UPLOAD_MB", 100)) * 1024 * 1024
+
+
+def upload_too_large(content_length=None, upload=None):
+    """The message refusing an upload above the limit (HTTP 413), or None. Checked on the declared
+    ``Content-Length`` before the body is parsed, and on the received file's size."""
+    limit = max_upload_bytes()
+    try:
+        declared = int(content_length or 0)
+    except ValueError:
+        declared = 0
+    size = max(declared, getattr(upload, "size", 0) or 0)
+    if size > limit:
+        return f"The upload is {size / 2**20:.1f} MB; the limit is {limit // 2**20} MB (RADPATH_MAX_UPLOAD_MB)."
+    return None
+BATCH = 1000
+_DECIMAL = re.compile(r"^\d{1,4}(\.\d{1,3})?$")
+_INTEGER = re.compile(r"^\d{1,3}$")
+
+
+class _Errors:
+    """Every problem counted; only the ``MAX_ERRORS_LISTED`` first by (line, field) kept, so a file of bad rows
+    costs no more memory (nor response body) than a file with a hundred."""
+
+    def __init__(self, keep=MAX_ERRORS_LISTED):
+        self.keep, self.total, self._items = keep, 0, []
+
+    def append(self, error):
+        self.total += 1
+        self._items.append(error)
+        if len(self._items) > 10 * self.keep:
+            self._trim()
+
+    def _trim(self):
+        self._items.sort(key=lambda e: (e.line, e.field))
+        del self._items[self.keep:]
+
+    def on_line(self, line):
+        return {e.field for e in self._items if e.line == line}
+
+    def __bool__(self):
+        return self.total > 0
+
+    def raise_if_any(self):
+        if self.total:
+            self._trim()
+            raise RegistryImportError(list(self._items), self.total)
 
 
 @dataclass
@@ -95,14 +170,20 @@ class ImportSummary:
         return {"patients": self.patients, "courses": self.courses, "followups": self.followups, "deaths": self.deaths}
 
 
+def _shown(v, n=40):
+    return v if len(v) <= n else v[:n] + "..."
+
+
 class _Row:
     def __init__(self, line, data, errors):
         self.line, self.data, self.errors = line, data, errors
+        self.flagged = set()
 
     def get(self, name):
         return (self.data.get(name) or "").strip()
 
     def err(self, name, msg):
+        self.flagged.add(name)
         self.errors.append(RowError(self.line, name, msg))
 
     def date(self, name, required=False):
@@ -114,7 +195,7 @@ class _Row:
         try:
             return dt.date.fromisoformat(v)
         except ValueError:
-            self.err(name, f"'{v}' is not a date (YYYY-MM-DD)")
+            self.err(name, f"'{_shown(v)}' is not a date (YYYY-MM-DD)")
             return None
 
     def choice(self, name, allowed, default=None):
@@ -122,14 +203,38 @@ class _Row:
         if not v:
             return default
         if v not in allowed:
-            self.err(name, f"'{v}' is not one of {', '.join(allowed)}")
+            self.err(name, f"'{_shown(v)}' is not one of {', '.join(allowed)}")
             return default
         return v
+
+    def dose(self, name):
+        """A dose in Gy written as a plain decimal (50.4): NaN, Infinity, signs, exponents (1e309) are refused."""
+        v = self.get(name)
+        if not v:
+            return None
+        if not _DECIMAL.match(v):
+            self.err(name, f"'{_shown(v)}' is not a dose in Gy written as a plain number (e.g. 50.4); "
+                           "NaN, Infinity, signs and exponents are refused")
+            return None
+        d = Decimal(v)
+        if d <= 0:
+            self.err(name, "must be greater than 0 Gy")
+            return None
+        return d
+
+    def count(self, name):
+        v = self.get(name)
+        if not v:
+            return None
+        if not _INTEGER.match(v) or int(v) < 1:
+            self.err(name, f"'{_shown(v)}' is not a whole number of at least 1")
+            return None
+        return int(v)
 
 
 def _model_errors(row, obj, exclude, rename=None):
     """The model's own validation, reported on the row (fields already flagged on this line are skipped)."""
-    flagged = {e.field for e in row.errors if e.line == row.line}
+    flagged = set(row.flagged)
     try:
         obj.full_clean(exclude=exclude, validate_unique=False)
     except ValidationError as exc:
@@ -141,206 +246,332 @@ def _model_errors(row, obj, exclude, rename=None):
                 row.err(name, m)
 
 
-def parse(text):
-    """Validate every row; return the planned records, or raise ``RegistryImportError`` listing all problems."""
-    errors = []
-    reader = csv.DictReader(io.StringIO(text))
-    header = [h.strip() for h in (reader.fieldnames or [])]
-    if "record_type" not in header:
-        raise RegistryImportError([RowError(1, "record_type", "missing column (header row)")])
-    unknown = [h for h in header if h not in COLUMNS]
-    if unknown:
-        errors.append(RowError(1, unknown[0], f"unknown column(s): {', '.join(unknown)}"))
-    reader.fieldnames = header
-    patients, courses, followups, deaths = {}, {}, [], {}
-    rows = []
-    for data in reader:
-        rows.append(_Row(reader.line_num, data, errors))
-    existing = {p.mrn: p for p in Patient.objects.filter(mrn__in={r.get("mrn") for r in rows if r.get("mrn")})}
-    for row in rows:
+@contextmanager
+def _text(source):
+    """A lazily read text stream over ``source``: a ``str``, ``bytes``, a text or binary file object, or a Django
+    upload (a large one is a file on disk, opened by name). The file is never read into memory whole."""
+    if isinstance(source, str):
+        yield io.StringIO(source)
+        return
+    if isinstance(source, (bytes, bytearray)):
+        source = io.BytesIO(source)
+    path = getattr(source, "temporary_file_path", None)
+    if path is not None:
+        with open(path(), encoding="utf-8-sig", newline="") as f:
+            yield f
+        return
+    f = getattr(source, "file", source)
+    f.seek(0)
+    if isinstance(f, io.TextIOBase):
+        yield f
+        return
+    wrapper = io.TextIOWrapper(f, encoding="utf-8-sig", newline="")
+    try:
+        yield wrapper
+    finally:
+        wrapper.detach()  # leave the caller's file open for the next pass
+
+
+def _rows(source, errors, check_header=False):
+    """``_Row`` per record, streamed; unreadable text or CSV becomes one error on the line where it happened."""
+    with _text(source) as stream:
+        reader = csv.DictReader(stream)
+        try:
+            header = [h.strip() for h in (reader.fieldnames or [])]
+        except (UnicodeDecodeError, csv.Error) as exc:
+            errors.append(RowError(1, "file", "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"unreadable CSV: {exc}"))
+            return
+        if check_header:
+            if "record_type" not in header:
+                errors.append(RowError(1, "record_type", "missing column (header row)"))
+                return
+            unknown = [h for h in header if h not in COLUMNS]
+            if unknown:
+                errors.append(RowError(1, unknown[0], f"unknown column(s): {', '.join(_shown(u) for u in unknown[:20])}"))
+        elif "record_type" not in header:
+            return
+        reader.fieldnames = header
+        while True:
+            try:
+                data = next(reader)
+            except StopIteration:
+                return
+            except UnicodeDecodeError:
+                errors.append(RowError(reader.line_num + 1, "file", "not UTF-8 text"))
+                return
+            except csv.Error as exc:
+                errors.append(RowError(reader.line_num, "file", f"unreadable CSV: {exc}"))
+                return
+            yield _Row(reader.line_num, data, errors)
+
+
+def _patient_objects(row):
+    p = Patient(mrn=row.get("mrn"), given_name=row.get("given_name"), family_name=row.get("family_name"),
+                birth_date=row.date("birth_date"), sex=row.choice("sex", SEXES, Sex.UNKNOWN))
+    _model_errors(row, p, exclude=["birth_date"] if p.birth_date is None else [])
+    d = Diagnosis(site=row.choice("site", SITES), diagnosed_on=row.date("diagnosed_on"),
+                  histology=row.get("histology"), stage=row.get("stage"))
+    if p.birth_date and d.diagnosed_on and d.diagnosed_on < p.birth_date:
+        row.err("diagnosed_on", "before the date of birth")
+    treatments = []
+    surgery = row.choice("surgery", SURGERIES)
+    if surgery:
+        treatments.append(Treatment(kind=TreatmentKind.SURGERY, surgery_type=surgery,
+                                    start_date=row.date("surgery_date", required=True)))
+    if row.get("chemotherapy"):
+        treatments.append(Treatment(kind=TreatmentKind.CHEMOTHERAPY, agent=row.get("chemotherapy"),
+                                    start_date=row.date("chemotherapy_date", required=True)))
+    if row.get("trial_arm"):
+        treatments.append(Treatment(kind=TreatmentKind.TRIAL, agent="registry trial", trial_arm=row.get("trial_arm"),
+                                    start_date=d.diagnosed_on))
+    return p, d, treatments
+
+
+def _course_object(row):
+    ref = row.get("course_ref")
+    total, n = row.dose("total_dose_gy"), row.count("fractions")
+    c = Course(intent=row.choice("intent", INTENTS), technique=row.choice("technique", TECHNIQUES),
+               treated_site=row.get("treated_site"), total_dose_gy=total, fractions_planned=n,
+               dose_per_fraction_gy=(total / n).quantize(Decimal("0.01")) if total and n else None,
+               status=CourseStatus.COMPLETED, name=f"Registry {ref}"[:80])
+    start, end = row.date("rt_start"), row.date("rt_end")
+    if start and end and end < start:
+        row.err("rt_end", "before rt_start")
+    if all(v is not None for v in (c.intent, c.technique, total, n)) and row.get("treated_site"):
+        _model_errors(row, c, exclude=["patient", "diagnosis"], rename={"dose_per_fraction_gy": "total_dose_gy"})
+    c.completed_on = end
+    return c, start, end
+
+
+def _followup_fields(row):
+    imaging = row.choice("imaging", IMAGING)
+    resp = row.choice("response", RESPONSES)
+    if resp and not imaging:
+        row.err("imaging", "a response needs the imaging it was read from")
+    return {
+        "date": row.date("date"), "imaging": imaging or "none", "response": resp or "",
+        "failure_site": row.choice("failure_site", FAILURE_SITES, ""),
+        "last_known_alive": row.date("last_known_alive"),
+        "kind": AssessmentKind.FOLLOWUP if imaging else AssessmentKind.CONTACT,
+    }
+
+
+def _chunks(items, n=BATCH):
+    items = list(items)
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+class _Plan:
+    """What validation learnt, compactly: one small tuple per patient, course and death (not per row)."""
+
+    def __init__(self):
+        self.patients = {}  # mrn -> (line, birth_date)
+        self.courses = {}  # (mrn, ref) -> (line, rt_start)
+        self.deaths = {}  # mrn -> (line, date)
+        self.course_mrn_lines = {}  # mrn of a course row without (yet) a patient row -> [lines]
+        self.existing = set()  # MRNs of patients already in RadPath that rows refer to
+        self.existing_courses = {}  # (mrn, ref) -> (course_id, patient_id) or None
+
+
+def validate(source):
+    """Stream the file twice (rows, then follow-ups against the courses and deaths it lists) and return the plan, or
+    raise ``RegistryImportError`` with the first ``MAX_ERRORS_LISTED`` problems and their count."""
+    errors = _Errors()
+    plan = _Plan()
+    today = dt.date.today()
+    for row in _rows(source, errors, check_header=True):
         rtype = row.get("record_type")
         if rtype not in RECORD_TYPES:
-            row.err("record_type", f"'{rtype}' is not one of {', '.join(RECORD_TYPES)}")
+            row.err("record_type", f"'{_shown(rtype)}' is not one of {', '.join(RECORD_TYPES)}")
             continue
         for col in REQUIRED[rtype]:
             if not row.get(col):
                 row.err(col, "required")
         mrn = row.get("mrn")
         if rtype == "patient":
-            if mrn in patients:
-                row.err("mrn", f"patient {mrn} already listed on line {patients[mrn]['line']}")
+            if mrn in plan.patients:
+                row.err("mrn", f"patient {_shown(mrn)} already listed on line {plan.patients[mrn][0]}")
                 continue
-            if mrn in existing:
-                row.err("mrn", f"patient {mrn} already exists in RadPath")
-                continue
-            p = Patient(mrn=mrn, given_name=row.get("given_name"), family_name=row.get("family_name"),
-                        birth_date=row.date("birth_date"), sex=row.choice("sex", Sex.values, Sex.UNKNOWN))
-            _model_errors(row, p, exclude=["birth_date"] if p.birth_date is None else [])
-            d = Diagnosis(site=row.choice("site", DiseaseSite.values), diagnosed_on=row.date("diagnosed_on"),
-                          histology=row.get("histology"), stage=row.get("stage"))
-            if p.birth_date and d.diagnosed_on and d.diagnosed_on < p.birth_date:
-                row.err("diagnosed_on", "before the date of birth")
-            treatments = []
-            surgery = row.choice("surgery", SurgeryType.values)
-            if surgery:
-                treatments.append(Treatment(kind=TreatmentKind.SURGERY, surgery_type=surgery,
-                                            start_date=row.date("surgery_date", required=True)))
-            if row.get("chemotherapy"):
-                treatments.append(Treatment(kind=TreatmentKind.CHEMOTHERAPY, agent=row.get("chemotherapy"),
-                                            start_date=row.date("chemotherapy_date", required=True)))
-            if row.get("trial_arm"):
-                treatments.append(Treatment(kind=TreatmentKind.TRIAL, agent="registry trial", trial_arm=row.get("trial_arm"),
-                                            start_date=d.diagnosed_on))
-            patients[mrn] = {"line": row.line, "patient": p, "diagnosis": d, "treatments": treatments}
+            p, _d, _t = _patient_objects(row)
+            plan.patients[mrn] = (row.line, p.birth_date)
+            plan.course_mrn_lines.pop(mrn, None)
         elif rtype == "course":
             ref = row.get("course_ref")
             key = (mrn, ref)
-            if key in courses:
-                row.err("course_ref", f"course {ref} of {mrn} already listed on line {courses[key]['line']}")
+            if key in plan.courses:
+                row.err("course_ref", f"course {_shown(ref)} of {_shown(mrn)} already listed on line {plan.courses[key][0]}")
                 continue
-            if mrn and mrn not in patients and mrn not in existing:
-                row.err("mrn", f"no patient {mrn} in this file or in RadPath")
-            try:
-                total = Decimal(row.get("total_dose_gy")) if row.get("total_dose_gy") else None
-            except InvalidOperation:
-                row.err("total_dose_gy", f"'{row.get('total_dose_gy')}' is not a number")
-                total = None
-            try:
-                n = int(row.get("fractions")) if row.get("fractions") else None
-            except ValueError:
-                row.err("fractions", f"'{row.get('fractions')}' is not a whole number")
-                n = None
-            c = Course(intent=row.choice("intent", Intent.values), technique=row.choice("technique", Technique.values),
-                       treated_site=row.get("treated_site"), total_dose_gy=total, fractions_planned=n,
-                       dose_per_fraction_gy=(total / n).quantize(Decimal("0.01")) if total and n else None,
-                       status=CourseStatus.COMPLETED, name=f"Registry {ref}"[:80])
-            start, end = row.date("rt_start"), row.date("rt_end")
-            if start and end and end < start:
-                row.err("rt_end", "before rt_start")
-            if all(v is not None for v in (c.intent, c.technique, total, n)) and row.get("treated_site"):
-                _model_errors(row, c, exclude=["patient", "diagnosis"], rename={"dose_per_fraction_gy": "total_dose_gy"})
-            c.completed_on = end
-            courses[key] = {"line": row.line, "course": c, "mrn": mrn, "rt_start": start, "rt_end": end}
+            if mrn and mrn not in plan.patients:
+                plan.course_mrn_lines.setdefault(mrn, []).append(row.line)
+            _c, start, _end = _course_object(row)
+            plan.courses[key] = (row.line, start)
         elif rtype == "followup":
-            imaging = row.choice("imaging", ImagingModality.values)
-            resp = row.choice("response", Response.values)
-            if resp and not imaging:
-                row.err("imaging", "a response needs the imaging it was read from")
-            followups.append({
-                "line": row.line, "mrn": mrn, "ref": row.get("course_ref"), "date": row.date("date"),
-                "imaging": imaging or "none", "response": resp or "",
-                "failure_site": row.choice("failure_site", [v for v in FailureSite.values if v], ""),
-                "last_known_alive": row.date("last_known_alive"),
-                "kind": AssessmentKind.FOLLOWUP if imaging else AssessmentKind.CONTACT,
-            })
+            f = _followup_fields(row)
+            if f["date"] and f["date"] > today:
+                row.err("date", "in the future")
         elif rtype == "death":
-            if mrn in deaths:
-                row.err("mrn", f"second death for {mrn} (line {deaths[mrn]['line']})")
+            if mrn in plan.deaths:
+                row.err("mrn", f"second death for {_shown(mrn)} (line {plan.deaths[mrn][0]})")
                 continue
-            deaths[mrn] = {"line": row.line, "date": row.date("date"),
-                           "cause": row.choice("cause", CauseOfDeath.values, CauseOfDeath.UNKNOWN)}
-    # Cross-row checks.
-    existing_courses = {}
-    for f in followups:
-        key = (f["mrn"], f["ref"])
-        if key not in courses and f["ref"]:
-            if key not in existing_courses:
-                existing_courses[key] = Course.objects.filter(patient__mrn=f["mrn"], name=f"Registry {f['ref']}").first()
-            if existing_courses[key] is None:
-                errors.append(RowError(f["line"], "course_ref", f"no course {f['ref']} for {f['mrn']} in this file or in RadPath"))
-        c = courses.get(key)
-        if c and c["rt_start"] and f["date"] and f["date"] < c["rt_start"] - dt.timedelta(days=365):
-            errors.append(RowError(f["line"], "date", "more than a year before the course's rt_start"))
-        d = deaths.get(f["mrn"])
-        if d and d["date"] and f["date"] and f["date"] > d["date"]:
-            errors.append(RowError(f["line"], "date", f"after the patient's death on {d['date']} (line {d['line']})"))
-        if d and d["date"] and f["last_known_alive"] and f["last_known_alive"] > d["date"]:
-            errors.append(RowError(f["line"], "last_known_alive", f"after the patient's death on {d['date']}"))
-    for mrn, d in deaths.items():
-        if mrn and mrn not in patients and mrn not in existing:
-            errors.append(RowError(d["line"], "mrn", f"no patient {mrn} in this file or in RadPath"))
-        p = patients.get(mrn)
-        if p and d["date"] and p["patient"].birth_date and d["date"] < p["patient"].birth_date:
-            errors.append(RowError(d["line"], "date", "before the date of birth"))
-        for (cm, _ref), c in courses.items():
-            if cm == mrn and c["rt_start"] and d["date"] and d["date"] < c["rt_start"]:
-                errors.append(RowError(d["line"], "date", f"before the start of RT on {c['rt_start']} (line {c['line']})"))
-    today = dt.date.today()
-    for f in followups:
-        if f["date"] and f["date"] > today:
-            errors.append(RowError(f["line"], "date", "in the future"))
-    if errors:
-        errors.sort(key=lambda e: (e.line, e.field))
-        raise RegistryImportError(errors)
-    return {"patients": patients, "courses": courses, "followups": followups, "deaths": deaths,
-            "existing": existing, "existing_courses": existing_courses}
+            row.choice("cause", CAUSES, CauseOfDeath.UNKNOWN)
+            plan.deaths[mrn] = (row.line, row.date("date"))
+    if errors.total and not plan.patients and not plan.courses and errors.on_line(1) & {"record_type", "file"}:
+        errors.raise_if_any()  # no header or not a CSV: nothing else to say
+    # patients already in RadPath: refused as duplicates, accepted as the owner of other rows
+    referred = set(plan.course_mrn_lines) | {m for m in plan.deaths if m not in plan.patients}
+    for chunk in _chunks(set(plan.patients) | referred):
+        plan.existing.update(Patient.objects.filter(mrn__in=chunk).values_list("mrn", flat=True))
+    for mrn in sorted(plan.existing & set(plan.patients)):
+        errors.append(RowError(plan.patients[mrn][0], "mrn", f"patient {_shown(mrn)} already exists in RadPath"))
+    for mrn, lines in plan.course_mrn_lines.items():
+        if mrn not in plan.existing:
+            for line in lines:
+                errors.append(RowError(line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))
+    courses_of = {}
+    for (mrn, _ref), (line, start) in plan.courses.items():
+        courses_of.setdefault(mrn, []).append((line, start))
+    for mrn, (line, date) in plan.deaths.items():
+        if mrn and mrn not in plan.patients and mrn not in plan.existing:
+            errors.append(RowError(line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))
+        birth = plan.patients.get(mrn, (None, None))[1]
+        if date and birth and date < birth:
+            errors.append(RowError(line, "date", "before the date of birth"))
+        for c_line, start in courses_of.get(mrn, []):
+            if date and start and date < start:
+                errors.append(RowError(line, "date", f"before the start of RT on {start} (line {c_line})"))
+    # second pass: follow-ups against the courses and deaths of the whole file
+    for row in _rows(source, _Errors()):
+        if row.get("record_type") != "followup":
+            continue
+        mrn, ref = row.get("mrn"), row.get("course_ref")
+        key = (mrn, ref)
+        quiet = _Row(row.line, row.data, [])
+        date, alive = quiet.date("date"), quiet.date("last_known_alive")
+        if key not in plan.courses and ref:
+            if key not in plan.existing_courses:
+                plan.existing_courses[key] = Course.objects.filter(patient__mrn=mrn, name=f"Registry {ref}").values_list(
+                    "pk", "patient_id").first()
+            if plan.existing_courses[key] is None:
+                errors.append(RowError(row.line, "course_ref", f"no course {_shown(ref)} for {_shown(mrn)} in this file or in RadPath"))
+        c = plan.courses.get(key)
+        if c and c[1] and date and date < c[1] - dt.timedelta(days=365):
+            errors.append(RowError(row.line, "date", "more than a year before the course's rt_start"))
+        d = plan.deaths.get(mrn)
+        if d and d[1] and date and date > d[1]:
+            errors.append(RowError(row.line, "date", f"after the patient's death on {d[1]} (line {d[0]})"))
+        if d and d[1] and alive and alive > d[1]:
+            errors.append(RowError(row.line, "last_known_alive", f"after the patient's death on {d[1]}"))
+    errors.raise_if_any()
+    return plan
+
+
+def _bulk(model, objs, user):
+    """Insert a batch with its audit history rows (django-simple-history), returning the objects with their pks."""
+    if not objs:
+        return objs
+    if hasattr(model, "history"):
+        return bulk_create_with_history(objs, model, batch_size=BATCH, default_user=user)
+    return model.objects.bulk_create(objs, batch_size=BATCH)
+
+
+def _of_type(source, rtype):
+    for row in _rows(source, _Errors()):
+        if row.get("record_type") == rtype:
+            yield row
+
+
+def _batched(rows, n=BATCH):
+    batch = []
+    for row in rows:
+        batch.append(row)
+        if len(batch) >= n:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 def import_registry(source, *, user=None):
-    """Validate then import a registry CSV (``str``, ``bytes`` or a file object) in one transaction."""
-    if hasattr(source, "read"):
-        source = source.read()
-    if isinstance(source, bytes):
-        try:
-            source = source.decode("utf-8-sig")
-        except UnicodeDecodeError as exc:
-            raise RegistryImportError([RowError(1, "file", "not UTF-8 text")]) from exc
-    plan = parse(source)
+    """Validate then import a registry CSV (``str``, ``bytes``, a file object or an upload) in one transaction.
+
+    Streamed: validation reads the file twice row by row keeping one small tuple per patient, course and death;
+    the import reads it once per record type and inserts in batches of ``BATCH`` (``bulk_create`` with history
+    rows), so memory does not grow with the number of follow-up rows. Any error: nothing is written.
+    """
+    plan = validate(source)
     summary = ImportSummary()
     with transaction.atomic():
-        pats = dict(plan["existing"])
-        for mrn, item in plan["patients"].items():
-            p = item["patient"]
-            p._history_user = user
-            p.save()
-            d = item["diagnosis"]
-            d.patient = p
-            d._history_user = user
-            d.save()
-            item["diagnosis_saved"] = d
-            for t in item["treatments"]:
-                t.patient, t.diagnosis = p, d
-                t._history_user = user
-                t.save()
-            pats[mrn] = p
-            summary.patients += 1
-        course_objs = dict(plan["existing_courses"])
-        for (mrn, ref), item in plan["courses"].items():
-            c = item["course"]
-            c.patient = pats[mrn]
-            c.diagnosis = plan["patients"][mrn]["diagnosis_saved"] if mrn in plan["patients"] else (
-                c.patient.diagnoses.order_by("-diagnosed_on").first())
-            c._history_user = user
-            c.save()
-            CourseOutcome.objects.create(course=c, patient=c.patient, rt_start_recorded=item["rt_start"],
-                                         rt_end_recorded=item["rt_end"])
-            course_objs[(mrn, ref)] = c
-            summary.courses += 1
-        for f in plan["followups"]:
-            c = course_objs[(f["mrn"], f["ref"])]
-            a = FollowUpAssessment(
-                patient=c.patient, course=c, kind=f["kind"], date=f["date"], imaging=f["imaging"],
-                failure_site=f["failure_site"], last_known_alive=f["last_known_alive"],
-                override_response=f["response"], override_reason=REGISTRY_REASON if f["response"] else "",
-                override_by=user if f["response"] else None,
-            )
-            a._history_user = user
-            a.save()
-            summary.followups += 1
-        for mrn, d in plan["deaths"].items():
-            death = Death(patient=pats[mrn], date=d["date"], cause=d["cause"])
-            death._history_user = user
-            death.save()
-            summary.deaths += 1
-        touched = {c.pk: c for c in course_objs.values() if c is not None}
-        for mrn in set(plan["deaths"]) | {f["mrn"] for f in plan["followups"]}:
-            for c in Course.objects.filter(patient=pats[mrn]):
-                touched[c.pk] = c
-        for c in touched.values():
-            recompute_course(c)
+        patient_ids, diagnosis_ids = {}, {}
+        for rows in _batched(_of_type(source, "patient")):
+            built = [(row.get("mrn"), *_patient_objects(_Row(row.line, row.data, []))) for row in rows]
+            pats = _bulk(Patient, [p for _m, p, _d, _t in built], user)
+            for (mrn, _p, d, _t), p in zip(built, pats):
+                patient_ids[mrn] = p.pk
+                d.patient_id = p.pk
+            diags = _bulk(Diagnosis, [d for _m, _p, d, _t in built], user)
+            treatments = []
+            for (mrn, _p, _d, ts), d in zip(built, diags):
+                diagnosis_ids[mrn] = d.pk
+                for t in ts:
+                    t.patient_id, t.diagnosis_id = patient_ids[mrn], d.pk
+                    treatments.append(t)
+            _bulk(Treatment, treatments, user)
+            summary.patients += len(pats)
+        for chunk in _chunks(plan.existing):
+            for mrn, pk in Patient.objects.filter(mrn__in=chunk).values_list("mrn", "pk"):
+                patient_ids[mrn] = pk
+        course_ids, touched = {}, set()
+        for rows in _batched(_of_type(source, "course")):
+            outcomes = []
+            for row in rows:
+                mrn, ref = row.get("mrn"), row.get("course_ref")
+                c, start, end = _course_object(_Row(row.line, row.data, []))
+                c.patient_id = patient_ids[mrn]
+                if mrn in diagnosis_ids:
+                    c.diagnosis_id = diagnosis_ids[mrn]
+                else:
+                    c.diagnosis = Diagnosis.objects.filter(patient_id=c.patient_id).order_by("-diagnosed_on").first()
+                c._history_user = user
+                c.save()  # one by one: creating a course starts its care path (post_save)
+                outcomes.append(CourseOutcome(course=c, patient_id=c.patient_id, rt_start_recorded=start, rt_end_recorded=end))
+                course_ids[(mrn, ref)] = (c.pk, c.patient_id)
+                touched.add(c.pk)
+            _bulk(CourseOutcome, outcomes, user)
+            summary.courses += len(rows)
+        course_ids.update({k: v for k, v in plan.existing_courses.items() if v is not None})
+        followed = set()
+        for rows in _batched(_of_type(source, "followup")):
+            objs = []
+            for row in rows:
+                f = _followup_fields(_Row(row.line, row.data, []))
+                course_id, patient_id = course_ids[(row.get("mrn"), row.get("course_ref"))]
+                followed.add(patient_id)
+                objs.append(FollowUpAssessment(
+                    patient_id=patient_id, course_id=course_id, kind=f["kind"], date=f["date"], imaging=f["imaging"],
+                    failure_site=f["failure_site"], last_known_alive=f["last_known_alive"],
+                    override_response=f["response"], override_reason=REGISTRY_REASON if f["response"] else "",
+                    override_by=user if f["response"] else None,
+                ))
+            _bulk(FollowUpAssessment, objs, user)
+            summary.followups += len(objs)
+        for rows in _batched(_of_type(source, "death")):
+            objs = []
+            for row in rows:
+                quiet = _Row(row.line, row.data, [])
+                patient_id = patient_ids[row.get("mrn")]
+                followed.add(patient_id)
+                objs.append(Death(patient_id=patient_id, date=quiet.date("date"),
+                                  cause=quiet.choice("cause", CAUSES, CauseOfDeath.UNKNOWN)))
+            _bulk(Death, objs, user)
+            summary.deaths += len(objs)
+        for chunk in _chunks(followed):
+            touched.update(Course.objects.filter(patient_id__in=chunk).values_list("pk", flat=True))
+        for chunk in _chunks(sorted(touched)):
+            for c in Course.objects.filter(pk__in=chunk):
+                recompute_course(c)
         summary.course_ids = sorted(touched)
     return summary
-
 
 def template_csv():
     """A header line and one example row per record type (offered as a download on the import page)."""

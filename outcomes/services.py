@@ -39,6 +39,7 @@ from workflow.errors import RuleViolation
 from workflow.models import AppointmentStatus, Course, Fraction, Treatment, TreatmentKind
 from workflow.scheduling import local_day
 
+from . import disclosure
 from . import endpoints as ep
 from . import response as rs
 from . import survival as sv
@@ -556,6 +557,15 @@ class AnalysisResult:
     cox: sv.CoxResult | None = None
     cox_error: str | None = None
     notes: list = field(default_factory=list)
+    suppressed_groups: list = field(default_factory=list)
+
+    def released_sets(self):
+        """Patient ids each shown result covers: every group shown, or the whole analysed cohort."""
+        pid = self.frame["patient_id"].to_numpy()
+        if not self.group_by:
+            return [pid]
+        labels = self.frame[self.group_by].astype(str).to_numpy()
+        return [pid[labels == str(g)] for g in self.curves]
 
     def landmark_days(self):
         return [y * YEAR_DAYS for y in LANDMARK_YEARS]
@@ -597,11 +607,19 @@ class AnalysisResult:
             "cox": self.cox.to_dict() if self.cox else None,
             "cox_error": self.cox_error,
             "notes": self.notes,
+            "suppressed_groups": self.suppressed_groups,
+            "min_cohort": disclosure.min_cohort(),
         }
 
 
-def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_type="log", cox=True):
-    """Survival analysis of a cohort (a ``Course`` queryset): KM per group, medians, landmarks, log-rank, Cox."""
+def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_type="log", cox=True, min_group=None,
+            user=None):
+    """Survival analysis of a cohort (a ``Course`` queryset): KM per group, medians, landmarks, log-rank, Cox.
+
+    Disclosure control (``outcomes.disclosure``): fewer than ``RADPATH_MIN_COHORT`` usable patients is refused;
+    groups smaller than that (``min_group`` overrides) are suppressed, listed in ``suppressed_groups``. With a
+    researcher ``user`` the release is checked against and recorded in that user's ledger.
+    """
     if endpoint not in ENDPOINTS:
         raise RuleViolation(f"endpoint must be one of {', '.join(ENDPOINTS)}.", field="endpoint")
     group_by = group_by or ""
@@ -624,18 +642,32 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if usable.empty:
         raise RuleViolation("The cohort has no patient with the dates this endpoint needs.", field="cohort")
     usable = usable.assign(**{ecol: usable[ecol].astype(int), dcol: usable[dcol].astype(float)})
+    k = disclosure.min_cohort() if min_group is None else min_group
+    disclosure.check_cohort_size(len(usable), "The cohort (patients with the dates this endpoint needs)")
+    suppressed = []
+    if group_by:
+        sizes = usable[group_by].astype(object).where(usable[group_by].notna(), None).value_counts(dropna=False)
+        suppressed = sorted(str(label) for label, n in sizes.items() if n < k)
+        if suppressed:
+            usable = usable[~usable[group_by].astype(str).isin(suppressed)]
+            notes.append(f"Group(s) {', '.join(suppressed)} have fewer than {k} patients and are not shown "
+                         "(their patients are left out of the curves, log-rank and Cox model).")
+            if usable.empty:
+                raise disclosure.CohortTooSmall(f"Every group has fewer than {k} patients; choose another grouping.")
     t, e = usable[dcol].to_numpy(), usable[ecol].to_numpy()
     if group_by:
         g = usable[group_by].to_numpy(dtype=object)
         curves = sv.kaplan_meier_by_labels(t, e, g, conf_type=conf_type)
     else:
         curves = {"all": sv.kaplan_meier(t, e, conf_type, label="all")}
-    result = AnalysisResult(endpoint, time_zero, conf_type, group_by, len(usable), excluded, curves, usable, notes=notes)
+    result = AnalysisResult(endpoint, time_zero, conf_type, group_by, len(usable), excluded, curves, usable, notes=notes,
+                            suppressed_groups=suppressed)
     if group_by and len(curves) >= 2:
         has = ~pd.isna(g)
         result.logrank = sv.logrank_test(t[has], e[has], g[has])
     if cox:
         result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by)
+    disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}")
     return result
 
 
@@ -680,16 +712,16 @@ def km_figure(result, fmt="png"):
     )
 
 
-def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40):
+def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=None):
     """Swimmer plot of up to ``limit`` patients (pseudonymous labels) from their stored assessments."""
     from django.conf import settings
 
     from . import deidentify, figures
 
     df = endpoint_frame(courses, time_zero, columns={"mrn", "multimodal"}).dropna(subset=["os_days"])
+    disclosure.check_cohort_size(len(df))
+    disclosure.record_release(user, [df["patient_id"].to_numpy()], kind="swimmer")
     df = df.sort_values("os_days", ascending=False).head(limit)
-    if df.empty:
-        raise RuleViolation("The cohort has no patient to plot.", field="cohort")
     t0 = dict(zip(df["course_id"], df["time_zero_date"]))
     events = {}
     for cid, date, resp, status in FollowUpAssessment.objects.active().filter(
@@ -716,7 +748,12 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40):
 TOXICITY_TIMES_MONTHS = (3, 6, 12, 24)
 
 
-def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS):
+def cohort_patient_ids(courses):
+    """The distinct patient ids of a cohort queryset (the unit of the minimum cohort and the release ledger)."""
+    return np.unique(np.fromiter(courses.order_by().values_list("patient_id", flat=True).distinct(), dtype=np.int64))
+
+
+def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS, user=None):
     """Cohort toxicity for the analysis page, the API and the ``toxicity`` export.
 
     Rates of grade >= 2 and >= 3 per CTCAE term, acute (to 90 days after the last fraction) and late, with Wilson
@@ -725,7 +762,10 @@ def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS):
     """
     from workflow.toxicity import toxicity_summary
 
+    patients = cohort_patient_ids(courses)
+    disclosure.check_cohort_size(len(patients))
     summary = toxicity_summary(courses)
+    disclosure.record_release(user, [patients], kind="toxicity")
     n = summary["n_courses"]
     rates = pd.concat([f for f in summary["rates"].values() if not f.empty], ignore_index=True) if n else pd.DataFrame()
     cif = summary["cumulative_incidence"]
@@ -741,8 +781,8 @@ def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS):
     }
 
 
-def toxicity_analysis_dict(courses):
-    result = toxicity_analysis(courses)
+def toxicity_analysis_dict(courses, user=None):
+    result = toxicity_analysis(courses, user=user)
     rates = result["rates"]
     ci = result["cumulative_incidence"]
     ci["points"] = [{"months": m, "incidence": v} for m, v in zip(ci["times_months"], ci["grade3"])]

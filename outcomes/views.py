@@ -12,11 +12,11 @@ from django.views.decorators.http import require_POST
 from workflow.errors import RuleViolation
 from workflow.models import Course
 
-from . import services
+from . import disclosure, services
 from .cohorts import CohortFilter
 from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
 from .models import CourseOutcome, FollowUpAssessment
-from .registry_import import COLUMNS, RegistryImportError, import_registry, template_csv
+from .registry_import import COLUMNS, RegistryImportError, import_registry, max_upload_bytes, template_csv, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
 
@@ -108,44 +108,64 @@ def analysis(request):
     if form.is_bound and form.is_valid():
         query = request.GET.urlencode()
         try:
-            result = services.analyze(
-                CohortFilter.from_params(request.GET).queryset(), endpoint=form.cleaned_data["endpoint"],
-                time_zero=form.cleaned_data["time_zero"], group_by=form.cleaned_data.get("group_by") or "",
-                conf_type=form.cleaned_data["conf_type"],
-            )
-            body = result.to_dict(include_points=False)
+            cohort = CohortFilter.for_user(request.GET, request.user).queryset()
         except RuleViolation as exc:
-            error = str(exc)
-        toxicity = services.toxicity_analysis_dict(CohortFilter.from_params(request.GET).queryset())
+            _service_error(form, exc)
+            cohort = None
+        if cohort is not None:
+            try:
+                result = services.analyze(
+                    cohort, endpoint=form.cleaned_data["endpoint"], time_zero=form.cleaned_data["time_zero"],
+                    group_by=form.cleaned_data.get("group_by") or "", conf_type=form.cleaned_data["conf_type"],
+                    user=request.user,
+                )
+                body = result.to_dict(include_points=False)
+            except RuleViolation as exc:
+                error = str(exc)
+            try:
+                toxicity = services.toxicity_analysis_dict(cohort, user=request.user)
+            except RuleViolation as exc:
+                toxicity = {"n_courses": 0, "error": str(exc)}
     return render(request, "outcomes/analysis.html", {
         "form": form, "result": body, "error": error, "query": query, "toxicity": toxicity,
-        "api_base": "/api/outcomes/",
+        "api_base": "/api/outcomes/", "min_cohort": disclosure.min_cohort(),
     })
 
 
 @guard(IDENTIFIED, "outcomes.import_registry")
 def registry_upload(request):
     errors = summary = None
+    error_count = 0
+    status = 200
     if request.GET.get("template"):
         resp = HttpResponse(template_csv(), content_type="text/csv")
         resp["Content-Disposition"] = 'attachment; filename="radpath-registry-template.csv"'
         return resp
     if request.method == "POST":
-        form = RegistryUploadForm(request.POST, request.FILES)
-        if form.is_valid():
+        too_large = upload_too_large(request.META.get("CONTENT_LENGTH"))
+        form = RegistryUploadForm(None if too_large else request.POST, None if too_large else request.FILES)
+        if too_large is None and form.is_valid():
+            too_large = upload_too_large(upload=form.cleaned_data["file"])
+        if too_large:
+            form = RegistryUploadForm()
+            form.errors["file"] = form.error_class([too_large])
+            status = 413
+        elif form.is_valid():
             try:
                 summary = import_registry(form.cleaned_data["file"], user=request.user).to_dict()
                 messages.success(request, "Registry imported: {patients} patients, {courses} courses, {followups} follow-ups, "
                                           "{deaths} deaths.".format(**summary))
             except RegistryImportError as exc:
-                errors = exc.errors
+                errors, error_count = exc.errors, exc.total
     else:
         form = RegistryUploadForm()
-    return render(request, "outcomes/registry_import.html", {"form": form, "errors": errors, "summary": summary,
-                                                             "columns": COLUMNS, "template_url": reverse("outcomes-import") + "?template=1"})
+    return render(request, "outcomes/registry_import.html", {
+        "form": form, "errors": errors, "error_count": error_count, "summary": summary, "columns": COLUMNS,
+        "template_url": reverse("outcomes-import") + "?template=1", "max_upload_mb": max_upload_bytes() // 2**20,
+    }, status=status)
 
 
-def _ntcp_request(params):
+def _ntcp_request(params, user):
     """(courses, model id, sites) of an NTCP cohort request: the standard cohort filters; without ``site`` the
     model's own population sites; ``site=all`` takes every site."""
     model_id = params.get("model") or NTCP_DEFAULT_MODEL
@@ -153,7 +173,7 @@ def _ntcp_request(params):
     base = {k: v for k, v in params.items() if k not in ("model", "site")}
     if site and site != "all":
         base["site"] = site
-    courses = CohortFilter.from_params(base).queryset()
+    courses = CohortFilter.for_user(base, user).queryset()
     return courses, model_id, ([] if site else None)
 
 
@@ -167,8 +187,9 @@ def ntcp_cohort(request):
 
     error = result = None
     try:
-        courses, model_id, sites = _ntcp_request(request.GET)
-        result = ntcp_services.analysis_dict(ntcp_services.cohort_analysis(courses, model_id, sites=sites))
+        courses, model_id, sites = _ntcp_request(request.GET, request.user)
+        result = ntcp_services.analysis_dict(ntcp_services.cohort_analysis(courses, model_id, sites=sites,
+                                                                           user=request.user))
     except RuleViolation as exc:
         error = str(exc)
     return render(request, "outcomes/ntcp.html", {
@@ -182,8 +203,9 @@ def ntcp_figure(request, kind):
     from . import ntcp_services
 
     try:
-        courses, model_id, sites = _ntcp_request(request.GET)
-        result = ntcp_services.cohort_analysis(courses, model_id, sites=sites, refit=(kind == "dose-response"))
+        courses, model_id, sites = _ntcp_request(request.GET, request.user)
+        result = ntcp_services.cohort_analysis(courses, model_id, sites=sites, refit=(kind == "dose-response"),
+                                               user=request.user)
     except RuleViolation as exc:
         return HttpResponse(str(exc), status=400, content_type="text/plain")
     data = ntcp_services.calibration_png(result) if kind == "calibration" else ntcp_services.dose_response_png(result)

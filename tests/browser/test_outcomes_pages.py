@@ -96,8 +96,11 @@ def _cohort(oncologist):
 
 
 @pytest.mark.browser
-def test_researcher_runs_a_survival_analysis_and_exports_the_cohort(transactional_db, live_server, users, oncologist, monkeypatch):
+def test_researcher_runs_a_survival_analysis_and_exports_the_cohort(transactional_db, live_server, users, oncologist, monkeypatch,
+                                                                    settings):
     from playwright.sync_api import expect, sync_playwright
+
+    settings.RADPATH_MIN_COHORT = 5  # 10 patients in two groups of 5; the minimum is tested in tests/outcomes/test_disclosure.py
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     _cohort(oncologist)

@@ -86,8 +86,9 @@ def test_timing_frame_is_pure_and_takes_a_subset(timed):
     assert len(empty) == 0 and "sim_to_first_fraction" in empty.columns
 
 
-def test_timing_reaches_the_research_export_de_identified(timed, client):
+def test_timing_reaches_the_research_export_de_identified(timed, client, settings):
     """Researchers get pathway timing in the export: intervals kept, course IDs pseudonymous, no calendar dates."""
+    settings.RADPATH_MIN_COHORT = 1  # a two-course fixture; the minimum cohort is tested in tests/outcomes/test_disclosure.py
     import csv
     import io
 

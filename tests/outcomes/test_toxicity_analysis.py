@@ -17,6 +17,13 @@ pytestmark = pytest.mark.django_db
 START = dt.date(2025, 3, 3)  # a Monday in the past: onsets must not be in the future
 
 
+@pytest.fixture(autouse=True)
+def small_cohorts_allowed(settings):
+    """These tests check analysis and export content on a 4-patient registry; the minimum cohort, group suppression
+    and release ledger are tested with a cohort above the minimum in tests/outcomes/test_disclosure.py."""
+    settings.RADPATH_MIN_COHORT = 1
+
+
 def day(n):
     return START + dt.timedelta(days=n)
 
