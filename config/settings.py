@@ -18,6 +18,7 @@ import os
 from pathlib import Path
 
 import dj_database_url
+from csp import constants as csp_constants
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("RADPATH_VAR_DIR", BASE_DIR / "var"))
@@ -47,15 +48,18 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "drf_spectacular_sidecar",  # swagger-ui served from the package: /api/docs/ works offline, no CDN code
     "simple_history",
+    # the project's apps come before django_tasks_db: planning's db_worker (which also fails the jobs of killed
+    # workers) overrides the library's command of the same name
+    "workflow",
+    "planning",
+    "outcomes",
     "django_tasks",
     "django_tasks_db",
     "django_rq",
     "django_tasks_rq",
     "axes",
     "knox",
-    "workflow",
-    "planning",
-    "outcomes",
+    "csp",
 ]
 
 MIDDLEWARE = [
@@ -66,11 +70,46 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "workflow.middleware.NoStoreForSignedIn",
     "simple_history.middleware.HistoryRequestMiddleware",
     "workflow.middleware.LoginRequiredEverywhere",
     # last: turns a lockout (django-axes) into its 429 response
     "axes.middleware.AxesMiddleware",
 ]
+
+# HTTPS in production. Each is an environment variable; with DEBUG off the safe value is the default, so a
+# deployment that sets only SECRET_KEY, ALLOWED_HOSTS and DEBUG=0 passes `manage.py check --deploy`.
+PRODUCTION = not DEBUG
+SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", PRODUCTION)
+SESSION_COOKIE_SECURE = env_bool("SESSION_COOKIE_SECURE", PRODUCTION)
+CSRF_COOKIE_SECURE = env_bool("CSRF_COOKIE_SECURE", PRODUCTION)
+SECURE_HSTS_SECONDS = int(os.environ.get("SECURE_HSTS_SECONDS", 31536000 if PRODUCTION else 0))
+SECURE_HSTS_INCLUDE_SUBDOMAINS = env_bool("SECURE_HSTS_INCLUDE_SUBDOMAINS", PRODUCTION)
+SECURE_HSTS_PRELOAD = env_bool("SECURE_HSTS_PRELOAD", PRODUCTION)
+# Behind a TLS-terminating proxy that sets the header (and strips it from clients): "HTTP_X_FORWARDED_PROTO,https".
+_proxy_ssl = [part.strip() for part in os.environ.get("SECURE_PROXY_SSL_HEADER", "").split(",") if part.strip()]
+SECURE_PROXY_SSL_HEADER = tuple(_proxy_ssl) if len(_proxy_ssl) == 2 else None
+CSRF_TRUSTED_ORIGINS = [o.strip() for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o.strip()]
+SESSION_COOKIE_AGE = int(os.environ.get("SESSION_COOKIE_AGE", 12 * 3600))  # one clinic day
+SECURE_REFERRER_POLICY = "same-origin"
+
+# Content-Security-Policy (django-csp): scripts and <style> blocks only from this site or with the per-response
+# nonce ({{ request.csp_nonce }}), no plugins, no framing. Style attributes stay allowed (they cannot run code).
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'", csp_constants.NONCE],
+        "style-src": ["'self'", csp_constants.NONCE],
+        "style-src-attr": ["'unsafe-inline'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'self'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
 
 ROOT_URLCONF = "config.urls"
 
@@ -138,6 +177,8 @@ AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
 AXES_RESET_ON_SUCCESS = True
 AXES_IPWARE_PROXY_COUNT = int(os.environ["RADPATH_PROXY_COUNT"]) if os.environ.get("RADPATH_PROXY_COUNT") else None
 AXES_VERBOSE = False
+AXES_LOCKOUT_TEMPLATE = "registration/locked_out.html"
+AXES_ALLOWED_CORS_ORIGINS = ""  # the lockout answer to a script is for this site only
 
 LANGUAGE_CODE = "en-gb"
 TIME_ZONE = os.environ.get("CLINIC_TIME_ZONE", "America/New_York")

@@ -26,6 +26,7 @@ import socket
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -506,8 +507,16 @@ def cancel_plan(plan, *, user):
     return plan
 
 
+WORKER_LOST = "Worker lost"
+PLAN_TASK_PATH = "planning.tasks.run_plan_task"
+
+
 def reap_stale_plans(*, now=None, stale_after=None):
-    """Mark running plans whose heartbeat is older than ``stale_after`` seconds failed (worker died); returns them."""
+    """Mark running plans whose heartbeat is older than ``stale_after`` seconds failed (worker died); returns them.
+
+    The queue's own record of such a job (a django-tasks-db row left RUNNING by the killed worker) is marked failed
+    with the same reason (``reap_lost_task_rows``), so neither the plan nor the task table shows it running.
+    """
     now = now or timezone.now()
     stale_after = stale_after_seconds() if stale_after is None else stale_after
     cutoff = now - timezone.timedelta(seconds=stale_after)
@@ -522,13 +531,14 @@ def reap_stale_plans(*, now=None, stale_after=None):
                 continue
             plan.status = PlanStatus.FAILED
             plan.failure_reason = (
-                f"The worker{(' ' + plan.worker) if plan.worker else ''} stopped responding: no heartbeat since "
+                f"{WORKER_LOST}: the worker{(' ' + plan.worker) if plan.worker else ''} stopped responding: no heartbeat since "
                 f"{timezone.localtime(beat):%Y-%m-%d %H:%M:%S} (limit {stale_after:g} s). The job was lost; retry the plan."
             )
             plan.finished_at = now
-            plan.progress_message = "Worker lost"
+            plan.progress_message = WORKER_LOST
             plan.save()
             reaped.append(plan)
+    reap_lost_task_rows(now=now, stale_after=stale_after)
     return reaped
 
 
@@ -543,6 +553,52 @@ def progress_text(plan):
     if plan.objective_value is not None:
         parts.append(f"objective {plan.objective_value:.3f}")
     return " · ".join(parts)
+
+
+def _uuid(value):
+    try:
+        return uuid.UUID(str(value))
+    except ValueError:
+        return None
+
+
+def reap_lost_task_rows(*, now=None, stale_after=None):
+    """Mark plan-job rows of the database queue that a killed worker left RUNNING as FAILED; returns their ids.
+
+    A row is lost when it started more than ``stale_after`` seconds ago and no plan is running it with a live
+    heartbeat (the plan row, not the queue, is where a job proves it is alive). Its error is the plan's failure
+    reason (``WorkerLost``), so the task table, the admin and ``TaskResult.errors`` say what happened.
+    """
+    if "django_tasks_db" not in settings.INSTALLED_APPS:
+        return []
+    from django_tasks_db.models import DBTaskResult, TaskResultStatus
+
+    now = now or timezone.now()
+    stale_after = stale_after_seconds() if stale_after is None else stale_after
+    cutoff = now - timezone.timedelta(seconds=stale_after)
+    rows = list(DBTaskResult.objects.filter(status=TaskResultStatus.RUNNING, task_path=PLAN_TASK_PATH, started_at__lt=cutoff)
+                .values_list("id", flat=True))
+    if not rows:
+        return []
+    alive = {_uuid(t) for t in Plan.objects.filter(status=PlanStatus.RUNNING, heartbeat_at__gte=cutoff).values_list("task_id", flat=True)}
+    reasons = {_uuid(t): r for t, r in Plan.objects.exclude(task_id="").values_list("task_id", "failure_reason")}
+    lost = []
+    for row_id in rows:
+        if row_id in alive:
+            continue
+        reason = reasons.get(row_id) or f"{WORKER_LOST}: the job stopped without finishing (limit {stale_after:g} s)."
+        n = DBTaskResult.objects.filter(pk=row_id, status=TaskResultStatus.RUNNING).update(
+            status=TaskResultStatus.FAILED, finished_at=now, return_value=None,
+            exception_class_path="planning.services.WorkerLost", traceback=reason)
+        if n:
+            lost.append(row_id)
+    if lost:
+        log.warning("marked %d plan task row(s) of lost workers failed: %s", len(lost), ", ".join(map(str, lost)))
+    return lost
+
+
+class WorkerLost(Exception):
+    """The error recorded on a task row whose worker died mid-job (never raised)."""
 
 
 def plan_status(plan):

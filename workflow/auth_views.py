@@ -37,6 +37,10 @@ class TokenLoginView(knox_views.LoginView):
 
 
 class TokenLogoutView(knox_views.LogoutView):
-    @extend_schema(summary="Revoke the API token sent with this request", request=None, responses={204: None})
+    @extend_schema(
+        summary="Revoke the API token sent with this request",
+        request=None,
+        responses={204: None, 401: OpenApiResponse(description="No valid token sent")},
+    )
     def post(self, request, format=None):
         return super().post(request, format)

@@ -1,9 +1,17 @@
-"""Login is required everywhere: patient data never leaves the server to an anonymous request."""
+"""Login is required everywhere, and nothing a signed-in user sees is kept by a browser or proxy cache.
+
+- ``LoginRequiredEverywhere``: patient data never leaves the server to an anonymous request.
+- ``NoStoreForSignedIn``: every response to a signed-in user (session, token or Basic on the API) and every API
+  response carries ``Cache-Control: no-store, private``, so a shared or back-button cache never holds patient
+  data. Static files keep their own caching.
+"""
 
 from django.conf import settings
 from django.contrib.auth.views import redirect_to_login
+from django.utils.cache import patch_cache_control
 
 OPEN_PREFIXES = ("/accounts/login", "/static/", "/favicon.ico", "/healthz")
+CACHEABLE_PREFIXES = ("/static/", "/favicon.ico")
 
 
 class LoginRequiredEverywhere:
@@ -18,3 +26,17 @@ class LoginRequiredEverywhere:
             # DRF authenticates API requests itself (session or HTTP basic) and answers 401/403.
             return self.get_response(request)
         return redirect_to_login(request.get_full_path(), settings.LOGIN_URL)
+
+
+class NoStoreForSignedIn:
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        response = self.get_response(request)
+        if request.path.startswith(CACHEABLE_PREFIXES):
+            return response
+        user = getattr(request, "user", None)  # DRF sets it on the request once it has authenticated
+        if request.path.startswith("/api/") or (user is not None and user.is_authenticated):
+            patch_cache_control(response, no_store=True, private=True)
+        return response

@@ -68,11 +68,12 @@ def database_url():
 class Workers:
     """Task-worker subprocesses on the test database: ``db_worker`` (default) or RQ workers (RADPATH_CI_REDIS=1)."""
 
-    def __init__(self, settings, media_root):
+    def __init__(self, settings, media_root, redis=None):
         self.settings = settings
         self.media_root = media_root
         self.procs = []
-        self.redis = use_redis()
+        self.extra_env = {}
+        self.redis = use_redis() if redis is None else redis
         if self.redis:
             settings.TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
             import django_rq
@@ -91,6 +92,7 @@ class Workers:
             DEBUG="0",
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra_env)
         return env
 
     def start(self, n=1):
@@ -148,6 +150,15 @@ class Workers:
 def workers(settings, media_root, transactional_db):
     media_root.mkdir(parents=True, exist_ok=True)
     w = Workers(settings, media_root)
+    yield w
+    w.stop()
+
+
+@pytest.fixture
+def db_workers(settings, media_root, transactional_db):
+    """``manage.py db_worker`` processes on the database queue, also in CI's Redis pass (the task table is theirs)."""
+    media_root.mkdir(parents=True, exist_ok=True)
+    w = Workers(settings, media_root, redis=False)
     yield w
     w.stop()
 

@@ -1,5 +1,6 @@
 """Plan jobs on real worker processes: two workers run two plans concurrently, a running job is cancelled, a
-worker killed mid-job leaves the plan failed (heartbeat reaper) and the retry completes.
+worker killed mid-job leaves the plan failed (heartbeat reaper) and the retry completes, and a surviving
+``db_worker`` fails the killed worker's plan and its task-table row by itself.
 
 Workers are ``manage.py db_worker`` subprocesses on the test database (the embedded default); with
 RADPATH_CI_REDIS=1 (CI's second pass) the same tests run on RQ workers (``manage.py rqworker --job-class
@@ -95,3 +96,40 @@ def test_worker_killed_mid_job_fails_then_retry_succeeds(workers, cshape_course,
     assert plan.attempts == 2
     wait_for(_done(plan, workers), timeout=90, message="retry done")
     assert _status(plan).history.filter(status="failed").exists()
+
+
+def test_a_surviving_worker_fails_the_killed_workers_plan_and_task_row(db_workers, cshape_course, physicist):
+    """Issue 13: a killed worker's task row stayed RUNNING for ever. Nobody reads the plan's status here: the
+    second worker's reaper (at start, then every 0.5 s; stale after 2 s without a heartbeat) does it all."""
+    from django_tasks_db.models import DBTaskResult, TaskResultStatus
+
+    from planning.tasks import run_plan_task
+
+    db_workers.extra_env.update(RADPATH_PLAN_STALE_SECONDS="2", RADPATH_REAP_INTERVAL_SECONDS="0.5")
+    (first,) = db_workers.start(1)
+    plan = services.start_plan(services.create_plan(cshape_course, user=physicist, **dict(FAST, max_iterations=150)), user=physicist)
+    wait_for(lambda: _status(plan).status == PlanStatus.RUNNING and _status(plan).heartbeat_at, timeout=60, message="running")
+    row = DBTaskResult.objects.get(pk=plan.task_id)
+    assert row.status == TaskResultStatus.RUNNING
+    db_workers.kill(first)  # SIGKILL: no chance to record anything
+    assert DBTaskResult.objects.get(pk=row.pk).status == TaskResultStatus.RUNNING
+    assert _status(plan).status == PlanStatus.RUNNING
+
+    db_workers.start(1)
+    wait_for(lambda: DBTaskResult.objects.get(pk=row.pk).status == TaskResultStatus.FAILED, timeout=60,
+             message=f"the task row failed by the surviving worker\n{db_workers.logs()}")
+    p = _status(plan)
+    assert p.status == PlanStatus.FAILED and p.progress_message == "Worker lost"
+    assert p.failure_reason.startswith("Worker lost: the worker ") and "retry the plan" in p.failure_reason
+    row = DBTaskResult.objects.get(pk=row.pk)
+    assert row.exception_class_path == "planning.services.WorkerLost" and row.traceback == p.failure_reason
+    assert row.finished_at is not None
+    result = run_plan_task.get_result(plan.task_id)
+    assert result.status.name == "FAILED" and result.errors[0].exception_class_path == "planning.services.WorkerLost"
+
+    plan = services.retry_plan(plan, user=physicist)  # the surviving worker runs the retry
+    assert plan.attempts == 2 and plan.task_id != str(row.pk)
+    wait_for(_done(plan, db_workers), timeout=120, message="retry done")
+    # the worker records the task's success just after the job marked the plan done
+    wait_for(lambda: DBTaskResult.objects.get(pk=plan.task_id).status == TaskResultStatus.SUCCESSFUL, timeout=30,
+             message="the retry's task row successful")

@@ -37,6 +37,7 @@ def test_five_wrong_passwords_lock_the_username_on_the_login_page(client, users)
     assert "did not match" in _page_login(client, "nobody", "wrong-password-123", "10.0.0.50").content.decode()
     response = _page_login(client, "therapist", PASSWORD, "10.0.0.99")
     assert response.status_code == 429
+    assert "Too many failed logins (5)" in response.content.decode() and "0:15:00" in response.content.decode()
     assert "_auth_user_id" not in client.session
     # another user is not affected
     assert _page_login(client, "scheduler", PASSWORD, "10.0.0.99").status_code == 302
