@@ -88,8 +88,16 @@ class AnalysisForm(forms.Form):
     min_toxicity_grade = forms.TypedChoiceField(choices=[("", "Any")] + [(g, f">= {g}") for g in range(1, 6)], coerce=int,
                                                 required=False, empty_value=None, label="Toxicity grade at least")
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    DEFAULTS = {"endpoint": "os", "time_zero": "rt_start", "conf_type": "log"}
+
+    def __init__(self, data=None, *args, **kwargs):
+        if data is not None:
+            # A partial URL (``?endpoint=os&group_by=multimodal``) runs with the defaults for what it leaves out.
+            data = data.copy()
+            for name, value in self.DEFAULTS.items():
+                if not data.get(name):
+                    data[name] = value
+        super().__init__(data, *args, **kwargs)
         if services.toxicity_model() is None:
             del self.fields["min_toxicity_grade"]
             self.fields["group_by"].choices = [c for c in self.fields["group_by"].choices if c[0] != "grade3_toxicity"]

@@ -24,6 +24,7 @@ years), numbers at risk, log-rank across groups and a Cox model with a proportio
 from __future__ import annotations
 
 import datetime as dt
+import logging
 import warnings
 from dataclasses import dataclass, field
 
@@ -44,6 +45,8 @@ from . import endpoints as ep
 from . import response as rs
 from . import survival as sv
 from .columnar import fetch_columns
+
+logger = logging.getLogger(__name__)
 from .models import (
     AssessmentKind,
     CourseOutcome,
@@ -74,6 +77,41 @@ GROUPINGS = {
     "sex": "Sex",
     "grade3_toxicity": "Grade >= 3 toxicity",
 }
+def group_label(group_by, value):
+    """A group's name as the clinic says it (``Pleural mesothelioma``, not ``pleural_mesothelioma``)."""
+    from workflow.models import DiseaseSite, Intent, Sex, Technique
+
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return "Unknown"
+    text = str(value)
+    choices = {"site": DiseaseSite, "intent": Intent, "technique": Technique, "sex": Sex}.get(group_by)
+    if choices is not None:
+        return dict(choices.choices).get(text, text.replace("_", " ").capitalize())
+    if group_by == "multimodal":
+        return {"surgery+chemo+RT": "Surgery + chemotherapy + RT", "other": "Not multimodal"}.get(text, text)
+    if group_by == "grade3_toxicity":
+        return {"True": "Grade >= 3 toxicity", "False": "No grade >= 3 toxicity", "yes": "Grade >= 3 toxicity",
+                "no": "No grade >= 3 toxicity"}.get(text, text)
+    return text
+
+
+def covariate_label(covariate):
+    """``site=pleural_mesothelioma`` -> ``Diagnosis site: Pleural mesothelioma (vs reference)``; age and sex named."""
+    if covariate == "age_years":
+        return "Age (per year)"
+    if covariate == "sex=M":
+        return "Male (vs female)"
+    name, _, value = covariate.partition("=")
+    if not value:
+        return covariate
+    return f"{GROUPINGS.get(name, name)}: {group_label(name, value)}"
+
+
+COX_FAILED = ("The Cox model could not be fitted to this cohort: the fit did not converge. This happens when a group "
+              "has too few events, when a covariate separates the events almost perfectly, or when two covariates carry "
+              "the same information (say every patient of one site is male). Use a coarser grouping or a larger cohort; "
+              "the Kaplan-Meier curves, medians and log-rank test do not depend on it.")
+
 CI_METHODS = {
     "log": "log transform, S*exp(+-1.96*sigma), Greenwood sigma on the cumulative-hazard scale (R survfit default)",
     "log-log": "log-log transform (lifelines default; R conf.type='log-log')",
@@ -575,6 +613,14 @@ class AnalysisResult:
         step = YEAR_DAYS / 2 if tmax <= 3 * YEAR_DAYS else YEAR_DAYS
         return [i * step for i in range(int(tmax // step) + 1)]
 
+    def _cox_dict(self):
+        if not self.cox:
+            return None
+        cox = self.cox.to_dict()
+        for term in cox.get("terms", []):
+            term["label"] = covariate_label(term["covariate"])
+        return cox
+
     def to_dict(self, include_points=True):
         times = self.landmark_days()
         risk_times = self.risk_times_days()
@@ -582,6 +628,9 @@ class AnalysisResult:
         for label, km in self.curves.items():
             summ = sv.summarize(km, times)
             g = summ.to_dict()
+            g["display"] = group_label(self.group_by, label) if self.group_by else "All patients"
+            g["median_months"] = {k: (None if g["median"].get(k) is None else g["median"][k] / ep.DAYS_PER_MONTH)
+                                  for k in ("median", "lower", "upper")}
             for row, years in zip(g["at_times"], LANDMARK_YEARS):
                 row["years"] = years
             g["at_risk"] = sv.number_at_risk(km, risk_times)
@@ -602,9 +651,11 @@ class AnalysisResult:
             "n_excluded": self.n_excluded,
             "landmarks_days": times,
             "at_risk_times_days": risk_times,
+            "at_risk_times_months": [t / ep.DAYS_PER_MONTH for t in risk_times],
+            "days_per_month": ep.DAYS_PER_MONTH,
             "groups": groups,
             "logrank": self.logrank.to_dict() if self.logrank else None,
-            "cox": self.cox.to_dict() if self.cox else None,
+            "cox": self._cox_dict(),
             "cox_error": self.cox_error,
             "notes": self.notes,
             "suppressed_groups": self.suppressed_groups,
@@ -695,7 +746,8 @@ def _cox(df, dcol, ecol, group_by):
             warnings.simplefilter("ignore")
             return sv.cox_ph(data, dcol, ecol, covs), None
     except Exception as exc:  # noqa: BLE001 - a degenerate fit (e.g. separation) is reported, not a 500
-        return None, f"Cox model did not converge: {exc}"
+        logger.info("Cox fit failed on %s covariate(s): %s", len(covs), exc)
+        return None, COX_FAILED
 
 
 def km_figure(result, fmt="png"):
@@ -706,8 +758,9 @@ def km_figure(result, fmt="png"):
     step = 6 if tmax <= 36 else 12
     risk = [float(i * step) for i in range(int(tmax // step) + 1)]
     title = f"{ENDPOINTS[result.endpoint]} from {'start of RT' if result.time_zero == 'rt_start' else 'diagnosis'}"
+    curves = {group_label(result.group_by, k) if result.group_by else "All patients": v for k, v in result.curves.items()}
     return figures.km_figure(
-        result.curves, risk_times=risk, fmt=fmt, time_scale=ep.DAYS_PER_MONTH, xlabel="Months", title=title,
+        curves, risk_times=risk, fmt=fmt, time_scale=ep.DAYS_PER_MONTH, xlabel="Months", title=title,
         ylabel=ENDPOINTS[result.endpoint] + " probability",
     )
 

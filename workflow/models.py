@@ -400,6 +400,18 @@ class Fraction(ClinicalRecord):
         return f"{self.course.patient.mrn} fx {self.number} {self.starts_at:%Y-%m-%d %H:%M} {self.status}"
 
     @property
+    def is_live(self):
+        return self.status in (AppointmentStatus.SCHEDULED, AppointmentStatus.DELIVERED)
+
+    @property
+    def number_label(self):
+        """The number to show: a live fraction's dose-fraction number; a missed or cancelled appointment is not a
+        fraction of the course any more (its number went to the next live one), so it reads "missed (was 12)"."""
+        if self.is_live:
+            return str(self.number)
+        return f"{self.get_status_display().lower()} (was {self.number})"
+
+    @property
     def ends_at(self):
         return self.starts_at + timedelta(minutes=self.duration_minutes)
 

@@ -393,6 +393,21 @@ def cancel_last_scheduled(course, count, *, user=None, reason=""):
     return last
 
 
+def skipped_days(course, calendar=None):
+    """The weekdays inside the course's span (first to last live fraction) on which the clinic is closed, with the
+    reason: [(day, "Thanksgiving Day"), (day, "Linac upgrade"), ...]. Weekends are not listed: never treatment days."""
+    days = [local_day(t) for t in course.fractions.filter(status__in=LIVE).order_by("starts_at").values_list("starts_at", flat=True)]
+    if not days:
+        return []
+    calendar = calendar or ClinicCalendar()
+    out, day = [], days[0]
+    while day < days[-1]:
+        day += dt.timedelta(days=1)
+        if day.weekday() < 5 and not calendar.is_open(day):
+            out.append((day, calendar.closure_reason(day)))
+    return out
+
+
 @dataclass
 class Missed:
     fraction: Fraction

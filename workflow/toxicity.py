@@ -464,32 +464,57 @@ COURSE_COLUMNS = [
 ]
 
 
-def _recorded_death_and_contacts(patient):
-    """The patient's recorded death date and follow-up assessment dates from the outcomes app, when installed."""
-    death, seen = None, []
-    deaths = getattr(patient, "deaths", None)
-    if deaths is not None:
-        death = deaths.filter(voided_at__isnull=True).values_list("date", flat=True).first()
-    assessments = getattr(patient, "assessments", None)
-    if assessments is not None:
-        seen = list(assessments.filter(voided_at__isnull=True).values_list("date", flat=True))
-    return death, seen
+def _cohort_facts(courses_qs):
+    """Everything ``_course_row`` reads, for the whole cohort in a few queries (not five per course): per course its
+    fraction days, events, latest weekly review and done follow-up visit; per patient the first recorded death
+    and the latest assessment (outcomes app, when installed)."""
+    from django.apps import apps
+    from django.db.models import Max, Min, Q
+
+    from .models import Course, FollowUpVisit
+
+    booked = Q(fractions__status__in=[AppointmentStatus.SCHEDULED, AppointmentStatus.DELIVERED])
+    courses = list(
+        Course.objects.filter(pk__in=courses_qs.values("pk")).select_related("diagnosis").annotate(
+            _first=Min("fractions__starts_at", filter=booked), _last=Max("fractions__starts_at", filter=booked),
+            _last_delivered=Max("fractions__starts_at", filter=Q(fractions__status=AppointmentStatus.DELIVERED)),
+        ).order_by(*(courses_qs.query.order_by or Course._meta.ordering))
+    )
+    ids = [c.pk for c in courses]
+    patients = {c.patient_id for c in courses}
+    events = {}
+    for ev in ToxicityEvent.objects.active().filter(course_id__in=ids):
+        events.setdefault(ev.course_id, []).append(ev)
+    reviews = dict(WeeklyReview.objects.filter(course_id__in=ids, voided_at__isnull=True).values("course_id")
+                   .annotate(m=Max("review_date")).values_list("course_id", "m"))
+    visits = dict(FollowUpVisit.objects.filter(course_id__in=ids, status="done").values("course_id")
+                  .annotate(m=Max("due_date")).values_list("course_id", "m"))
+    deaths, seen = {}, {}
+    if apps.is_installed("outcomes"):
+        Death, Assessment = apps.get_model("outcomes", "Death"), apps.get_model("outcomes", "FollowUpAssessment")
+        for patient_id, date in Death.objects.filter(patient_id__in=patients, voided_at__isnull=True).order_by("date", "pk").values_list("patient_id", "date"):
+            deaths.setdefault(patient_id, date)
+        seen = dict(Assessment.objects.filter(patient_id__in=patients, voided_at__isnull=True).values("patient_id")
+                    .annotate(m=Max("date")).values_list("patient_id", "m"))
+    return courses, events, reviews, visits, deaths, seen
 
 
-def _course_row(course):
-    start, end = course_start(course), course_end(course)
-    events = list(ToxicityEvent.objects.active().filter(course=course))
-    death, seen = _recorded_death_and_contacts(course.patient)
+def _course_row(course, events, review, visit, death, seen):
+    """One course of the cohort (see ``toxicity_frame``); the RT days follow ``course_start`` / ``course_end``."""
+    start = local_day(course._first) if course._first else None
+    if course.completed_on:
+        end = course.completed_on
+    else:
+        last = course._last_delivered if course.status == CourseStatus.STOPPED else course._last
+        end = local_day(last) if last else None
     fatal = [e.worst_grade_date for e in events if e.worst_grade == 5]
     if fatal:
         death = min([d for d in [death, *fatal] if d])
     if death is None and course.termination_reason == TerminationReason.DEATH and course.stopped_on:
         death = course.stopped_on
-    contact = [d for d in [end, death, *seen] if d]
+    contact = [d for d in [end, death, seen, review, visit] if d]
     for e in events:
         contact += [d for d in (e.onset_date, e.grade_date, e.resolved_date) if d]
-    contact += list(course.weekly_reviews.filter(voided_at__isnull=True).values_list("review_date", flat=True))
-    contact += list(course.followup_visits.filter(status="done").values_list("due_date", flat=True))
     return {
         "course_id": course.pk,
         "patient_id": course.patient_id,
@@ -503,7 +528,7 @@ def _course_row(course):
         "rt_end": end,
         "death_date": death,
         "last_followup_date": max(contact) if contact else start,
-    }, events
+    }
 
 
 def toxicity_frame(courses_qs):
@@ -513,12 +538,16 @@ def toxicity_frame(courses_qs):
     course-level frame (every course, with or without events: the denominator) is in ``frame.attrs["courses"]``.
     This is the input of ``outcomes.toxicity_stats`` (events: course_id, term, grade, onset_date; courses:
     course_id, rt_start, rt_end, death_date, last_followup_date). ``grade`` is the event's worst grade.
+    The cohort is read in a fixed number of queries whatever its size (``_cohort_facts``).
     """
     import pandas as pd
 
     course_rows, event_rows = [], []
-    for course in courses_qs.select_related("patient", "diagnosis"):
-        row, events = _course_row(course)
+    cohort, all_events, reviews, visits, deaths, seen = _cohort_facts(courses_qs)
+    for course in cohort:
+        events = all_events.get(course.pk, [])
+        row = _course_row(course, events, reviews.get(course.pk), visits.get(course.pk), deaths.get(course.patient_id),
+                          seen.get(course.patient_id))
         if row["rt_start"] is None:
             continue  # never treated: not part of a toxicity cohort
         course_rows.append(row)

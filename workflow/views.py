@@ -266,6 +266,7 @@ def course_detail(request, pk):
             "stop_form": StopCourseForm(),
             "is_open": course.status not in ("completed", "stopped"),
             "has_scheduled": fractions.filter(status=AppointmentStatus.SCHEDULED).exists(),
+            "skipped": scheduling.skipped_days(course),
             "today": timezone.localdate(),
         }
     )
@@ -285,9 +286,11 @@ def course_schedule(request, pk):
         except SERVICE_ERRORS as exc:
             add_service_error(form, exc)
         else:
+            skipped = scheduling.skipped_days(course)
+            skipped_text = (" Skipped: " + "; ".join(f"{d:%a %d %b} ({reason})" for d, reason in skipped) + ".") if skipped else ""
             messages.success(
                 request,
-                f"Booked {len(booking.fractions)} fractions from {booking.first_day:%a %d %b %Y} to {booking.last_day:%a %d %b %Y}.",
+                f"Booked {len(booking.fractions)} fractions from {booking.first_day:%a %d %b %Y} to {booking.last_day:%a %d %b %Y}.{skipped_text}",
             )
             return redirect("course-detail", pk=course.pk)
     return render(request, "workflow/course_schedule.html", {"course": course, "patient": course.patient, "form": form})

@@ -124,8 +124,10 @@ def test_researcher_runs_a_survival_analysis_and_exports_the_cohort(transactiona
             assert plot.evaluate("img => img.complete && img.naturalWidth > 400")
             table = page.locator("table", has=page.locator("caption", has_text="Median and landmark survival"))
             expect(table.locator("tbody tr")).to_have_count(2)
-            expect(table.locator("tbody tr", has_text="other")).to_contain_text("330")
-            expect(table.locator("tbody tr", has_text="surgery+chemo+RT")).to_contain_text("800")
+            # medians in months, like the plot: 330 days = 10.8 months, 800 days = 26.3 months; labels, not codes
+            expect(table.locator("tbody tr", has_text="Not multimodal")).to_contain_text("10.8")
+            expect(table.locator("tbody tr", has_text="Surgery + chemotherapy + RT")).to_contain_text("26.3")
+            expect(table.locator("tbody tr", has_text="surgery+chemo+RT")).to_have_count(0)
             expect(page.locator("p", has_text="Log-rank")).to_contain_text(f"{expected['logrank']['chisq']:.2f} on 1 df")
             expect(page.get_by_text("FamilyAN0000")).to_have_count(0)
 

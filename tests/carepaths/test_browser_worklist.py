@@ -71,3 +71,41 @@ def test_physicist_completes_the_plan_check_and_the_patient_moves_on(transaction
     assert physics.status == "done" and physics.completed_by == users["physicist"] and physics.completed_on == today
     assert course.carepath.tasks.get(code="plan_approval").status == "open"
     assert carepaths.carepath_gate(course) is not None  # plan approval still blocks until the plan is approved
+
+
+CHAIN = ["consult", "simulation", "contouring", "planning", "physics_check", "plan_approval", "first_fraction"]
+
+
+@pytest.mark.browser
+@pytest.mark.urls("tests.carepaths.urls")
+def test_board_columns_stay_on_a_laptop_screen(transactional_db, live_server, users, clinic):
+    """Patients at eight different steps: on a 1024 px window every column is on the page (they wrap onto rows),
+    none runs off to the right and the board has no horizontal scroll."""
+    import datetime as dt
+
+    from playwright.sync_api import sync_playwright
+
+    from workflow.models import Patient
+
+    cal, today = ClinicCalendar(), timezone.localdate()
+    for k in range(len(CHAIN) + 1):
+        p = Patient.objects.create(mrn=f"B{k}", given_name="Board", family_name=f"Step{k}", birth_date=dt.date(1960, 1, 1), sex="F")
+        course = make_course(p)
+        start = _back(cal, today, 2 * len(CHAIN) + 2)
+        done = {code: _back(cal, today, 2 * (len(CHAIN) - i)) for i, code in enumerate(CHAIN[:k])}
+        carepaths.replay_path(course.carepath, started_on=start, users=users, today=today, completions=done)
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1024, "height": 800})
+            login(page, live_server.url, "oncologist", "/carepaths/board/")
+            columns = page.locator(".board-col")
+            assert columns.count() >= 7
+            board = page.locator(".board").evaluate("b => [b.scrollWidth, b.clientWidth]")
+            assert board[0] <= board[1], board
+            assert page.evaluate("document.documentElement.scrollWidth") <= 1024
+            for i in range(columns.count()):
+                box = columns.nth(i).bounding_box()
+                assert box["x"] >= 0 and box["x"] + box["width"] <= 1024, (i, box)
+        finally:
+            browser.close()

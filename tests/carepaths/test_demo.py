@@ -40,3 +40,18 @@ def test_demo_paths_cover_every_step_with_some_overdue(templates):
     frame = carepaths.carepath_timing_frame()
     assert frame["sim_to_first_fraction"].notna().sum() >= 5
     assert CareTask.objects.filter(status="done").exclude(completed_on__lte=TODAY).count() == 0
+
+
+def test_demo_registry_cohort_gets_no_care_paths(templates):
+    """The full demo (with the outcomes extension's historical registry cohort): only the clinic's own courses have
+    paths; not one task sits on a course entered completed, and the oncologist's consult queue is the handful of
+    new patients, not hundreds of historical ones."""
+    from workflow.models import Course
+
+    demo.seed(patients=demo.MIN_PATIENTS + 8, today=TODAY)
+    registry = Course.objects.filter(name__startswith="Registry")
+    assert registry.count() > 100
+    assert not CarePath.objects.filter(course__in=registry).exists()
+    consults = CareTask.objects.filter(code="consult", status__in=carepaths.LIVE)
+    assert 0 < consults.count() <= 5
+    assert not consults.filter(path__course__status__in=["completed", "stopped"]).exists()

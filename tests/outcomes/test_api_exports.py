@@ -269,3 +269,38 @@ def test_csv_formula_escape_covers_tab_and_carriage_return_and_leaves_numbers():
         "'=1+1", "'+1", "'-1", "'@x", "'\tx", "'\rx", "a=1", "", None, -3]
     out = csv_safe(pd.DataFrame({"arm": ["=cmd|' /C calc'!A0", "B"], "day": [-12, 4]}))
     assert out["arm"].tolist() == ["'=cmd|' /C calc'!A0", "B"] and out["day"].tolist() == [-12, 4]
+
+
+def test_analysis_page_takes_a_partial_url_and_speaks_in_months_and_labels(cohort, researcher):
+    """``?endpoint=os&group_by=multimodal`` runs with the defaults (RT start, log CI). Medians in months beside the
+    plot in months. Multimodal: patient 1 died 593 days after RT start, patient 3 censored at 1,369 days; S is
+    exactly 0.5 from 593, so R's median is the midpoint (593 + 1369) / 2 = 981 days = 32.2 months, lower limit 593
+    days = 19.5. Not multimodal: (624 + 1369) / 2 = 996.5 days = 32.7 months, lower 624 days = 20.5."""
+    c = client_for(researcher)
+    page = c.get("/outcomes/analysis/?endpoint=os&group_by=multimodal")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "This field is required" not in html and "Log-rank" in html
+    assert "Median, months (95 % CI)" in html and "Number at risk (months from time zero)" in html
+    assert '<th scope="row">Surgery + chemotherapy + RT</th><td>2</td><td>1</td>\n      <td>32.2 (19.5–NA)</td>' in html
+    assert '<th scope="row">Not multimodal</th><td>2</td><td>1</td>\n      <td>32.7 (20.5–NA)</td>' in html
+    body = c.get("/api/outcomes/survival/", {"group_by": "multimodal"}).json()
+    medians = {g["label"]: (g["median"]["median"], g["median_months"]["median"]) for g in body["groups"]}
+    assert medians["surgery+chemo+RT"] == (981, pytest.approx(981 / 30.4375))
+    by_site = c.get("/outcomes/analysis/?group_by=site").content.decode()
+    assert '<th scope="row">Pleural mesothelioma</th>' in by_site and '<th scope="row">pleural_mesothelioma</th>' not in by_site
+
+
+def test_a_failed_cox_fit_is_explained_not_lifelines_text():
+    """Sex identical to site makes the design matrix singular: lifelines raises with its own advice and URL; the
+    analysis says what went wrong in the clinic's terms instead."""
+    import numpy as np
+
+    site = np.array(["lung"] * 20 + ["prostate"] * 20)
+    df = pd.DataFrame({"os_days": np.linspace(50, 900, 40), "os_event": np.r_[np.ones(30), np.zeros(10)].astype(int),
+                       "site": site, "sex": np.where(site == "lung", "M", "F"), "age_years": np.r_[71.0, np.full(39, 70.0)]})
+    cox, error = services._cox(df, "os_days", "os_event", "site")
+    assert cox is None and error == services.COX_FAILED
+    assert "lifelines" not in error and "http" not in error and "matrix" not in error
+    assert services.covariate_label("site=pleural_mesothelioma") == "Diagnosis site: Pleural mesothelioma"
+    assert services.covariate_label("sex=M") == "Male (vs female)"

@@ -204,3 +204,25 @@ def test_simulation_form_books_a_visit(web, course, clinic):
     assert response.status_code == 302
     visit = SimulationVisit.objects.get(course=course)
     assert visit.immobilisation == "Wing board"
+
+
+@pytest.mark.django_db
+def test_course_page_names_the_skipped_days_and_numbers_a_missed_appointment_apart(web, patient, clinic, users):
+    """5 fractions from Mon 22 Nov 2027: Tue 23 (a closure) and Thu 25 (Thanksgiving) are skipped, with reasons.
+    Fraction 2 missed: its number goes to the next live fraction, so the missed row reads "missed (was 2)" and
+    exactly one live row is numbered 2 (there were two rows numbered 2)."""
+    Closure.objects.create(date=dt.date(2027, 11, 23), reason="Linac upgrade")
+    course = make_course(patient, fractions=5, dose=Decimal("4.00"))
+    booking = scheduling.book_course(course, dt.date(2027, 11, 22), machine=clinic["linac1"], user=users["scheduler"])
+    assert [scheduling.local_day(f.starts_at) for f in booking.fractions] == [
+        dt.date(2027, 11, 22), dt.date(2027, 11, 24), dt.date(2027, 11, 26), dt.date(2027, 11, 29), dt.date(2027, 11, 30)]
+    assert [(d, r) for d, r in scheduling.skipped_days(course)][0] == (dt.date(2027, 11, 23), "Linac upgrade")
+    scheduling.mark_missed(booking.fractions[1], user=users["therapist"], reason="Patient unwell")
+    html = web("oncologist").get(f"/courses/{course.pk}/").content.decode()
+    assert "Tue 23 Nov: Linac upgrade" in html and "Thu 25 Nov: Thanksgiving" in html
+    assert html.count("<td>missed (was 2)</td>") == 1
+    import re
+
+    numbers = re.findall(r'<tr class="status-(\w+)">\s*<td>([^<]+)', html)
+    assert numbers == [("scheduled", "1"), ("missed", "missed (was 2)"), ("scheduled", "2"), ("scheduled", "3"),
+                       ("scheduled", "4"), ("scheduled", "5 ")]  # the make-up, tagged after its number
