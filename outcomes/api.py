@@ -17,7 +17,9 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from workflow.errors import RuleViolation
+from workflow.downloads import attachment
 from workflow.models import Course
+from workflow.params import query_id
 
 from . import exports, services
 from . import serializers as s
@@ -74,8 +76,8 @@ class AssessmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
 
     def get_queryset(self):
         qs = FollowUpAssessment.objects.select_related("override_by").order_by("date", "pk")
-        course = self.request.query_params.get("course")
-        if course:
+        course = query_id(self.request.query_params, "course")
+        if course is not None:
             qs = qs.filter(course_id=course)
         if self.request.query_params.get("include_voided") not in ("1", "true"):
             qs = qs.active()
@@ -175,10 +177,13 @@ class ToxicityAnalysisView(APIView):
         return Response(services.toxicity_analysis_dict(cohort_from(request)))
 
 
+FIGURE_RESPONSES = {(200, "image/png"): OpenApiTypes.BINARY, (200, "image/svg+xml"): OpenApiTypes.BINARY}
+
+
 class SurvivalPlotView(APIView):
     required_perms = {"read": ANALYSIS}
 
-    @extend_schema(parameters=ANALYSIS_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=ANALYSIS_PARAMS, responses=FIGURE_RESPONSES)
     def get(self, request, fmt):
         data = services.km_figure(analysis_from(request), fmt=fmt)
         return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
@@ -187,7 +192,7 @@ class SurvivalPlotView(APIView):
 class SwimmerPlotView(APIView):
     required_perms = {"read": ANALYSIS}
 
-    @extend_schema(parameters=COHORT_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=COHORT_PARAMS, responses=FIGURE_RESPONSES)
     def get(self, request, fmt):
         data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt)
         return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
@@ -198,13 +203,13 @@ class ExportView(APIView):
 
     required_perms = {"read": DEIDENTIFIED}
 
-    @extend_schema(parameters=COHORT_PARAMS, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=COHORT_PARAMS, responses={(200, ctype): OpenApiTypes.BINARY for ctype in exports.FORMATS.values()})
     def get(self, request, table, fmt):
         data, content_type, filename = exports.export(
             cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start")
         )
         resp = HttpResponse(data, content_type=content_type)
-        resp["Content-Disposition"] = f'attachment; filename="{filename}"'
+        attachment(resp, filename)
         return resp
 
 

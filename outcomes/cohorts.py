@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from django.db.models import Exists, OuterRef
 
 from workflow.errors import RuleViolation
+from workflow.params import in_window, window_message
 from workflow.models import Course, DiseaseSite, Intent, Technique, Treatment, TreatmentKind
 
 from .services import toxicity_model
@@ -42,9 +43,12 @@ def _date(params, name):
     if isinstance(value, dt.date):
         return value
     try:
-        return dt.date.fromisoformat(str(value))
+        day = dt.date.fromisoformat(str(value))
     except ValueError as exc:
         raise RuleViolation(f"{name}: '{value}' is not a date (YYYY-MM-DD).", field=name) from exc
+    if not in_window(day):
+        raise RuleViolation(f"{name}: {window_message()}", field=name)
+    return day
 
 
 def _bool(params, name):

@@ -28,6 +28,7 @@ from . import filters
 from . import serializers as s
 from .clinical import HardDeleteForbidden
 from .errors import ConflictError
+from .downloads import attachment
 from .ics import calendar_filename, patient_calendar_bytes
 from .models import (
     AppointmentStatus,
@@ -195,7 +196,7 @@ class PatientViewSet(
     def calendar(self, request, *args, **kwargs):
         patient = self.get_object()
         response = HttpResponse(patient_calendar_bytes(patient), content_type="text/calendar; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{calendar_filename(patient)}"'
+        attachment(response, calendar_filename(patient))
         return response
 
 
@@ -349,7 +350,7 @@ class CourseViewSet(
         request=None,
         responses={201: s.FollowUpVisitSerializer(many=True), **ERRORS},
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], pagination_class=None, filter_backends=[])
     def followups(self, request, *args, **kwargs):
         course = live(self.get_object())
         with transaction.atomic():

@@ -29,4 +29,12 @@ def exception_handler(exc, context):
         return Response(body, status=status.HTTP_400_BAD_REQUEST)
     if isinstance(exc, DjangoPermissionDenied):
         return Response({"detail": str(exc) or "Permission denied."}, status=status.HTTP_403_FORBIDDEN)
-    return drf_exception_handler(exc, context)
+    if isinstance(exc, OverflowError):
+        # Backstop: a date or number beyond what Python or the database can hold. The field checks
+        # (workflow.params) refuse known cases first, naming the field; this keeps any other one a 400.
+        return Response({"non_field_errors": ["A date or number is out of range."]}, status=status.HTTP_400_BAD_REQUEST)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(response.data, list):
+        # ``raise ValidationError("...")`` without a field: keep the documented shape, an object.
+        response.data = {"non_field_errors": response.data}
+    return response
