@@ -22,3 +22,7 @@ urlpatterns = [
     path("", include("workflow.carepath_urls")),
     path("", include("workflow.urls")),
 ]
+
+# Under /api/ an unmatched URL (or an unforeseen error) answers JSON, as the OpenAPI schema documents.
+handler404 = "workflow.api_errors.not_found"
+handler500 = "workflow.api_errors.server_error"

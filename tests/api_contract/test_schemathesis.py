@@ -1,9 +1,9 @@
 """The OpenAPI schema agrees with the API, and no input makes it answer 500 (issue 13).
 
 schemathesis reads ``/api/schema/`` from a live server holding a seeded demo clinic and, for every operation,
-sends the schema's examples, its coverage cases (each boundary and each kind of invalid value: wrong types,
-missing fields, out-of-range numbers, unknown enum values, NUL bytes ...) and property-based fuzzed inputs, as two
-roles (an oncologist and a scheduler, logged in through the login page). Each response must:
+sends the schema's examples, property-based fuzzed inputs (valid and invalid: wrong types, missing fields,
+out-of-range numbers, unknown enum values ...) and stateful sequences (create, then read/act on what was
+created), as two roles (an oncologist and a scheduler, logged in through the login page). Each response must:
 
 - not be a server error (``not_a_server_error``),
 - have a status code the schema documents for the operation (``status_code_conformance``),
@@ -26,7 +26,9 @@ from .live_clinic import ROOT, live_clinic, session_headers
 pytestmark = pytest.mark.schemathesis
 
 CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance"
-PHASES = "examples,coverage,fuzzing,stateful"
+# The coverage phase (every boundary and invalid value the schema implies, ~5,400 requests per role) takes over
+# 10 minutes on a shared 2-core machine: opt in with RADPATH_SCHEMATHESIS_PHASES=examples,coverage,fuzzing,stateful.
+PHASES = os.environ.get("RADPATH_SCHEMATHESIS_PHASES", "examples,fuzzing,stateful")
 MAX_EXAMPLES = int(os.environ.get("RADPATH_SCHEMATHESIS_EXAMPLES", "3"))
 ROLES = ("oncologist", "scheduler")
 CONFIG = Path(__file__).with_name("schemathesis.toml")

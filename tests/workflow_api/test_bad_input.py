@@ -223,3 +223,10 @@ def test_admin_cannot_delete_a_death_record_and_voids_it_instead(patient):
     death.refresh_from_db()
     assert death.voided_at is not None and death.voided_by == boss
     assert Death.objects.filter(pk=death.pk).exists()
+
+
+@pytest.mark.django_db
+def test_unmatched_api_url_is_a_json_404(api):
+    response = api("oncologist").get("/api/outcomes/exports/nothing.xlsx")
+    assert response.status_code == 404
+    assert errors(response) == {"detail": "Not found."}
