@@ -103,7 +103,13 @@ class PathwayViewSet(viewsets.GenericViewSet):
             exc = ConflictError("The change clashes with an existing record or booking; reload and try again.")
         elif isinstance(exc, HardDeleteForbidden):
             exc = MethodNotAllowed(self.request.method, detail=str(exc))
-        return super().handle_exception(exc)
+        response = super().handle_exception(exc)
+        renderer = getattr(self.request, "accepted_renderer", None)
+        if renderer is not None and "json" not in renderer.media_type:
+            # An error from a non-JSON resource (the .ics calendar) is still the documented JSON error body.
+            self.request.accepted_renderer = renderers.JSONRenderer()
+            self.request.accepted_media_type = "application/json"
+        return response
 
     def perform_create(self, serializer):
         with transaction.atomic():

@@ -230,3 +230,10 @@ def test_unmatched_api_url_is_a_json_404(api):
     response = api("oncologist").get("/api/outcomes/exports/nothing.xlsx")
     assert response.status_code == 404
     assert errors(response) == {"detail": "Not found."}
+
+
+@pytest.mark.django_db
+def test_calendar_of_a_missing_patient_is_a_json_404(api):
+    response = api("oncologist").get("/api/patients/999999/calendar/")
+    assert response.status_code == 404
+    assert set(errors(response)) == {"detail"}  # errors() also asserts the JSON Content-Type
