@@ -44,7 +44,7 @@ def run_schemathesis(base, headers, report):
     st = Path(sys.executable).with_name("st")
     command = [str(st), "--config-file", str(CONFIG), "--no-color", "run", f"{base}/api/schema/?format=json",
                "--checks", CHECKS, "--phases", PHASES, "--max-examples", str(MAX_EXAMPLES), "--seed", "13",
-               "--generation-deterministic", "--workers", "1", "--request-timeout", "60",
+               "--generation-deterministic", "--workers", "1", "--request-timeout", "120",
                "--report", "junit", "--report-junit-path", str(report)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
