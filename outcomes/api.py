@@ -17,6 +17,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from workflow.errors import RuleViolation
+from workflow.downloads import attachment
 from workflow.models import Course
 
 from . import exports, services
@@ -199,10 +200,13 @@ class NTCPView(APIView):
                                                                                   user=request.user)))
 
 
+FIGURE_RESPONSES = {(200, "image/png"): OpenApiTypes.BINARY, (200, "image/svg+xml"): OpenApiTypes.BINARY}
+
+
 class SurvivalPlotView(APIView):
     required_perms = {"read": ANALYSIS}
 
-    @extend_schema(parameters=ANALYSIS_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=ANALYSIS_PARAMS, responses=FIGURE_RESPONSES)
     def get(self, request, fmt):
         data = services.km_figure(analysis_from(request), fmt=fmt)
         return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
@@ -211,7 +215,7 @@ class SurvivalPlotView(APIView):
 class SwimmerPlotView(APIView):
     required_perms = {"read": ANALYSIS}
 
-    @extend_schema(parameters=COHORT_PARAMS, responses={(200, "image/png"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=COHORT_PARAMS, responses=FIGURE_RESPONSES)
     def get(self, request, fmt):
         data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt,
                                        user=request.user)
@@ -223,14 +227,14 @@ class ExportView(APIView):
 
     required_perms = {"read": DEIDENTIFIED}
 
-    @extend_schema(parameters=COHORT_PARAMS, responses={(200, "application/octet-stream"): OpenApiTypes.BINARY})
+    @extend_schema(parameters=COHORT_PARAMS, responses={(200, ctype): OpenApiTypes.BINARY for ctype in exports.FORMATS.values()})
     def get(self, request, table, fmt):
         data, content_type, filename = exports.export(
             cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start"),
             user=request.user,
         )
         resp = HttpResponse(data, content_type=content_type)
-        resp["Content-Disposition"] = f'attachment; filename="{filename}"'
+        attachment(resp, filename)
         return resp
 
 

@@ -41,6 +41,7 @@ from django.contrib.auth import get_user_model
 from django.db import IntegrityError, transaction
 
 from workflow.errors import RuleViolation
+from workflow.params import in_window, window_message
 
 IDENTIFIED = "workflow.view_identified"
 DATE_FILTERS = ("diagnosed_from", "diagnosed_to", "rt_start_from", "rt_start_to")
@@ -87,17 +88,21 @@ def parse_filter_date(name, value, *, month_only=False):
     else:
         text = str(value).strip()
     end = name.endswith("_to")
+    precise = False
     try:
         if m := _MONTH.match(text):
             y, mo = int(m[1]), int(m[2])
-            return dt.date(y, mo, calendar.monthrange(y, mo)[1] if end else 1)
-        if m := _YEAR.match(text):
+            day = dt.date(y, mo, calendar.monthrange(y, mo)[1] if end else 1)
+        elif m := _YEAR.match(text):
             y = int(m[1])
-            return dt.date(y, 12, 31) if end else dt.date(y, 1, 1)
-        day = dt.date.fromisoformat(text)
+            day = dt.date(y, 12, 31) if end else dt.date(y, 1, 1)
+        else:
+            day, precise = dt.date.fromisoformat(text), True
     except ValueError as exc:
         raise RuleViolation(f"{name}: '{text[:40]}' is not a month (YYYY-MM).", field=name) from exc
-    if month_only:
+    if not in_window(day):
+        raise RuleViolation(f"{name}: {window_message()}", field=name)
+    if precise and month_only:
         raise RuleViolation(
             f"{name}: researchers filter dates by month (YYYY-MM, e.g. {text[:7]}); a day-precision date is refused "
             "because day filters can isolate a patient's dates.", field=name)

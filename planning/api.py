@@ -7,12 +7,17 @@ as DICOM RT. Errors: 400 naming the field, 403 for a role that may not, 409 for 
 """
 
 from django.http import HttpResponse
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema
 from rest_framework import mixins, serializers, status, viewsets
 from rest_framework.decorators import action
-from rest_framework.parsers import FormParser, JSONParser, MultiPartParser
+from rest_framework.parsers import FormParser
 from rest_framework.response import Response
 
 from workflow.models import Course
+from workflow.downloads import attachment
+from workflow.params import parse_id
+from workflow.parsers import SafeJSONParser
 
 from . import services
 from .models import ImportedGeometry, Plan, StructureDose
@@ -31,7 +36,7 @@ class StructureDoseSerializer(serializers.ModelSerializer):
 
 class PlanSerializer(serializers.ModelSerializer):
     structures = StructureDoseSerializer(source="structure_doses", many=True, read_only=True)
-    approved_by = serializers.CharField(source="approved_by.username", default=None, read_only=True)
+    approved_by = serializers.CharField(source="approved_by.username", default=None, read_only=True, allow_null=True)
 
     class Meta:
         model = Plan
@@ -61,6 +66,68 @@ class PlanInputSerializer(serializers.Serializer):
     objectives = serializers.JSONField(required=False)
     goals = serializers.JSONField(required=False)
     start = serializers.BooleanField(required=False, default=False)
+
+
+class PlanStatusSerializer(serializers.Serializer):
+    """The job's progress for a progress bar (``services.plan_status``)."""
+
+    id = serializers.IntegerField()
+    version = serializers.IntegerField()
+    status = serializers.CharField()
+    status_display = serializers.CharField()
+    progress_pct = serializers.FloatField()
+    iteration = serializers.IntegerField()
+    max_iterations = serializers.IntegerField()
+    objective = serializers.FloatField(allow_null=True)
+    message = serializers.CharField(allow_blank=True)
+    failure_reason = serializers.CharField(allow_blank=True)
+    attempts = serializers.IntegerField()
+    cancel_requested = serializers.BooleanField()
+    heartbeat_at = serializers.DateTimeField(allow_null=True)
+    finished = serializers.BooleanField()
+
+
+class StructureCourseDoseSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    kind = serializers.CharField()
+    volume_cc = serializers.FloatField(allow_null=True)
+    planned = serializers.DictField(child=serializers.FloatField(), help_text="Metric -> Gy")
+    delivered = serializers.DictField(child=serializers.FloatField(), help_text="Metric -> Gy")
+
+
+class CourseDoseSerializer(serializers.Serializer):
+    """Planned vs delivered dose per structure for the course's approved plan(s) (``services.course_dose``)."""
+
+    plan = serializers.IntegerField(allow_null=True, help_text="The approved plan in use, if any")
+    planned_fractions = serializers.IntegerField()
+    delivered_fractions = serializers.IntegerField()
+    structures = StructureCourseDoseSerializer(many=True)
+
+
+class EQD2GoalSerializer(serializers.Serializer):
+    goal = serializers.CharField()
+    metric = serializers.CharField()
+    limit_eqd2 = serializers.FloatField()
+    total_eqd2 = serializers.FloatField()
+    exceeded = serializers.BooleanField()
+
+
+class EQD2RowSerializer(serializers.Serializer):
+    name = serializers.CharField()
+    alpha_beta = serializers.FloatField()
+    sources = serializers.ListField(child=serializers.CharField())
+    previous = serializers.DictField(child=serializers.FloatField())
+    planned = serializers.DictField(child=serializers.FloatField())
+    total = serializers.DictField(child=serializers.FloatField())
+    goals = EQD2GoalSerializer(many=True)
+    exceeded = serializers.BooleanField()
+
+
+class ReirradiationSerializer(serializers.Serializer):
+    """Cumulative EQD2 per organ at risk (``services.reirradiation_summary``)."""
+
+    earlier_courses = serializers.ListField(child=serializers.IntegerField(), help_text="Course ids")
+    rows = EQD2RowSerializer(many=True)
 
 
 class ReviewSerializer(serializers.Serializer):
@@ -141,10 +208,12 @@ class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         ser.is_valid(raise_exception=True)
         return self._out(services.reject_plan(self.get_object(), user=request.user, comment=ser.validated_data["comment"]))
 
+    @extend_schema(responses={200: PlanStatusSerializer})
     @action(detail=True, methods=["get"])
     def status(self, request, pk=None):
         return Response(services.plan_status(self.get_object()))
 
+    @extend_schema(responses={200: CourseDoseSerializer})
     @action(detail=True, methods=["get"])
     def dose(self, request, pk=None):
         plan = self.get_object()
@@ -152,20 +221,21 @@ class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         summary["plan"] = summary["plan"].pk if summary["plan"] else None
         return Response(summary)
 
+    @extend_schema(responses={200: ReirradiationSerializer})
     @action(detail=True, methods=["get"])
     def reirradiation(self, request, pk=None):
         summary = services.reirradiation_summary(self.get_object())
         summary["earlier_courses"] = [c.pk for c in summary["earlier_courses"]]
         return Response(summary)
 
+    @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"])
     def dicom(self, request, pk=None):
         from . import dicom_io
 
         plan = self.get_object()
         resp = HttpResponse(dicom_io.export_plan_zip(plan), content_type="application/zip")
-        resp["Content-Disposition"] = f'attachment; filename="radpath-plan-{plan.pk}-v{plan.version}-dicom.zip"'
-        return resp
+        return attachment(resp, f"radpath-plan-{plan.pk}-v{plan.version}-dicom.zip")
 
 
 class ImportedGeometrySerializer(serializers.ModelSerializer):
@@ -175,13 +245,26 @@ class ImportedGeometrySerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
+class DicomUploadSerializer(serializers.Serializer):
+    course = serializers.IntegerField(help_text="The course to import into")
+    name = serializers.CharField(required=False, allow_blank=True)
+    attach_plan = serializers.BooleanField(required=False, default=True)
+    files = serializers.ListField(child=serializers.FileField(), help_text="CT slices, RT Structure Set, RT Dose, RT Plan")
+
+
+class DicomImportResultSerializer(serializers.Serializer):
+    geometry = ImportedGeometrySerializer()
+    message = serializers.CharField()
+    plan = PlanSerializer(allow_null=True)
+
+
 class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """``POST`` multipart ``files`` (any number up to ``RADPATH_DICOM_MAX_FILES``, or zip archives) or JSON
     ``folder`` (a folder under ``RADPATH_DICOM_IMPORT_ROOT``), with ``course``, ``name``, ``attach_plan``: imports
     CT + RT Structure Set (+ RT Dose/Plan). Every refusal is a JSON 400 naming the field."""
 
     serializer_class = ImportedGeometrySerializer
-    parser_classes = [DicomMultiPartParser, FormParser, JSONParser]
+    parser_classes = [DicomMultiPartParser, FormParser, SafeJSONParser]
     required_perms = {"read": ["workflow.view_identified", "planning.view_importedgeometry"],
                       "create": ["workflow.view_identified", "planning.import_dicom"]}
 
@@ -195,12 +278,17 @@ class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
             spool_to_disk(request)
         return super().initialize_request(request, *args, **kwargs)
 
+    @extend_schema(
+        request={"multipart/form-data": DicomUploadSerializer},
+        responses={201: DicomImportResultSerializer},
+    )
     def create(self, request):
         from . import dicom_io
 
         with dicom_upload_limit():
             data, uploads = request.data, request.FILES.getlist("files")
-        course = Course.objects.filter(pk=_int_or_none(data.get("course"))).first()
+        course_id = parse_id(data.get("course"), "course")
+        course = Course.objects.filter(pk=course_id).first() if course_id else None
         if course is None:
             raise serializers.ValidationError({"course": ["Give the course to import into."]})
         if data.get("folder"):
@@ -212,10 +300,3 @@ class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         body = {"geometry": ImportedGeometrySerializer(result["geometry"]).data, "message": result["message"],
                 "note": result["note"], "plan": PlanSerializer(result["plan"]).data if result.get("plan") else None}
         return Response(body, status=status.HTTP_201_CREATED)
-
-
-def _int_or_none(v):
-    try:
-        return int(v)
-    except (TypeError, ValueError):
-        return None

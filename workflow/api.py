@@ -28,6 +28,7 @@ from . import filters
 from . import serializers as s
 from .clinical import HardDeleteForbidden
 from .errors import ConflictError
+from .downloads import attachment
 from .ics import calendar_filename, patient_calendar_bytes
 from .models import (
     AppointmentStatus,
@@ -102,7 +103,13 @@ class PathwayViewSet(viewsets.GenericViewSet):
             exc = ConflictError("The change clashes with an existing record or booking; reload and try again.")
         elif isinstance(exc, HardDeleteForbidden):
             exc = MethodNotAllowed(self.request.method, detail=str(exc))
-        return super().handle_exception(exc)
+        response = super().handle_exception(exc)
+        renderer = getattr(self.request, "accepted_renderer", None)
+        if renderer is not None and "json" not in renderer.media_type:
+            # An error from a non-JSON resource (the .ics calendar) is still the documented JSON error body.
+            self.request.accepted_renderer = renderers.JSONRenderer()
+            self.request.accepted_media_type = "application/json"
+        return response
 
     def perform_create(self, serializer):
         with transaction.atomic():
@@ -195,7 +202,7 @@ class PatientViewSet(
     def calendar(self, request, *args, **kwargs):
         patient = self.get_object()
         response = HttpResponse(patient_calendar_bytes(patient), content_type="text/calendar; charset=utf-8")
-        response["Content-Disposition"] = f'attachment; filename="{calendar_filename(patient)}"'
+        attachment(response, calendar_filename(patient))
         return response
 
 
@@ -374,7 +381,7 @@ class CourseViewSet(
         request=None,
         responses={201: s.FollowUpVisitSerializer(many=True), **ERRORS},
     )
-    @action(detail=True, methods=["post"])
+    @action(detail=True, methods=["post"], pagination_class=None, filter_backends=[])
     def followups(self, request, *args, **kwargs):
         course = live(self.get_object())
         with transaction.atomic():

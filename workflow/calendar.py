@@ -9,10 +9,11 @@ import datetime as dt
 from functools import lru_cache
 
 import holidays
+import numpy as np
 from django.conf import settings
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=512)
 def _public_holidays(country, subdivision, year):
     try:
         calendar = holidays.country_holidays(country, subdiv=subdivision, years=year)
@@ -69,16 +70,33 @@ class ClinicCalendar:
             day = self.next_open_day(day)
         return day
 
-    def working_days_between(self, start, end):
-        """Treatment days in (start, end]: how many working days late ``end`` is relative to ``start``."""
-        if end <= start:
-            return -self.working_days_between(end, start) if end < start else 0
-        count, day = 0, start
-        while day < end:
-            day += dt.timedelta(days=1)
-            count += self.is_open(day)
-        return count
+    def closed_weekdays(self, start, end):
+        """Public holidays and manual closures falling Monday to Friday in [start, end], sorted."""
+        days = {d for d in self.closures if start <= d <= end}
+        for year in range(start.year, end.year + 1):
+            days.update(
+                d
+                for d in _public_holidays(settings.CLINIC_HOLIDAY_COUNTRY, settings.CLINIC_HOLIDAY_SUBDIVISION, year)
+                if start <= d <= end
+            )
+        return sorted(d for d in days if d.weekday() < 5)
 
+    def working_days_between(self, start, end):
+        """Treatment days in (start, end]: how many working days late ``end`` is relative to ``start``.
+
+        Closed form, not a walk over the days: numpy's ``busday_count`` counts the Mondays-to-Fridays of the range
+        in O(weeks) and the holidays and closures inside the range are subtracted, so a span of decades costs one
+        holiday table per year (cached), not one lookup per day. ``busday_count`` counts [start, end); the
+        interval here is (start, end], so the two end days are corrected without ever computing ``end + 1 day``
+        (which overflows at 9999-12-31).
+        """
+        if end < start:
+            return -self.working_days_between(end, start)
+        if end == start:
+            return 0
+        closed = np.array(self.closed_weekdays(start, end), dtype="datetime64[D]")
+        count = int(np.busday_count(np.datetime64(start, "D"), np.datetime64(end, "D"), holidays=closed))
+        return count - int(self.is_open(start)) + int(self.is_open(end))
 
 def closure_reason(day):
     return ClinicCalendar().closure_reason(day)

@@ -25,7 +25,7 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from . import carepaths
+from . import carepaths, params
 from .errors import RuleViolation
 from .models import CarePath, CarePathTemplate, CareTask, TemplateStep
 
@@ -51,8 +51,8 @@ class CarePathTemplateSerializer(serializers.ModelSerializer):
 class CareTaskSerializer(serializers.ModelSerializer):
     course = serializers.IntegerField(source="path.course_id", read_only=True)
     patient = serializers.SerializerMethodField()
-    assignee = serializers.SlugRelatedField(slug_field="username", read_only=True)
-    completed_by = serializers.SlugRelatedField(slug_field="username", read_only=True)
+    assignee = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
+    completed_by = serializers.SlugRelatedField(slug_field="username", read_only=True, allow_null=True)
     days_late = serializers.SerializerMethodField()
     urgency = serializers.SerializerMethodField()
 
@@ -74,7 +74,7 @@ class CareTaskSerializer(serializers.ModelSerializer):
             carepaths.annotate_urgency(task, self.context.get("today") or timezone.localdate(), self.context.get("calendar") or carepaths.ClinicCalendar())
         return task
 
-    @extend_schema_field(OpenApiTypes.INT)
+    @extend_schema_field(serializers.IntegerField(allow_null=True))
     def get_days_late(self, task):
         return self._annotated(task).days_late if task.status in carepaths.LIVE else None
 
@@ -98,7 +98,7 @@ class CarePathSerializer(serializers.ModelSerializer):
     def get_tasks(self, path):
         return CareTaskSerializer(sorted(self._tasks(path), key=lambda t: t.order), many=True, context=self.context).data
 
-    @extend_schema_field(OpenApiTypes.STR)
+    @extend_schema_field(serializers.CharField(allow_null=True))
     def get_current(self, path):
         task = carepaths.current_task(self._tasks(path))
         return task.code if task else None
@@ -119,12 +119,7 @@ class ReassignSerializer(serializers.Serializer):
 
 
 def _day(value, field="date"):
-    if not value:
-        return timezone.localdate()
-    try:
-        return dt.date.fromisoformat(value)
-    except ValueError as exc:
-        raise RuleViolation("Give a date as YYYY-MM-DD.", field=field) from exc
+    return params.parse_date(value, field, default=timezone.localdate())
 
 
 def _clean(value):

@@ -19,7 +19,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from . import carepaths
+from . import carepaths, params
 from .errors import RuleViolation
 from .forms import service_error_text
 from .models import CarePath, CareTask
@@ -32,8 +32,8 @@ WORK_ROLES = [r for r, _ in CareTask._meta.get_field("role").choices]
 
 def _day(request):
     try:
-        return dt.date.fromisoformat(request.GET.get("date", "")) if request.GET.get("date") else timezone.localdate()
-    except ValueError:
+        return params.parse_date(request.GET.get("date"), "date", default=timezone.localdate())
+    except DjangoValidationError:
         messages.warning(request, "That date was not understood; showing today.")
         return timezone.localdate()
 

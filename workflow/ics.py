@@ -20,14 +20,14 @@ def _event(uid, summary, start, end=None, *, location="", description="", status
     event = Event()
     event.add("uid", f"{uid}@{UID_DOMAIN}")
     event.add("dtstamp", timezone.now())
-    event.add("summary", summary)
+    event.add("summary", _plain(summary))
     event.add("dtstart", start)
     if end is not None:
         event.add("dtend", end)
     if location:
-        event.add("location", location)
+        event.add("location", _plain(location))
     if description:
-        event.add("description", description)
+        event.add("description", _plain(description))
     event.add("status", status)
     return event
 
@@ -38,7 +38,7 @@ def patient_calendar(patient):
     cal.add("prodid", PRODID)
     cal.add("version", "2.0")
     cal.add("calscale", "GREGORIAN")
-    cal.add("x-wr-calname", f"Radiotherapy appointments {patient.mrn}")
+    cal.add("x-wr-calname", f"Radiotherapy appointments {_plain(patient.mrn)}")
 
     simulations = (
         SimulationVisit.objects.active()
@@ -108,4 +108,10 @@ def patient_calendar_bytes(patient):
 
 
 def calendar_filename(patient):
+    """``radpath-<MRN>.ics``; the caller sanitises it for the header (``workflow.downloads``)."""
     return f"radpath-{patient.mrn}.ics"
+
+
+def _plain(text):
+    """Record text for a calendar property with control characters (CR, LF, NUL...) replaced by spaces."""
+    return "".join(" " if ord(ch) < 32 or ord(ch) == 127 else ch for ch in str(text))

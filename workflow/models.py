@@ -16,7 +16,9 @@ from django.db import models
 from django.db.models import Q
 from simple_history.models import HistoricalRecords
 
+from . import date_rules
 from .clinical import ClinicalRecord
+from .params import has_control_characters
 
 def clinic_date(day):
     """A date as the clinic writes it (``5 Oct 2026``); HTML inputs use ISO (``workflow.widgets``)."""
@@ -49,6 +51,16 @@ class Patient(ClinicalRecord):
 
     def __str__(self):
         return f"{self.family_name}, {self.given_name} ({self.mrn})"
+
+    def clean(self):
+        errors = {}
+        for name in ("mrn", "given_name", "family_name"):
+            if has_control_characters(getattr(self, name) or ""):
+                # An MRN or name is a single line: it goes into .ics files, filenames and CSV rows verbatim.
+                errors[name] = "Control characters (line breaks, tabs, NUL) are not allowed."
+        date_rules.check_birth_date(errors, "birth_date", self.birth_date)
+        if errors:
+            raise ValidationError(errors)
 
     @property
     def name(self):
@@ -84,6 +96,14 @@ class Diagnosis(ClinicalRecord):
 
     def __str__(self):
         return f"{self.get_site_display()} ({clinic_date(self.diagnosed_on)})"
+
+    def clean(self):
+        errors = {}
+        date_rules.check_window(errors, "diagnosed_on", self.diagnosed_on, "Diagnosis date")
+        if self.patient_id:
+            date_rules.check_after_birth(errors, "diagnosed_on", self.diagnosed_on, self.patient, "Diagnosis date")
+        if errors:
+            raise ValidationError(errors)
 
 
 class TreatmentKind(models.TextChoices):
@@ -123,7 +143,11 @@ class Treatment(ClinicalRecord):
             errors["surgery_type"] = "Surgery needs a surgery type."
         if self.kind != TreatmentKind.SURGERY and self.surgery_type:
             errors["surgery_type"] = "Only surgery has a surgery type."
-        if self.end_date and self.end_date < self.start_date:
+        date_rules.check_window(errors, "start_date", self.start_date, "Start date")
+        date_rules.check_window(errors, "end_date", self.end_date, "End date")
+        if self.patient_id:
+            date_rules.check_after_birth(errors, "start_date", self.start_date, self.patient, "Start date")
+        if self.end_date and self.start_date and "end_date" not in errors and self.end_date < self.start_date:
             errors["end_date"] = "End date is before start date."
         if errors:
             raise ValidationError(errors)
@@ -246,6 +270,10 @@ class Course(ClinicalRecord):
             errors["termination_reason"] = "A stopped course needs a termination reason."
         if self.diagnosis_id and self.patient_id and self.diagnosis.patient_id != self.patient_id:
             errors["diagnosis"] = "Diagnosis belongs to another patient."
+        for name in ("stopped_on", "completed_on"):
+            date_rules.check_window(errors, name, getattr(self, name))
+            if self.patient_id:
+                date_rules.check_after_birth(errors, name, getattr(self, name), self.patient)
         if errors:
             raise ValidationError(errors)
 
@@ -298,6 +326,12 @@ class Closure(models.Model):
 
     def __str__(self):
         return f"{self.date} {self.reason}"
+
+    def clean(self):
+        errors = {}
+        date_rules.check_window(errors, "date", self.date)
+        if errors:
+            raise ValidationError(errors)
 
 
 class Downtime(models.Model):
@@ -452,6 +486,14 @@ class FollowUpVisit(ClinicalRecord):
 
     class Meta:
         ordering = ["due_date"]
+
+    def clean(self):
+        errors = {}
+        date_rules.check_window(errors, "due_date", self.due_date, "Due date")
+        if self.course_id:
+            date_rules.check_after_birth(errors, "due_date", self.due_date, self.course.patient, "Due date")
+        if errors:
+            raise ValidationError(errors)
 
     def __str__(self):
         return f"{self.course.patient.mrn} follow-up {self.label} due {self.due_date}"

@@ -34,6 +34,7 @@ from simple_history.utils import bulk_create_with_history
 
 from .calendar import ClinicCalendar
 from .errors import ConflictError, RuleViolation
+from .params import require_in_window
 from .models import (
     SLOT_MINUTES,
     AppointmentStatus,
@@ -298,6 +299,7 @@ def book_course(course, start_date, *, preferred_time=None, machine=None, user=N
     """Book the course's remaining fractions from ``start_date``; see the module docstring for the rules."""
     if not isinstance(start_date, dt.date):
         raise RuleViolation("Give a start date.", field="start_date")
+    require_in_window(start_date, "start_date")
     if not allow_past and start_date < timezone.localdate():
         raise RuleViolation("The start date is in the past.", field="start_date")
     with transaction.atomic():
@@ -462,6 +464,7 @@ def _move(fraction, machine, start, user, note):
 
 def move_fraction(fraction, starts_at, *, machine=None, user=None):
     """Move one scheduled fraction to ``starts_at`` (and ``machine``), keeping every scheduling rule."""
+    require_in_window(starts_at, "starts_at")
     with transaction.atomic():
         _lock_for_technique(Course.objects.values_list("technique", flat=True).get(pk=fraction.course_id), machine)
         fraction = Fraction.objects.select_for_update().select_related("machine").get(pk=fraction.pk)
@@ -537,6 +540,8 @@ def add_downtime(machine, starts_at, ends_at, reason, *, user=None):
     """Record downtime and move every scheduled fraction it hits; report each move."""
     if starts_at is None or ends_at is None or ends_at <= starts_at:
         raise RuleViolation("Downtime must end after it starts.", field="ends_at")
+    require_in_window(starts_at, "starts_at")
+    require_in_window(ends_at, "ends_at")
     if not reason:
         raise RuleViolation("Give a reason for the downtime.", field="reason")
     with transaction.atomic():
@@ -610,6 +615,7 @@ def book_simulation(course, starts_at, machine, *, duration_minutes=30, modality
     """Book the simulation visit on a simulator, with the same no-overlap rule as fractions."""
     if machine.kind != MachineKind.CT_SIM:
         raise RuleViolation(f"{machine} is not a simulator.", field="machine")
+    require_in_window(starts_at, "starts_at")
     day = local_day(starts_at)
     with transaction.atomic():
         lock_machines([machine])
@@ -711,6 +717,7 @@ def treatment_time(course):
 
 def daily_list(day, machine=None):
     """A day's appointments per machine: the treatment list therapists work from."""
+    require_in_window(day, "date")
     start = local_datetime(day, dt.time(0))
     qs = (
         Fraction.objects.filter(starts_at__gte=start, starts_at__lt=start + dt.timedelta(days=1))

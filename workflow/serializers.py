@@ -16,6 +16,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from . import locking
+from .params import validate_date_window
 from .models import (
     AppointmentStatus,
     Closure,
@@ -193,6 +194,7 @@ class DowntimeSerializer(serializers.ModelSerializer):
         model = Downtime
         fields = ("id", "machine", "machine_name", "starts_at", "ends_at", "reason", "created_by", "created_at")
         read_only_fields = ("created_by", "created_at")
+        extra_kwargs = {"starts_at": {"validators": [validate_date_window]}, "ends_at": {"validators": [validate_date_window]}}
 
     def validate(self, attrs):
         attrs = super().validate(attrs)
@@ -293,7 +295,7 @@ class VoidSerializer(serializers.Serializer):
 
 
 class ScheduleSerializer(serializers.Serializer):
-    start_date = serializers.DateField()
+    start_date = serializers.DateField(validators=[validate_date_window])
     preferred_time = serializers.TimeField(required=False, allow_null=True, default=None)
     machine = serializers.PrimaryKeyRelatedField(
         queryset=Machine.objects.filter(active=True), required=False, allow_null=True, default=None
@@ -328,7 +330,7 @@ class PrescriptionAmendmentSerializer(serializers.ModelSerializer):
 class StopSerializer(serializers.Serializer):
     reason = serializers.ChoiceField(choices=TerminationReason.choices)
     note = serializers.CharField(max_length=200, required=False, allow_blank=True, default="")
-    on_date = serializers.DateField(required=False, allow_null=True, default=None)
+    on_date = serializers.DateField(required=False, allow_null=True, default=None, validators=[validate_date_window])
 
 
 class DeliverSerializer(serializers.Serializer):
@@ -340,7 +342,7 @@ class MissSerializer(serializers.Serializer):
 
 
 class MoveSerializer(serializers.Serializer):
-    starts_at = serializers.DateTimeField()
+    starts_at = serializers.DateTimeField(validators=[validate_date_window])
     machine = serializers.PrimaryKeyRelatedField(
         queryset=Machine.objects.filter(active=True), required=False, allow_null=True, default=None
     )
@@ -348,7 +350,7 @@ class MoveSerializer(serializers.Serializer):
 
 class SimulationBookingSerializer(serializers.Serializer):
     course = serializers.PrimaryKeyRelatedField(queryset=Course.objects.active())
-    starts_at = serializers.DateTimeField()
+    starts_at = serializers.DateTimeField(validators=[validate_date_window])
     machine = serializers.PrimaryKeyRelatedField(queryset=Machine.objects.filter(active=True))
     duration_minutes = serializers.IntegerField(min_value=15, max_value=90, required=False, default=30)
     modality = serializers.ChoiceField(choices=ImagingModality.choices, required=False, default=ImagingModality.CT)

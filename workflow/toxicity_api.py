@@ -24,6 +24,7 @@ from . import ctcae
 from . import toxicity as tox
 from .api import ERRORS, VOID_DOC, PathwayViewSet, VoidOnDeleteMixin, live, truthy
 from .models import Course
+from .params import query_date, query_id
 from .toxicity_models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent, WeeklyReview
 
 IDENTIFIED = "workflow.view_identified"
@@ -288,7 +289,7 @@ class ToxicityEventViewSet(PathwayViewSet, mixins.ListModelMixin, mixins.Retriev
         return Response(body)
 
     @extend_schema(summary="Grade changes over time, oldest first", responses={200: GradeHistorySerializer(many=True)})
-    @action(detail=True, methods=["get"])
+    @action(detail=True, methods=["get"], pagination_class=None, filter_backends=[])
     def history(self, request, *args, **kwargs):
         event = self.get_object()
         rows = [{"date": d, "grade": g, "by": str(u) if u else None} for d, g, u in tox.grade_history(event)]
@@ -335,8 +336,9 @@ class WeeklyReviewViewSet(PathwayViewSet, mixins.ListModelMixin, mixins.Retrieve
 
     def get_queryset(self):
         qs = super().get_queryset()
-        if self.request.query_params.get("course", "").isdigit():
-            qs = qs.filter(course_id=int(self.request.query_params["course"]))
+        course = query_id(self.request.query_params, "course")
+        if course is not None:
+            qs = qs.filter(course_id=course)
         return qs
 
     @extend_schema(
@@ -344,13 +346,9 @@ class WeeklyReviewViewSet(PathwayViewSet, mixins.ListModelMixin, mixins.Retrieve
         parameters=[OpenApiParameter("mine", bool), OpenApiParameter("date", dt.date)],
         responses={200: WorklistRowSerializer(many=True)},
     )
-    @action(detail=False, methods=["get"])
+    @action(detail=False, methods=["get"], pagination_class=None, filter_backends=[])
     def worklist(self, request, *args, **kwargs):
-        day = request.query_params.get("date")
-        try:
-            today = dt.date.fromisoformat(day) if day else timezone.localdate()
-        except ValueError:
-            raise serializers.ValidationError({"date": ["Use YYYY-MM-DD."]}) from None
+        today = query_date(request.query_params, "date", default=timezone.localdate())
         rows = tox.reviews_due(today=today, user=request.user, mine=truthy(request.query_params.get("mine", "")))
         return Response(WorklistRowSerializer(rows, many=True).data)
 

@@ -21,6 +21,7 @@ from .errors import RuleViolation
 from .forms import add_service_error, service_error_text
 from .widgets import DateInput
 from .models import Course, CourseStatus, Patient
+from .params import parse_id
 from .toxicity_models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent
 
 SERVICE_ERRORS = (RuleViolation, DjangoValidationError)
@@ -89,12 +90,15 @@ class ToxicityForm(forms.Form):
 
 def _courses_for(request):
     """The course(s) the entry is for: ?course= (that course), ?patient= (the patient's live courses)."""
-    course_id = request.POST.get("course") or request.GET.get("course")
-    patient_id = request.GET.get("patient") or request.POST.get("patient")
-    if course_id and str(course_id).isdigit():
+    try:
+        course_id = parse_id(request.POST.get("course") or request.GET.get("course"), "course")
+        patient_id = parse_id(request.GET.get("patient") or request.POST.get("patient"), "patient")
+    except DjangoValidationError as exc:
+        raise Http404(" ".join(exc.messages)) from None
+    if course_id:
         course = get_object_or_404(Course.objects.active().select_related("patient"), pk=course_id)
         return course.patient, Course.objects.active().filter(patient=course.patient), course
-    if patient_id and str(patient_id).isdigit():
+    if patient_id:
         patient = get_object_or_404(Patient.objects.active(), pk=patient_id)
         courses = Course.objects.active().filter(patient=patient)
         preferred = (

@@ -20,7 +20,7 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from . import calendar, delivery, scheduling
+from . import calendar, delivery, params, scheduling
 from .errors import RuleViolation
 from .forms import (
     DowntimeForm,
@@ -33,6 +33,7 @@ from .forms import (
     service_error_text,
     treatment_machines,
 )
+from .downloads import attachment
 from .ics import calendar_filename, patient_calendar_bytes
 from .models import AppointmentStatus, Course, Downtime, Fraction, Patient, SimulationVisit
 
@@ -54,8 +55,8 @@ def _redirect_back(request, fallback):
 
 def _parse_day(value):
     try:
-        return dt.date.fromisoformat(value) if value else None
-    except ValueError:
+        return params.parse_date(value, "date")
+    except DjangoValidationError:
         return None
 
 
@@ -239,7 +240,7 @@ def patient_detail(request, pk):
 def patient_calendar(request, pk):
     patient = get_object_or_404(Patient.objects.active(), pk=pk)
     response = HttpResponse(patient_calendar_bytes(patient), content_type="text/calendar; charset=utf-8")
-    response["Content-Disposition"] = f'attachment; filename="{calendar_filename(patient)}"'
+    attachment(response, calendar_filename(patient))
     return response
 
 

@@ -1,0 +1,94 @@
+"""A live RadPath server on 127.0.0.1 with a seeded small demo clinic, for contract tests over HTTP.
+
+The server runs in a subprocess (``manage.py runserver --noreload``, DEBUG off) on its own SQLite file in a
+temporary folder, so what schemathesis creates, edits and voids never touches the test database or another run.
+Plan jobs are queued in that database and never run (no worker), so no request waits for an optimisation.
+"""
+
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import requests
+
+ROOT = Path(__file__).resolve().parents[2]
+DEMO_PASSWORD = "radpath-demo"
+
+
+def free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def server_env(var_dir):
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL", "TASKS_BACKEND")}
+    env.update(
+        RADPATH_VAR_DIR=str(var_dir),
+        DATABASE_URL=f"sqlite:///{var_dir / 'contract.sqlite3'}",
+        TASKS_BACKEND="db",
+        DEBUG="0",
+        ALLOWED_HOSTS="127.0.0.1",
+        SECRET_KEY="radpath-contract-test-key-not-secret-0123456789abcdef",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
+
+
+def manage(env, *args):
+    subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
+
+
+@contextlib.contextmanager
+def live_clinic(var_dir, patients=12):
+    """Yield the base URL of a seeded server; stop it afterwards."""
+    var_dir = Path(var_dir)
+    env = server_env(var_dir)
+    manage(env, "migrate", "--noinput")
+    manage(env, "seed_demo", "--patients", str(patients))
+    port = free_port()
+    log = open(var_dir / "server.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "manage.py", "runserver", f"127.0.0.1:{port}", "--noreload"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                requests.get(base + "/accounts/login/", timeout=2)
+                break
+            except requests.ConnectionError:
+                if proc.poll() is not None:
+                    raise RuntimeError((var_dir / "server.log").read_text())
+                time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+def session_headers(base, username, password=DEMO_PASSWORD):
+    """Log in through the login page; the session cookie and CSRF token as request headers."""
+    session = requests.Session()
+    page = session.get(base + "/accounts/login/", timeout=10)
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', page.text).group(1)
+    session.post(
+        base + "/accounts/login/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": token},
+        headers={"Referer": base + "/accounts/login/"},
+        timeout=10,
+    )
+    cookies = session.cookies.get_dict()
+    if "sessionid" not in cookies:
+        raise RuntimeError(f"login as {username} failed")
+    return {"Cookie": f"sessionid={cookies['sessionid']}; csrftoken={cookies['csrftoken']}", "X-CSRFToken": cookies["csrftoken"]}
