@@ -132,6 +132,8 @@ RADPATH_PSEUDONYM_KEY = os.environ.get("RADPATH_PSEUDONYM_KEY", SECRET_KEY)
 # DATA_UPLOAD_MAX_NUMBER_FILES stays 100 elsewhere), and the server folder physicists may import from ("" = off).
 RADPATH_DICOM_MAX_FILES = int(os.environ.get("RADPATH_DICOM_MAX_FILES", "2000"))
 RADPATH_DICOM_IMPORT_ROOT = os.environ.get("RADPATH_DICOM_IMPORT_ROOT", "")
+# CT pixels finer than this are binned in-plane on import (a 512 x 512 CT of 0.98 mm -> 256 x 256 of 1.95 mm); 0 keeps them.
+RADPATH_DICOM_GRID_MM = float(os.environ.get("RADPATH_DICOM_GRID_MM", "2.0"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

@@ -83,7 +83,7 @@ def test_dvh_from_imported_rt_dose_matches_analytic_case(cshape_course, users):
     dgrid = Grid((17, 17, 5), (4.0, 4.0, 2.0), (-32.0, -32.0, -4.0))
     DX, _, _ = dgrid.mesh()
     files.append(dicom_io.write_rtdose(np.clip(1.5 * (DX + 20.0), 0, None), dgrid, ctx))
-    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["plan"]
+    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"], grid_mm=0)["plan"]  # CT pixels
     box = ext.structure_doses.get(name="Box")
     assert box.volume_cc == pytest.approx(41 * 41 * 5 * 2 / 1000)
     assert box.metrics["Dmean"] == pytest.approx(30.0, rel=1e-4)
