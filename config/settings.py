@@ -222,6 +222,8 @@ RADPATH_MIN_COHORT = int(os.environ.get("RADPATH_MIN_COHORT", "10"))
 RADPATH_MAX_UPLOAD_MB = int(os.environ.get("RADPATH_MAX_UPLOAD_MB", "100"))
 FILE_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
 DATA_UPLOAD_MAX_MEMORY_SIZE = 2_621_440
+# CT pixels finer than this are binned in-plane on import (a 512 x 512 CT of 0.98 mm -> 256 x 256 of 1.95 mm); 0 keeps them.
+RADPATH_DICOM_GRID_MM = float(os.environ.get("RADPATH_DICOM_GRID_MM", "2.0"))
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [

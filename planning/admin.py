@@ -3,7 +3,7 @@
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
-from .models import ImportedGeometry, Plan, StructureDose
+from .models import CTDensityTable, ImportedGeometry, Plan, StructureDose
 
 
 class StructureDoseInline(admin.TabularInline):
@@ -39,4 +39,15 @@ class ImportedGeometryAdmin(SimpleHistoryAdmin):
         return False
 
     def has_add_permission(self, request):
+        return False
+
+
+@admin.register(CTDensityTable)
+class CTDensityTableAdmin(SimpleHistoryAdmin):
+    """Physicists keep each CT scanner's HU -> relative electron density calibration here (audited, never deleted)."""
+
+    list_display = ["name", "manufacturer", "model", "station", "is_default", "updated_at"]
+    search_fields = ["name", "manufacturer", "model", "station"]
+
+    def has_delete_permission(self, request, obj=None):
         return False

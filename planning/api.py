@@ -20,7 +20,7 @@ from workflow.params import parse_id
 from workflow.parsers import SafeJSONParser
 
 from . import services
-from .models import ImportedGeometry, Plan, StructureDose
+from .models import CTDensityTable, ImportedGeometry, Plan, StructureDose
 from .uploads import DicomMultiPartParser, dicom_upload_limit, spool_to_disk
 
 READ = ["workflow.view_identified", "planning.view_plan"]
@@ -300,3 +300,43 @@ class DicomImportViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, views
         body = {"geometry": ImportedGeometrySerializer(result["geometry"]).data, "message": result["message"],
                 "note": result["note"], "plan": PlanSerializer(result["plan"]).data if result.get("plan") else None}
         return Response(body, status=status.HTTP_201_CREATED)
+
+
+class CTDensityTableSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = CTDensityTable
+        fields = ["id", "name", "manufacturer", "model", "station", "points", "is_default", "note", "created_at", "updated_at"]
+        read_only_fields = ["id", "created_at", "updated_at"]
+
+    def validate_points(self, value):
+        from django.core.exceptions import ValidationError as DjangoValidationError
+
+        from .ct_density import validate_points
+
+        try:
+            return validate_points(value)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict["points"])
+
+
+class CTDensityTableViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                            mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """HU -> relative electron density tables per CT scanner: physicists create and edit them (audited); a table
+    is voided, never deleted. DICOM import picks one by the CT's Manufacturer / model / StationName."""
+
+    serializer_class = CTDensityTableSerializer
+    required_perms = {"read": ["planning.view_ctdensitytable"],
+                      "create": ["planning.add_ctdensitytable"], "update": ["planning.change_ctdensitytable"],
+                      "partial_update": ["planning.change_ctdensitytable"]}
+
+    def get_queryset(self):
+        return CTDensityTable.objects.filter(voided_at__isnull=True).order_by("name")
+
+    def perform_create(self, serializer):
+        obj = serializer.save()
+        obj._history_user = self.request.user
+
+    def perform_update(self, serializer):
+        instance = serializer.instance
+        instance._history_user = self.request.user
+        serializer.save()

@@ -7,5 +7,6 @@ from . import api
 router = DefaultRouter()
 router.register("plans", api.PlanViewSet, basename="plan")
 router.register("dicom-imports", api.DicomImportViewSet, basename="dicom-import")
+router.register("ct-density-tables", api.CTDensityTableViewSet, basename="ct-density-table")
 
 urlpatterns = router.urls

@@ -42,7 +42,7 @@ def density_to_hu(density, points):
     """Inverse of :func:`hu_to_density` on its strictly increasing part (for export: a RadPath CT written with the
     same table reads back to the same densities)."""
     p = np.asarray(points, dtype=np.float64)
-    keep = np.concatenate([[True], np.diff(p[:, 1]) > 0])
+    keep = np.concatenate([np.diff(p[:, 1]) > 0, [True]])  # of a flat run (air) keep its last point
     return np.interp(density, p[keep, 1], p[keep, 0])
 
 

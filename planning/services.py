@@ -27,6 +27,7 @@ import threading
 import time
 import traceback
 import uuid
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -243,6 +244,21 @@ def validate_goals(goals, structure_names):
 
 def media_path(rel):
     return Path(settings.MEDIA_ROOT) / rel
+
+
+def save_npz(path_or_file, arrays, level=1):
+    """``np.savez_compressed`` at deflate level 1, large float volumes stored uncompressed: a 200-slice 512 x 512
+    CT's density and dose in well under a second each instead of ~5 s; ``np.load`` reads it the same
+    (Fortran-ordered arrays are written without a copy)."""
+    with zipfile.ZipFile(path_or_file, "w", zipfile.ZIP_DEFLATED, compresslevel=level) as zf:
+        for key, arr in arrays.items():
+            arr = np.asanyarray(arr)
+            # floating volumes above 16 MB (a clinical CT's dose or density) are stored: deflate gains ~20 % on
+            # float noise at ~3 s per 200 MB; masks and small arrays compress well and fast
+            stored = arr.dtype.kind == "f" and arr.nbytes > 16 * 1024**2
+            zf.compression = zipfile.ZIP_STORED if stored else zipfile.ZIP_DEFLATED
+            with zf.open(f"{key}.npy", "w", force_zip64=True) as fh:
+                np.lib.format.write_array(fh, arr, allow_pickle=False)
 
 
 def plans_dir():
@@ -853,7 +869,7 @@ def dvh_rows(geo, dose, n_bins=200):
     out = []
     vcc = geo.grid.voxel_volume_cc
     for name, s in geo.structures.items():
-        d = dose[s.mask]
+        d = edvh.voxel_doses(dose, s.mask)
         h = edvh.cumulative_dvh(name, d, vcc, bin_gy=top / n_bins, max_gy=top)
         stats = edvh.structure_stats(d, vcc)
         out.append({"name": name, "kind": s.kind, "volume_cc": float(stats.pop("volume_cc", 0.0)),
@@ -886,8 +902,7 @@ def store_result(plan, geo, dose, *, weights=None, beams=None, beam_summary=None
     for k, v in (extra_arrays or {}).items():
         arrays[k] = np.asarray(v)
     plans_dir()
-    with open(media_path(rel), "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+    save_npz(media_path(rel), arrays)
     plan.result_file = rel
     plan.structure_doses.all().delete()
     rows = dvh_rows(geo, dose)
@@ -899,12 +914,13 @@ def store_result(plan, geo, dose, *, weights=None, beams=None, beam_summary=None
     if geo.targets:
         t = geo.primary_target
         metrics["target"] = t.name
-        hi = edvh.homogeneity_index(dose[t.mask])
+        t_dose = edvh.voxel_doses(dose, t.mask)
+        hi = edvh.homogeneity_index(t_dose)
         ci = edvh.paddick_ci(dose, t.mask, geo.body.mask, plan.prescription_gy)
         metrics["HI"] = round(hi, 4) if np.isfinite(hi) else None
         metrics["CI"] = round(ci, 4) if np.isfinite(ci) else None
         if metrics["HI"] is None:  # not defined: say why instead of a number (or a division by zero)
-            metrics["HI_reason"] = edvh.homogeneity_reason(dose[t.mask])
+            metrics["HI_reason"] = edvh.homogeneity_reason(t_dose)
         if metrics["CI"] is None:
             metrics["CI_reason"] = edvh.paddick_reason(dose, t.mask, geo.body.mask, plan.prescription_gy)
     metrics["Dmax_body"] = round(float(dose.max()), 3)

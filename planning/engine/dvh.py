@@ -17,6 +17,16 @@ from dataclasses import dataclass
 import numpy as np
 
 
+def voxel_doses(dose_cube: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``dose_cube[mask]`` (the doses of a structure's voxels, in no particular order), fast for any memory layout:
+    when both are Fortran-ordered (the volumes of an imported CT) the selection runs on their flat memory instead
+    of numpy's slow strided boolean indexing."""
+    if (dose_cube.shape == mask.shape and not dose_cube.flags.c_contiguous and dose_cube.flags.f_contiguous
+            and mask.flags.f_contiguous):
+        return dose_cube.ravel(order="F")[mask.ravel(order="F")]
+    return dose_cube[mask]
+
+
 def d_pct(dose: np.ndarray, x: float) -> float:
     """Dx %: minimum dose to the hottest ``x`` % of the voxels."""
     dose = np.asarray(dose, np.float64)
@@ -27,7 +37,7 @@ def d_pct(dose: np.ndarray, x: float) -> float:
 
 def d_cc(dose: np.ndarray, cc: float, voxel_cc: float) -> float:
     """Dose to the hottest ``cc`` cm^3 (at least one voxel: for voxels larger than ``cc`` this is Dmax)."""
-    dose = np.asarray(dose, np.float64)
+    dose = np.asarray(dose)
     if dose.size == 0:
         return float("nan")
     n = max(int(np.floor(cc / voxel_cc)), 1)
@@ -118,17 +128,21 @@ def cumulative_dvh(name: str, dose: np.ndarray, voxel_cc: float, bin_gy: float =
 
 def structure_stats(dose: np.ndarray, voxel_cc: float) -> dict:
     """Common metrics of one structure's voxel doses."""
-    dose = np.asarray(dose, np.float64)
+    dose = np.asarray(dose)
     if dose.size == 0:
         return {"volume_cc": 0.0}
+    if dose.dtype != np.float32:
+        dose = dose.astype(np.float64)
+    # one selection for the four Dx (as d_pct, in float64 between the two voxels either side)
+    d98, d95, d50, d2 = (float(v) for v in np.quantile(dose, [0.02, 0.05, 0.50, 0.98]).astype(np.float64))
     return {
         "volume_cc": dose.size * voxel_cc,
         "Dmin": float(dose.min()),
-        "Dmean": float(dose.mean()),
+        "Dmean": float(dose.mean(dtype=np.float64)),
         "Dmax": float(dose.max()),
-        "D98": d_pct(dose, 98),
-        "D95": d_pct(dose, 95),
-        "D50": d_pct(dose, 50),
-        "D2": d_pct(dose, 2),
+        "D98": d98,
+        "D95": d95,
+        "D50": d50,
+        "D2": d2,
         "D0.03cc": d_cc(dose, 0.03, voxel_cc),
     }

@@ -91,7 +91,7 @@ def evaluate(goals: list[Goal], dose_cube: np.ndarray, masks: dict[str, np.ndarr
     out = []
     for g in goals:
         mask = masks[g.structure]
-        val = metric_value(g.metric, dose_cube[mask], voxel_cc, dose_cube=dose_cube, target_mask=mask,
+        val = metric_value(g.metric, dvh.voxel_doses(dose_cube, mask), voxel_cc, dose_cube=dose_cube, target_mask=mask,
                            body_mask=masks.get(body), rx=rx)
         out.append({"structure": g.structure, "goal": g.describe(), "metric": g.metric,
                     "comparison": g.comparison, "limit": g.value,

@@ -83,7 +83,7 @@ def test_dvh_from_imported_rt_dose_matches_analytic_case(cshape_course, users):
     dgrid = Grid((17, 17, 5), (4.0, 4.0, 2.0), (-32.0, -32.0, -4.0))
     DX, _, _ = dgrid.mesh()
     files.append(dicom_io.write_rtdose(np.clip(1.5 * (DX + 20.0), 0, None), dgrid, ctx))
-    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["plan"]
+    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"], grid_mm=0)["plan"]  # CT pixels
     box = ext.structure_doses.get(name="Box")
     assert box.volume_cc == pytest.approx(41 * 41 * 5 * 2 / 1000)
     assert box.metrics["Dmean"] == pytest.approx(30.0, rel=1e-4)
@@ -334,3 +334,126 @@ def test_api_imports_a_server_folder_inside_the_configured_root_only(client, csh
     r = client.post("/api/planning/dicom-imports/", body, content_type="application/json")
     assert r.status_code == 201, r.content
     assert r.json()["geometry"]["grid"]["shape"] == [12, 10, 12] and r.json()["plan"]["status"] == "done"
+
+
+ORIENTATIONS = {  # PatientPosition: (ImageOrientationPatient, flip rows (y), flip columns (x))
+    "HFS": ([1, 0, 0, 0, 1, 0], False, False),
+    "FFS": ([-1, 0, 0, 0, 1, 0], False, True),
+    "HFP": ([-1, 0, 0, 0, -1, 0], True, True),
+    "FFP": ([1, 0, 0, 0, -1, 0], True, False),
+}
+
+
+def _reorient(b, position, x_max, y_max):
+    """Rewrite an HFS CT slice or RT Dose as a scanner writes it in ``position``: the same patient voxels, rows and
+    columns running along the position's ImageOrientationPatient, ImagePositionPatient at the first stored pixel."""
+    ds = pydicom.dcmread(io.BytesIO(b))
+    iop, flip_rows, flip_cols = ORIENTATIONS[position]
+    arr = ds.pixel_array
+    if flip_rows:
+        arr = arr[..., ::-1, :]
+    if flip_cols:
+        arr = arr[..., :, ::-1]
+    pos = [float(v) for v in ds.ImagePositionPatient]
+    ds.ImagePositionPatient = [x_max if flip_cols else pos[0], y_max if flip_rows else pos[1], pos[2]]
+    ds.ImageOrientationPatient = iop
+    if ds.Modality == "CT":
+        ds.PatientPosition = position
+    ds.PixelData = np.ascontiguousarray(arr).tobytes()
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("position", ["FFS", "HFP", "FFP"])
+def test_feet_first_and_prone_cts_import_to_the_same_patient_voxels(cshape_course, users, position):
+    """One asymmetric patient (density and dose ramps along x, y and z; an off-centre box) written as HFS and as
+    ``position``: both imports give identical density, masks and DVHs on the same ascending-coordinate grid."""
+    grid = Grid((12, 10, 6), (2.0, 2.0, 3.0), (-11.0, -9.0, -7.5))
+    X, Y, Z = grid.mesh()
+    density = (1.0 + 0.004 * X + 0.002 * Y + 0.001 * Z).astype(np.float32)
+    box = (X >= 1) & (X <= 9) & (Y >= -7) & (Y <= 1) & (Z >= -4.5) & (Z <= 4.5)
+    ctx = _ctx(cshape_course)
+    files = dicom_io.write_ct_series(density, grid, ctx)
+    files.append(dicom_io.write_rtstruct([("BODY", BODY, np.ones(grid.shape, bool)), ("PTV", TARGET, box)], grid, ctx))
+    files.append(dicom_io.write_rtdose(2.0 + 0.1 * (X + 11) + 0.05 * (Y + 9) + 0.02 * (Z + 7.5), grid, ctx))
+    x_max, y_max = float(X.max()), float(Y.max())
+    turned = [(n, _reorient(b, position, x_max, y_max) if n.startswith(("CT", "RD")) else b) for n, b in files]
+    assert pydicom.dcmread(io.BytesIO(turned[0][1])).ImageOrientationPatient != [1, 0, 0, 0, 1, 0]
+    ref = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])
+    got = dicom_io.import_files(turned, course=cshape_course, user=users["physicist"])
+    assert got["geometry"].grid["shape"] == [12, 10, 6] and got["geometry"].grid["origin"] == ref["geometry"].grid["origin"]
+    assert got["geometry"].grid["patient_position"] == position
+    g_ref, g_got = services.load_geometry(ref["plan"]), services.load_geometry(got["plan"])
+    assert np.allclose(g_got.density, density, atol=1e-3) and np.array_equal(g_got.density, g_ref.density)
+    assert np.array_equal(g_got.structures["PTV"].mask, box)
+    d_ref, _ = services.load_dose(ref["plan"])
+    d_got, _ = services.load_dose(got["plan"])
+    assert np.allclose(d_got, d_ref, atol=1e-4)
+    assert got["plan"].structure_doses.get(name="PTV").metrics == ref["plan"].structure_doses.get(name="PTV").metrics
+
+
+def test_fine_ct_pixels_are_binned_to_the_import_grid(cshape_course, users, settings):
+    """A CT of 1 mm pixels imported at RADPATH_DICOM_GRID_MM = 2: 2 x 2 blocks, density their mean, a 30 mm disc
+    (analytic 7.07 cm^2 per slice) within 2 % of its area."""
+    settings.RADPATH_DICOM_GRID_MM = 2.0
+    grid = Grid((60, 60, 4), (1.0, 1.0, 2.0), (-29.5, -29.5, -3.0))
+    X, Y, Z = grid.mesh()
+    density = np.where(X > 0, 1.04, 0.96).astype(np.float32)
+    disc = X ** 2 + Y ** 2 <= 15.0 ** 2
+    ctx = _ctx(cshape_course)
+    files = dicom_io.write_ct_series(density, grid, ctx)
+    files.append(dicom_io.write_rtstruct([("BODY", BODY, np.ones(grid.shape, bool)), ("Disc", TARGET, disc)], grid, ctx))
+    geom = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["geometry"]
+    assert geom.grid["shape"] == [30, 30, 4] and geom.grid["spacing"] == [2.0, 2.0, 2.0] and geom.grid["binning"] == 2
+    assert geom.grid["origin"][:2] == [-29.0, -29.0]
+    area = {s["name"]: s["volume_cc"] for s in geom.structures}["Disc"] / 4 / 0.2  # cc over 4 slices of 2 mm -> cm^2
+    assert area == pytest.approx(np.pi * 1.5 ** 2, rel=0.02)
+    geo = services.load_geometry("imported", imported=geom)
+    assert np.allclose(geo.density[:14], 0.96, atol=1e-3) and np.allclose(geo.density[16:], 1.04, atol=1e-3)
+
+
+@pytest.mark.urls("tests.planning.urls")
+def test_scanner_density_table_from_the_api_is_used_by_the_import(client, cshape_course, users):
+    """A physicist enters a calibration for the CT's scanner (Manufacturer "RadPath", StationName "CT-SIM-1"):
+    0 HU -> 1.0 and 1000 HU -> 1.5. A slice of 1000 HU (generic curve: 1.60) then imports as 1.5, and -500 HU
+    (both tables linear there) as 0.5; another station keeps the generic curve. Bad points are a 400 naming them."""
+    from tests.conftest import PASSWORD
+
+    client.login(username=users["physicist"].username, password=PASSWORD)
+    r = client.post("/api/planning/ct-density-tables/", {"name": "CT-SIM-1 2026", "manufacturer": "RadPath",
+                                                         "station": "CT-SIM-1", "points": [[-1000, 0], [0, 1], [1000, 1.5]]},
+                    content_type="application/json")
+    assert r.status_code == 201, r.content
+    r = client.post("/api/planning/ct-density-tables/", {"name": "bad", "points": [[0, 1], [-10, 2]]}, content_type="application/json")
+    assert r.status_code == 400 and "strictly increasing" in r.json()["points"][0]
+    assert client.login(username=users["oncologist"].username, password=PASSWORD)
+    assert client.post("/api/planning/ct-density-tables/", {"name": "x", "points": [[0, 1], [1, 1]]},
+                       content_type="application/json").status_code == 403
+
+    grid = Grid((8, 8, 3), (4.0, 4.0, 4.0), (-14.0, -14.0, -4.0))
+    X, Y, Z = grid.mesh()
+    density = np.where(X > 0, 1.6, 0.5).astype(np.float32)  # written with the generic curve: 1000 HU and -500 HU
+
+    def files(station):
+        ctx = _ctx(cshape_course)
+        out = dicom_io.write_ct_series(density, grid, ctx)
+        out = [(n, _with(b, StationName=station)) for n, b in out]
+        out.append(dicom_io.write_rtstruct([("BODY", BODY, np.ones(grid.shape, bool))], grid, ctx))
+        return out
+
+    geo = services.load_geometry("imported", imported=dicom_io.import_files(
+        files("CT-SIM-1"), course=cshape_course, user=users["physicist"])["geometry"])
+    assert np.allclose(geo.density[X > 0], 1.5, atol=1e-3) and np.allclose(geo.density[X < 0], 0.5, atol=1e-3)
+    other = dicom_io.import_files(files("CT-2"), course=cshape_course, user=users["physicist"])["geometry"]
+    assert other.grid["density_table"].startswith("Generic")
+    assert np.allclose(services.load_geometry("imported", imported=other).density[X > 0], 1.6, atol=1e-3)
+
+
+def _with(b, **attrs):
+    ds = pydicom.dcmread(io.BytesIO(b))
+    for k, v in attrs.items():
+        setattr(ds, k, v)
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    return buf.getvalue()
