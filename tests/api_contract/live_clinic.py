@@ -33,6 +33,13 @@ def server_env(var_dir):
         DATABASE_URL=f"sqlite:///{var_dir / 'contract.sqlite3'}",
         TASKS_BACKEND="db",
         DEBUG="0",
+        # plain HTTP on loopback: production's HTTPS redirect and Secure-only cookies off, and no API throttle
+        # (schemathesis sends thousands of requests a minute as one user)
+        SECURE_SSL_REDIRECT="0",
+        SESSION_COOKIE_SECURE="0",
+        CSRF_COOKIE_SECURE="0",
+        SECURE_HSTS_SECONDS="0",
+        RADPATH_API_RATE_USER="1000000/minute",
         ALLOWED_HOSTS="127.0.0.1",
         SECRET_KEY="radpath-contract-test-key-not-secret-0123456789abcdef",
         PYTHONUNBUFFERED="1",

@@ -12,7 +12,9 @@ def test_researcher_reads_predicted_vs_observed_pneumonitis(transactional_db, li
     from playwright.sync_api import expect, sync_playwright
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
-    for i, (dose, grade) in enumerate([(6.0, 0), (12.0, 0), (18.0, 2), (24.0, 0), (30.0, 2), (36.0, 3)]):
+    # Ten courses, the minimum cohort a researcher may see (RADPATH_MIN_COHORT), in six 5 Gy dose bins.
+    cohort = [(6.0, 0), (7.0, 0), (12.0, 0), (13.0, 0), (18.0, 2), (19.0, 0), (24.0, 0), (23.0, 0), (30.0, 2), (36.0, 3)]
+    for i, (dose, grade) in enumerate(cohort):
         course = _finished_course(300 + i, "pleural_mesothelioma", dose)
         if grade:
             _event(course, grade=grade)
@@ -22,7 +24,7 @@ def test_researcher_reads_predicted_vs_observed_pneumonitis(transactional_db, li
         login(page, live_server.url, "researcher", "/outcomes/analysis/")
         page.get_by_role("link", name="NTCP").click()
         page.wait_for_url("**/outcomes/ntcp/")
-        expect(page.locator("#ntcp-n")).to_contain_text("6 course(s), 3 with Pneumonitis grade >= 2")
+        expect(page.locator("#ntcp-n")).to_contain_text("10 course(s), 3 with Pneumonitis grade >= 2")
         page.get_by_label("Model").select_option("pneumonitis_lkb_seppenwoolde")
         page.get_by_role("button", name="Show").click()
         page.wait_for_url("**model=pneumonitis_lkb_seppenwoolde**")
