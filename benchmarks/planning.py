@@ -305,14 +305,7 @@ def run_radpath(a, mat_path: str, axes, iso) -> dict:
     # optimise fast, report accurately: the fast matrix corrected to the accurate dose in correction rounds, the
     # plan judged on the accurate (untruncated) dose of its final fluence; all of it counts as optimisation time
     acc = pb.AccurateDose.for_influence(geo, dij)
-    t_acc = 0.0
-
-    def accurate(w):
-        nonlocal t_acc
-        t = time.perf_counter()
-        d = acc.dose(w)
-        t_acc += time.perf_counter() - t
-        return d
+    accurate = acc.dose  # acc.seconds: the time spent in it
 
     res = accm.optimise_accurately(dij, rows, objs, accurate, target="OuterTarget", rx=50.0, normalise_to=None,
                                    max_iter=a.max_iter, correction_rounds=a.correction_rounds, tol=1e-7)
@@ -326,7 +319,7 @@ def run_radpath(a, mat_path: str, axes, iso) -> dict:
     t_rows = rows["OuterTarget"]
     return {
         "dij": dij, "prob": opt.PlanningProblem(dij, rows, objs), "weights": res.weights,
-        "geo": geo, "cube": cube, "cube_fast": dij.dose_cube(res.weights), "t_accurate_s": t_acc,
+        "geo": geo, "cube": cube, "cube_fast": dij.dose_cube(res.weights), "t_accurate_s": acc.seconds,
         "dropped_target": pb.dropped_fraction(fast, d_acc, t_rows), "dropped_body": pb.dropped_fraction(fast, d_acc), "t_load_s": t_load - t0, "t_stf_s": t_stf - t_load, "t_dij_s": t_dij - t_stf,
         "t_opt_s": t_opt - t_dij, "iterations": res.iterations, "voxels_grid": int(np.prod(geo.grid.shape)),
         "voxels_calc": int(dij.n_voxels), "beamlets": int(dij.n_beamlets), "nnz": int(dij.nnz),

@@ -24,7 +24,6 @@ the fast matrix once). The accuracy figures of every plan are in :attr:`Accurate
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -115,14 +114,8 @@ def plan_accurately(dij: DoseInfluence, rows: dict, objectives: list | None, *, 
         if geo is None:
             raise ValueError("geo or accurate is needed")
         accurate = AccurateDose.for_influence(geo, dij, machine)
-    t_acc = 0.0
-
-    def acc(w):
-        nonlocal t_acc
-        t = time.perf_counter()
-        d = accurate.dose(w)
-        t_acc += time.perf_counter() - t
-        return d
+    acc = accurate.dose
+    t_acc0 = accurate.seconds
 
     t_rows = rows[target]
     corr = None
@@ -135,7 +128,7 @@ def plan_accurately(dij: DoseInfluence, rows: dict, objectives: list | None, *, 
                                   max_iter=max_iter, smoothing=smoothing, correction_rounds=correction_rounds,
                                   round_iter=round_iter, callback=callback, should_cancel=should_cancel, tol=tol)
         if res.cancelled:
-            return AccuratePlan(res, None, None, None, None, {}, None, t_acc)
+            return AccuratePlan(res, None, None, None, None, {}, None, accurate.seconds - t_acc0)
     # the optimised fluence on its accurate dose
     d_opt = acc(res.weights)
     s = normalise(dij, res.weights, t_rows, rx, normalise_to, dose=d_opt)
@@ -150,7 +143,7 @@ def plan_accurately(dij: DoseInfluence, rows: dict, objectives: list | None, *, 
                           segment_weight_opt=segment_weight_opt, normalised_objective=normalised_objective,
                           max_iter=swo_max_iter, callback=swo_callback, should_cancel=should_cancel, correction=corr)
     if dp.swo is not None and dp.swo.cancelled:
-        return AccuratePlan(res, dp, None, d_opt, None, {}, None, t_acc)
+        return AccuratePlan(res, dp, None, d_opt, None, {}, None, accurate.seconds - t_acc0)
     model = None
     if objectives and segment_weight_opt and dp.swo is not None:
         d_acc = acc(dp.weights)
@@ -161,7 +154,7 @@ def plan_accurately(dij: DoseInfluence, rows: dict, objectives: list | None, *, 
                                         machine=machine, callback=swo_callback, should_cancel=should_cancel,
                                         correction=corr)
         if swo2.cancelled:
-            return AccuratePlan(res, dp, None, d_opt, None, {}, None, t_acc)
+            return AccuratePlan(res, dp, None, d_opt, None, {}, None, accurate.seconds - t_acc0)
         dp.sequences = swo2.sequences
         dp.swo.iterations += swo2.iterations
         dp.swo.objective = swo2.objective
@@ -189,5 +182,5 @@ def plan_accurately(dij: DoseInfluence, rows: dict, objectives: list | None, *, 
     fast = np.asarray(dij.dose(dp.weights), np.float32)
     info = _accuracy(dij, fast, dose, None if model is None else model * np.float32(s), rows, target)
     info["correction_rounds"] = correction_rounds if forward_weights is None else 0
-    return AccuratePlan(res, dp, dose, res.dose, fast, info, d_plain, t_acc)
+    return AccuratePlan(res, dp, dose, res.dose, fast, info, d_plain, accurate.seconds - t_acc0)
 
