@@ -12,7 +12,6 @@ role permission (``required_perms``, see ``workflow.permissions``) and serialise
   ``user=request.user`` as well.
 """
 
-import datetime as dt
 import importlib
 
 from django.db import IntegrityError, transaction

@@ -14,19 +14,16 @@
 Views are thin: the rules live in ``workflow.carepaths``.
 """
 
-import datetime as dt
 import math
 
 from django.contrib.auth import get_user_model
 from django.utils import timezone
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema, extend_schema_field, inline_serializer
 from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
 from . import carepaths, params
-from .errors import RuleViolation
 from .models import CarePath, CarePathTemplate, CareTask, TemplateStep
 
 IDENTIFIED = "workflow.view_identified"

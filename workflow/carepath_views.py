@@ -4,7 +4,6 @@ Thin views: the rules (who completes what, reasons, due dates) are in ``workflow
 shown as a message. Pages need identified-data access and ``view_caretask`` (researchers get 403).
 """
 
-import datetime as dt
 import math
 
 from django.contrib import messages

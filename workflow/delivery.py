@@ -11,7 +11,6 @@ Rules:
   are cancelled and their machine time freed.
 """
 
-import datetime as dt
 from dataclasses import dataclass
 from decimal import Decimal
 

@@ -13,7 +13,7 @@ from django.http import JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
-from . import locking, prescriptions
+from . import prescriptions
 from .errors import RuleViolation
 from .forms import add_service_error
 from .models import Course, Diagnosis, Patient, Treatment, TreatmentKind
