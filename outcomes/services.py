@@ -716,6 +716,8 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if group_by and len(curves) >= 2:
         has = ~pd.isna(g)
         result.logrank = sv.logrank_test(t[has], e[has], g[has])
+        if result.logrank.note:
+            result.notes.append(f"Log-rank: {result.logrank.note}.")
     if cox:
         result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by)
     disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}")

@@ -274,7 +274,7 @@ def median_survival(km: KaplanMeier) -> MedianSurvival:
 class SurvivalAt:
     time: float
     n_risk: int | None
-    n_event: int | None  # cumulative events up to and including ``time``
+    n_event: int | None  # events since the previous requested time, as R's summary(fit, times=) n.event
     survival: float | None
     std_err: float | None
     lower: float | None
@@ -289,12 +289,20 @@ def survival_at(km: KaplanMeier, times: Iterable[float]) -> list[SurvivalAt]:
     """S(t) with CI at given times (R ``summary(fit, times=...)``, ``extend=FALSE``).
 
     S is the value of the step curve at the last observed time <= t; n_risk is the number still
-    under observation at t (time >= t). Times after the last follow-up give None (not estimable).
+    under observation at t (time >= t). n_event counts the events in the interval since the previous
+    requested time (in increasing order; the first interval starts at 0), as R reports it: the n_event
+    of all requested times add up to the events up to the last one. Times after the last follow-up give
+    None (not estimable).
     """
     out = []
     t_max = float(km.time[-1])
+    times = [float(t) for t in times]
+    ordered = sorted(set(times))
+    cum_events = np.concatenate([[0], np.cumsum(km.n_event)])
+    events_to = {t: int(cum_events[np.searchsorted(km.time, t, side="right")]) for t in ordered}
+    previous = dict(zip(ordered, [None, *ordered[:-1]]))
     for t in times:
-        t = float(t)
+        in_interval = events_to[t] - (events_to[previous[t]] if previous[t] is not None else 0)
         if t > t_max:
             out.append(SurvivalAt(t, None, None, None, None, None, None, km.conf_type))
             continue
@@ -308,7 +316,7 @@ def survival_at(km: KaplanMeier, times: Iterable[float]) -> list[SurvivalAt]:
             SurvivalAt(
                 time=t,
                 n_risk=n_risk,
-                n_event=int(km.n_event[: idx + 1].sum()),
+                n_event=in_interval,
                 survival=float(km.survival[idx]),
                 std_err=float(km.std_err[idx]),
                 lower=float(km.lower[idx]),
@@ -406,10 +414,11 @@ class LogRankResult:
     n: list[int]
     observed: list[float]
     expected: list[float]
-    chisq: float
+    chisq: float | None
     df: int
-    p_value: float
+    p_value: float | None
     test: str = "log-rank (Mantel-Haenszel; R survdiff rho=0)"
+    note: str | None = None  # why there is no statistic, when there is none
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -455,17 +464,25 @@ def logrank_test(durations, events, groups) -> LogRankResult:
     v[np.diag_indices(k)] += (w[:, None] * frac).sum(axis=0)
     diff = observed - expected
     sub = v[: k - 1, : k - 1]
-    chisq = float(diff[: k - 1] @ np.linalg.pinv(sub) @ diff[: k - 1])
     dfree = int(np.linalg.matrix_rank(sub))
-    return LogRankResult(
+    result = LogRankResult(
         groups=labels.tolist(),
         n=np.bincount(gi, minlength=k).astype(int).tolist(),
         observed=observed.tolist(),
         expected=expected.tolist(),
-        chisq=chisq,
+        chisq=None,
         df=dfree,
-        p_value=float(stats.chi2.sf(chisq, dfree)),
+        p_value=None,
     )
+    if dfree == 0:
+        # No event, or no event while two groups were at risk together: the variance is zero and the
+        # test has no information. R's survdiff prints chisq 0 on 0 df; say why instead of a bare 0.
+        result.note = ("no events in the cohort: the log-rank test is undefined" if not d.size else
+                       "no event happened while more than one group was at risk: the groups cannot be compared")
+        return result
+    result.chisq = float(diff[: k - 1] @ np.linalg.pinv(sub) @ diff[: k - 1])
+    result.p_value = float(stats.chi2.sf(result.chisq, dfree))
+    return result
 
 
 def logrank_by_column(df: pd.DataFrame, duration_col: str, event_col: str, group_col: str) -> LogRankResult:

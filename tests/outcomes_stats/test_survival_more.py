@@ -108,3 +108,41 @@ def test_three_group_logrank_matches_lifelines():
     ref = multivariate_logrank_test(lung["time"], lung["ph.ecog"], lung["status"])
     assert ours.df == 2
     assert ours.chisq == pytest.approx(ref.test_statistic, rel=1e-10)
+
+
+def test_events_at_requested_times_are_per_interval_as_in_r():
+    """R's ``summary(survfit(Surv(time, status) ~ 1, lung), times = c(365.25, 730.5, 182.625))`` reports n.event
+    per interval between the (sorted) requested times, not cumulatively. Checked against a direct count of the
+    deaths in each interval of the data, and against R's published one-year row (121 deaths by 365.25 days)."""
+    from lifelines.datasets import load_lung
+
+    lung = load_lung().dropna(subset=["time", "status"])
+    km = kaplan_meier(lung["time"], lung["status"])
+    half, one, two = survival_at(km, [182.625, 365.25, 730.5])
+    dead = lung["status"] == 1
+
+    def deaths(lo, hi):
+        return int((dead & (lung["time"] > lo) & (lung["time"] <= hi)).sum())
+
+    assert one.n_event == deaths(182.625, 365.25)
+    assert half.n_event + one.n_event == 121  # R: 121 events by one year
+    assert (half.n_event, two.n_event) == (deaths(0, 182.625), deaths(365.25, 730.5))
+    # order of the request does not change the intervals: they follow increasing time
+    shuffled = {s.time: s.n_event for s in survival_at(km, [730.5, 182.625, 365.25])}
+    assert shuffled == {182.625: half.n_event, 365.25: one.n_event, 730.5: two.n_event}
+
+
+def test_logrank_without_events_says_why_instead_of_a_zero_statistic():
+    t = np.array([5.0, 8.0, 12.0, 3.0, 9.0, 14.0])
+    e = np.zeros(6)
+    g = np.array(["a", "a", "a", "b", "b", "b"])
+    res = logrank_test(t, e, g)
+    assert res.chisq is None and res.p_value is None and res.df == 0
+    assert "no events" in res.note
+    assert res.observed == [0.0, 0.0]
+    # one event, but only group "a" is at risk at its time: the groups still cannot be compared
+    late = logrank_test(np.array([1.0, 2.0, 3.0, 10.0]), np.array([0, 0, 0, 1]), np.array(["b", "b", "a", "a"]))
+    assert late.chisq is None and "cannot be compared" in late.note
+    # with information the statistic is computed and there is no note
+    ok = logrank_test(np.array([1.0, 2.0, 3.0, 4.0]), np.array([1, 1, 1, 1]), np.array(["a", "b", "a", "b"]))
+    assert ok.note is None and ok.df == 1 and ok.chisq > 0
