@@ -693,6 +693,8 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if usable.empty:
         raise RuleViolation("The cohort has no patient with the dates this endpoint needs.", field="cohort")
     usable = usable.assign(**{ecol: usable[ecol].astype(int), dcol: usable[dcol].astype(float)})
+    if endpoint != "os":
+        notes.extend(censoring_notes(usable[dcol].to_numpy(), usable[ecol].to_numpy(), endpoint))
     k = disclosure.min_cohort() if min_group is None else min_group
     disclosure.check_cohort_size(len(usable), "The cohort (patients with the dates this endpoint needs)")
     suppressed = []
@@ -722,6 +724,28 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
         result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by)
     disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}")
     return result
+
+
+def censoring_notes(days, events, endpoint) -> list[str]:
+    """What the censoring rule did, in words: PFS, LC and TTR censor at the last disease assessment, so a patient
+    with no assessment after time zero is censored at day 0 — right by the rule, but a cohort whose registry holds
+    last contact only (no assessments) then has every censored time at 0 and a biased curve, which must be said."""
+    censored = events == 0
+    n_censored = int(censored.sum())
+    if not n_censored:
+        return []
+    at_zero = int((censored & (days == 0)).sum())
+    label = ENDPOINTS[endpoint]
+    notes = [f"{label}: {n_censored - at_zero} censored patient(s) are censored at their last disease assessment"
+             + (f"; {at_zero} had no assessment after time zero and are censored at day 0." if at_zero else ".")]
+    if at_zero == n_censored:
+        notes.append(f"Warning: no censored patient has a disease assessment to censor at, so every censored {label} "
+                     "time is day 0 and the curve and median are biased low. Record the follow-up assessments (a "
+                     "last-contact date alone does not show freedom from progression), or analyse OS.")
+    elif at_zero * 2 > n_censored:
+        notes.append(f"Warning: most censored patients ({at_zero} of {n_censored}) have no assessment to censor at; "
+                     f"the {label} estimate leans on few assessed patients.")
+    return notes
 
 
 def _cox(df, dcol, ecol, group_by):

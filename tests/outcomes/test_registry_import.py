@@ -154,3 +154,18 @@ def test_r_lung_validation_through_bulk_import(oncologist):
     assert lr["p_value"] == pytest.approx(0.00131116, abs=5e-6)
     sex_term = {t["covariate"]: t for t in by_sex["cox"]["terms"]}
     assert "age_years" in sex_term  # Cox adjusted for age; sex is the stratifier here
+
+
+def test_pfs_on_last_contact_only_registry_warns_that_censoring_collapses_to_day_zero(oncologist):
+    """The lung registry holds deaths and last-contact rows, no disease assessments: PFS censors at the last
+    assessment (the rule), so all 63 censored patients fall at day 0. The analysis must say so, and OS must not."""
+    import_registry(lung_registry_csv(), user=oncologist)
+    cohort = CohortFilter.from_params({"site": "lung"}).queryset()
+    pfs = services.analyze(cohort, endpoint="pfs", cox=False).to_dict()
+    (g,) = pfs["groups"]
+    assert (g["n"], g["events"]) == (228, 165)  # every death is a PFS event
+    notes = " ".join(pfs["notes"])
+    assert "0 censored patient(s) are censored at their last disease assessment; 63 had no assessment" in notes
+    assert "Warning: no censored patient has a disease assessment to censor at" in notes
+    os_notes = services.analyze(cohort, endpoint="os", cox=False).to_dict()["notes"]
+    assert not any("censored" in n for n in os_notes)
