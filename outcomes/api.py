@@ -46,6 +46,10 @@ ANALYSIS_PARAMS = COHORT_PARAMS + [
     OpenApiParameter("endpoint", str, enum=list(services.ENDPOINTS)),
     OpenApiParameter("group_by", str, enum=[g for g in services.GROUPINGS if g]),
     OpenApiParameter("conf_type", str, enum=list(services.CI_METHODS)),
+    OpenApiParameter("cox_terms", str, description="Cox model terms, comma-separated, from: "
+                     + ", ".join(services.COX_TERMS) + " (default: group,age,sex; 'group' is the grouping)"),
+    OpenApiParameter("cox_strata", str, description="Cox strata (own baseline hazard each), comma-separated, from: "
+                     + ", ".join(services.COX_TERMS[2:])),
 ]
 
 
@@ -59,6 +63,7 @@ def analysis_from(request):
     return services.analyze(
         cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
         group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
+        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"),
     )
 
 

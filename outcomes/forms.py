@@ -87,6 +87,12 @@ class AnalysisForm(forms.Form):
     rt_start_to = forms.CharField(required=False, widget=MONTH, label="RT start to (month)")
     min_toxicity_grade = forms.TypedChoiceField(choices=[("", "Any")] + [(g, f">= {g}") for g in range(1, 6)], coerce=int,
                                                 required=False, empty_value=None, label="Toxicity grade at least")
+    cox_terms = forms.MultipleChoiceField(
+        choices=[(t, {"group": "The grouping", "age": "Age"}.get(t) or services.GROUPINGS[t]) for t in services.COX_TERMS],
+        required=False, widget=forms.CheckboxSelectMultiple, label="Cox model terms",
+        help_text="None ticked: the grouping, age and sex.")
+    cox_strata = forms.MultipleChoiceField(choices=[(t, services.GROUPINGS[t]) for t in services.COX_TERMS[2:]],
+                                           required=False, widget=forms.CheckboxSelectMultiple, label="Cox strata")
 
     DEFAULTS = {"endpoint": "os", "time_zero": "rt_start", "conf_type": "log"}
 

@@ -663,8 +663,41 @@ class AnalysisResult:
         }
 
 
+# Cox model terms a researcher may choose: "group" (the analysis grouping), "age" (years at time zero), or any
+# grouping variable (categorical, dummy-coded against its first level). Strata: any grouping variable.
+COX_TERMS = ("group", "age", *[g for g in GROUPINGS if g and g != "grade3_toxicity"])
+COX_DEFAULT_TERMS = ("group", "age", "sex")
+
+
+def parse_cox_choice(terms, strata, group_by):
+    """The researcher's Cox terms and strata (lists or comma-separated text) checked against ``COX_TERMS``.
+
+    ``terms`` None keeps the default model (grouping + age + sex). Raises ``RuleViolation`` naming the field."""
+    def split(value):
+        if value is None:
+            return None
+        items = value.split(",") if isinstance(value, str) else list(value)
+        return list(dict.fromkeys(i.strip() for i in items if i and i.strip()))
+
+    chosen, strata = split(terms), split(strata) or []
+    for field_name, values, allowed in (("cox_terms", chosen or [], COX_TERMS),
+                                        ("cox_strata", strata, COX_TERMS[2:])):
+        unknown = [v for v in values if v not in allowed]
+        if unknown:
+            raise RuleViolation(f"unknown {field_name} {', '.join(unknown)}: choose from {', '.join(allowed)}.",
+                                field=field_name)
+    if chosen is not None and not chosen:
+        raise RuleViolation("choose at least one Cox term.", field="cox_terms")
+    if chosen and "group" in chosen and not group_by:
+        raise RuleViolation("the term 'group' needs a grouping (group_by).", field="cox_terms")
+    both = set(chosen or COX_DEFAULT_TERMS) & set(strata) | ({"group"} & set(chosen or ()) if group_by in strata else set())
+    if both:
+        raise RuleViolation(f"{', '.join(sorted(both))} cannot be both a term and a stratum.", field="cox_strata")
+    return chosen, strata
+
+
 def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_type="log", cox=True, min_group=None,
-            user=None):
+            user=None, cox_terms=None, cox_strata=None):
     """Survival analysis of a cohort (a ``Course`` queryset): KM per group, medians, landmarks, log-rank, Cox.
 
     Disclosure control (``outcomes.disclosure``): fewer than ``RADPATH_MIN_COHORT`` usable patients is refused;
@@ -678,12 +711,15 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
         raise RuleViolation(f"group_by must be one of {', '.join(g for g in GROUPINGS if g)}.", field="group_by")
     if conf_type not in CI_METHODS:
         raise RuleViolation(f"conf_type must be one of {', '.join(CI_METHODS)}.", field="conf_type")
-    columns = {group_by} - {""} | ({"sex", "birth_date"} if cox else set())
+    cox_terms, cox_strata = parse_cox_choice(cox_terms, cox_strata, group_by)
+    cox_vars = {t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")} | set(cox_strata)
+    columns = {group_by} - {""} | ({"sex", "birth_date"} | cox_vars if cox else set())
     df = endpoint_frame(courses, time_zero, columns=columns, endpoints=(endpoint,))
     if group_by == "grade3_toxicity" and "grade3_toxicity" not in df.columns:
         raise RuleViolation("Toxicity data are not available.", field="group_by")
     dcol, ecol = f"{endpoint}_days", f"{endpoint}_event"
-    keep = ["course_id", "patient_id", dcol, ecol, *[c for c in (group_by, "sex", "age_years") if c and c in df.columns]]
+    keep = ["course_id", "patient_id", dcol, ecol,
+            *[c for c in (group_by, "sex", "age_years", *sorted(cox_vars)) if c and c in df.columns]]
     df = df[list(dict.fromkeys(keep))]  # what the statistics read; not the whole cohort frame, copied twice
     usable = df.dropna(subset=[dcol, ecol]) if not df.empty else df
     notes = []
@@ -721,7 +757,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
         if result.logrank.note:
             result.notes.append(f"Log-rank: {result.logrank.note}.")
     if cox:
-        result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by)
+        result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by, cox_terms, cox_strata)
     disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}")
     return result
 
@@ -748,29 +784,48 @@ def censoring_notes(days, events, endpoint) -> list[str]:
     return notes
 
 
-def _cox(df, dcol, ecol, group_by):
-    """Cox PH on the grouping (dummy-coded against its first level), age and sex (male = 1)."""
+def _cox(df, dcol, ecol, group_by, terms=None, strata=()):
+    """Cox PH on the chosen ``terms`` (default: the grouping, age and sex), each categorical one dummy-coded
+    against its first level (sex: male = 1), with ``strata`` as separate baselines. A term without variation
+    in the cohort is left out, as before."""
     data = pd.DataFrame({dcol: df[dcol], ecol: df[ecol]})
     covs = []
-    if group_by and df[group_by].nunique() >= 2:
-        levels = sorted(df[group_by].dropna().astype(str).unique())
-        for lvl in levels[1:]:
-            name = f"{group_by}={lvl}"
-            data[name] = (df[group_by].astype(str) == lvl).astype(float)
+    terms = list(COX_DEFAULT_TERMS if terms is None else terms)
+
+    def dummies(var):
+        if df[var].nunique() < 2:
+            return
+        for lvl in sorted(df[var].dropna().astype(str).unique())[1:]:
+            name = f"{var}={lvl}"
+            data[name] = (df[var].astype(str) == lvl).astype(float)
             covs.append(name)
-    if df["age_years"].notna().any() and df["age_years"].nunique() > 1:
-        data["age_years"] = df["age_years"].astype(float)
-        covs.append("age_years")
-    if group_by != "sex" and df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
-        data["sex=M"] = (df["sex"] == "M").astype(float)
-        covs.append("sex=M")
+
+    for term in terms:
+        if term == "group":
+            if group_by:
+                dummies(group_by)
+        elif term == "age":
+            if df["age_years"].notna().any() and df["age_years"].nunique() > 1:
+                data["age_years"] = df["age_years"].astype(float)
+                covs.append("age_years")
+        elif term == group_by and "group" in terms:
+            continue  # already in the model as the grouping
+        elif term == "sex":
+            if df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
+                data["sex=M"] = (df["sex"] == "M").astype(float)
+                covs.append("sex=M")
+        else:
+            dummies(term)
+    for var in strata:
+        data[f"strata:{var}"] = df[var].astype(str).where(df[var].notna())
+    strata_cols = [f"strata:{v}" for v in strata]
     events = int(data[ecol].sum())
     if not covs or events < 5 * len(covs):
         return None, f"Too few events ({events}) for a Cox model with {len(covs)} covariate(s) (need 5 per covariate)."
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return sv.cox_ph(data, dcol, ecol, covs), None
+            return sv.cox_ph(data, dcol, ecol, covs, strata=strata_cols), None
     except Exception as exc:  # noqa: BLE001 - a degenerate fit (e.g. separation) is reported, not a 500
         logger.info("Cox fit failed on %s covariate(s): %s", len(covs), exc)
         return None, COX_FAILED

@@ -532,6 +532,7 @@ def cox_ph(
     conf_level: float = 0.95,
     ph_transform: str = "km",
     penalizer: float = 0.0,
+    strata: Sequence[str] = (),
 ) -> CoxResult:
     """Cox proportional-hazards model (lifelines ``CoxPHFitter``, Efron ties as R ``coxph``).
 
@@ -539,16 +540,19 @@ def cox_ph(
     Grambsch & Therneau (1994) on scaled Schoenfeld residuals (lifelines
     ``proportional_hazard_test`` with ``time_transform`` = ``ph_transform``; R ``cox.zph`` default
     transform is "km"). Covariates must be numeric (dummy-code categories before calling). Rows with
-    missing values in the used columns are dropped (R's na.omit).
+    missing values in the used columns are dropped (R's na.omit). ``strata``: columns whose levels get a
+    baseline hazard of their own (R ``+ strata(x)``); they take no coefficient.
     """
     from lifelines import CoxPHFitter
     from lifelines.statistics import proportional_hazard_test
 
+    strata = list(strata)
     cols = list(covariates) if covariates is not None else [
-        c for c in df.columns if c not in (duration_col, event_col)
+        c for c in df.columns if c not in (duration_col, event_col, *strata)
     ]
-    data = df[[duration_col, event_col, *cols]].dropna().astype(float)
-    cph = CoxPHFitter(alpha=1 - conf_level, penalizer=penalizer)
+    data = df[[duration_col, event_col, *cols, *strata]].dropna()
+    data = data.astype({c: float for c in (duration_col, event_col, *cols)})
+    cph = CoxPHFitter(alpha=1 - conf_level, penalizer=penalizer, strata=strata or None)
     cph.fit(data, duration_col=duration_col, event_col=event_col)
     summ = cph.summary
     ph = None

@@ -169,3 +169,46 @@ def test_pfs_on_last_contact_only_registry_warns_that_censoring_collapses_to_day
     assert "Warning: no censored patient has a disease assessment to censor at" in notes
     os_notes = services.analyze(cohort, endpoint="os", cox=False).to_dict()["notes"]
     assert not any("censored" in n for n in os_notes)
+
+
+def test_cox_terms_and_strata_chosen_by_the_researcher_match_r(oncologist):
+    """``coxph(Surv(time, status) ~ sex, data = lung)``: coef -0.5310, exp(coef) 0.5880, se 0.1672, p 0.00149 (R
+    codes sex 1 = male, 2 = female, so the coefficient is female vs male; RadPath's term is male = 1, the same fit
+    with the sign turned). ``coxph(Surv(time, status) ~ age + sex, data = lung)``: age 0.017045 (se 0.009223,
+    p 0.0646), sex -0.513219 (se 0.167458, p 0.00218). Both as printed in E. C. Zabor's "Survival analysis in R"
+    tutorial and R's ``survival`` vignette output."""
+    import_registry(lung_registry_csv(), user=oncologist)
+    cohort = CohortFilter.from_params({"site": "lung"}).queryset()
+
+    only_sex = services.analyze(cohort, endpoint="os", cox_terms="sex").to_dict()["cox"]
+    (term,) = only_sex["terms"]
+    assert term["covariate"] == "sex=M"
+    assert round(-term["coef"], 4) == -0.5310 and round(1 / term["hazard_ratio"], 3) == 0.588
+    assert round(term["se"], 4) == 0.1672 and round(term["p_value"], 5) == 0.00149
+
+    both = {t["covariate"]: t for t in services.analyze(cohort, endpoint="os", cox_terms=["age", "sex"]).to_dict()["cox"]["terms"]}
+    assert set(both) == {"age_years", "sex=M"}
+    assert round(both["age_years"]["coef"], 6) == 0.017045 and round(both["age_years"]["se"], 6) == 0.009223
+    assert round(both["age_years"]["p_value"], 4) == 0.0646
+    # R prints 6 decimals; lifelines' and R's Newton iterations stop at different tolerances (2e-6 apart here)
+    assert round(-both["sex=M"]["coef"], 5) == round(-0.513219, 5) and round(both["sex=M"]["se"], 5) == round(0.167458, 5)
+    assert round(both["sex=M"]["p_value"], 5) == 0.00218
+    assert all(t["ph_p_value"] is not None for t in both.values())  # a PH check per term
+
+    # strata(sex): sex gets its own baseline, no coefficient; age's estimate moves off the unstratified one
+    strat = services.analyze(cohort, endpoint="os", cox_terms="age", cox_strata="sex").to_dict()["cox"]
+    assert [t["covariate"] for t in strat["terms"]] == ["age_years"]
+    assert strat["terms"][0]["coef"] != pytest.approx(both["age_years"]["coef"], abs=1e-4)
+
+
+@pytest.mark.parametrize("params, field", [
+    ({"cox_terms": "sex,hormone"}, "cox_terms"),
+    ({"cox_terms": "group"}, "cox_terms"),             # 'group' without a grouping
+    ({"cox_terms": "age,sex", "cox_strata": "sex"}, "cox_strata"),
+    ({"cox_strata": "colour"}, "cox_strata"),
+])
+def test_bad_cox_choice_is_a_400_naming_the_field(client, users, params, field):
+    client.force_login(users["researcher"])
+    resp = client.get("/api/outcomes/survival/", {"endpoint": "os", **params})
+    assert resp.status_code == 400, resp.content
+    assert field in resp.json()
