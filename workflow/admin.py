@@ -5,9 +5,13 @@ Clinical records cannot be deleted here either: the delete permission and the bu
 Machine slots are the scheduler's bookkeeping: read-only.
 """
 
+from django import forms
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied
 from simple_history.admin import SimpleHistoryAdmin
 
+from . import scheduling
+from .errors import ConflictError, RuleViolation
 from .record_forms import LockedModelForm
 from .models import (
     Closure,
@@ -183,10 +187,47 @@ class MachineAdmin(SimpleHistoryAdmin):
         return False  # machines carry appointments: retire them with active=False
 
 
+class ClosureForm(forms.ModelForm):
+    shift_bookings = forms.BooleanField(
+        required=False, label="Move the fractions booked that day to the end of their courses"
+    )
+
+    class Meta:
+        model = Closure
+        fields = ("date", "reason")
+
+    def clean(self):
+        data = super().clean()
+        day = data.get("date")
+        if day and not data.get("shift_bookings"):
+            booked = scheduling.booked_on(day).count()
+            if booked:
+                self.add_error("date", f"{booked} fraction(s) are booked on {day}: tick the box to move them to the "
+                                       "end of their courses, or move them first.")
+        return data
+
+
 @admin.register(Closure)
 class ClosureAdmin(SimpleHistoryAdmin):
+    """Closures are made by ``scheduling.add_closure`` (machine locks, booked-day rule), here as in the API."""
+
+    form = ClosureForm
     list_display = ("date", "reason")
     date_hierarchy = "date"
+
+    def has_change_permission(self, request, obj=None):
+        return False  # a closure's day is not edited: remove it and add another
+
+    def save_model(self, request, obj, form, change):
+        try:
+            result = scheduling.add_closure(obj.date, obj.reason, user=request.user,
+                                            shift_bookings=form.cleaned_data.get("shift_bookings", False))
+        except (ConflictError, RuleViolation) as exc:  # a booking committed since the form was checked
+            raise PermissionDenied(str(exc)) from exc
+        obj.pk = result.closure.pk
+        if result.moves:
+            self.message_user(request, f"{len(result.moves)} fraction(s) moved to the end of their courses.",
+                              messages.WARNING)
 
 
 @admin.register(Downtime)

@@ -554,6 +554,13 @@ class MachineViewSet(
     }
 
 
+@extend_schema_view(
+    create=extend_schema(
+        summary="Close the clinic on a day; with shift_bookings its booked fractions move to their courses' ends",
+        request=s.ClosureSerializer,
+        responses={201: s.ClosureReportSerializer, **ERRORS},
+    )
+)
 class ClosureViewSet(
     PathwayViewSet, mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin, mixins.DestroyModelMixin
 ):
@@ -569,9 +576,15 @@ class ClosureViewSet(
         "destroy": "workflow.delete_closure",
     }
 
-    def perform_create(self, serializer):
-        data = serializer.validated_data
-        serializer.instance = service("scheduling").add_closure(data["date"], data["reason"], user=self.request.user)
+    def create(self, request, *args, **kwargs):
+        params = self.get_serializer(data=request.data)
+        params.is_valid(raise_exception=True)
+        data = params.validated_data
+        result = service("scheduling").add_closure(
+            data["date"], data["reason"], user=request.user, shift_bookings=data.get("shift_bookings", False)
+        )
+        body = {**s.ClosureSerializer(result.closure).data, **result.as_dict()}
+        return Response(body, status=status.HTTP_201_CREATED)
 
     def destroy(self, request, *args, **kwargs):
         instance = self.get_object()

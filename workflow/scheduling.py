@@ -536,6 +536,18 @@ class DowntimeResult:
         }
 
 
+def _move_to_course_end(fraction, calendar, prefer_machine, preferred, user, note):
+    """Move ``fraction`` to the first open day after its course's last live fraction (the course end moves)."""
+    course = _lock_course(fraction.course)
+    last = course.fractions.filter(status__in=LIVE).order_by("-starts_at").first()
+    target_day = calendar.next_open_day(local_day(last.starts_at))
+    machines = capable_machines(course.technique, prefer_machine)
+    occupancy = Occupancy(machines, target_day, target_day + dt.timedelta(days=30), exclude_fraction_ids=[fraction.pk])
+    (new_machine, new_start), = plan_appointments(course, target_day, 1, machines, occupancy, calendar, preferred)
+    _move(fraction, new_machine, new_start, user, note)
+    renumber(course, user=user)
+
+
 def add_downtime(machine, starts_at, ends_at, reason, *, user=None):
     """Record downtime and move every scheduled fraction it hits; report each move."""
     if starts_at is None or ends_at is None or ends_at <= starts_at:
@@ -568,39 +580,49 @@ def add_downtime(machine, starts_at, ends_at, reason, *, user=None):
             if slot is not None:
                 _move(f, slot[0], slot[1], user, f"Moved for downtime: {reason}")
             else:
-                course = _lock_course(f.course)
-                last = course.fractions.filter(status__in=LIVE).order_by("-starts_at").first()
-                target_day = calendar.next_open_day(local_day(last.starts_at))
-                machines = capable_machines(course.technique, machine if machine.active else None)
-                occupancy = Occupancy(machines, target_day, target_day + dt.timedelta(days=30), exclude_fraction_ids=[f.pk])
-                (new_machine, new_start), = plan_appointments(course, target_day, 1, machines, occupancy, calendar, preferred)
-                _move(f, new_machine, new_start, user, f"Moved for downtime: {reason}")
-                renumber(course, user=user)
+                _move_to_course_end(f, calendar, machine if machine.active else None, preferred, user,
+                                    f"Moved for downtime: {reason}")
             f.refresh_from_db()
             result.moves.append(Move(f, old_start, old_machine, f.starts_at, f.machine))
     return result
 
 
-def add_closure(day, reason, *, user=None):
-    """Close the clinic on ``day``; refused (409 ``day_has_bookings``) while fractions are booked that day.
+def booked_on(day):
+    """The scheduled (not voided) fractions on the clinic day ``day``."""
+    start = local_datetime(day, dt.time(0))
+    return Fraction.objects.active().filter(
+        status=AppointmentStatus.SCHEDULED, starts_at__gte=start, starts_at__lt=start + dt.timedelta(days=1)
+    )
 
-    The scheduler has no "close a day and shift the courses" service yet, so the fractions must be moved first.
-    Every machine is locked before the check, so a booking running meanwhile either commits first (and the
-    closure is refused) or waits and then sees the closed day.
+
+@dataclass
+class ClosureResult:
+    closure: object
+    moves: list = field(default_factory=list)
+
+    def as_dict(self):
+        return {"moved": [m.as_dict() for m in self.moves]}
+
+
+def add_closure(day, reason, *, user=None, shift_bookings=False):
+    """Close the clinic on ``day``.
+
+    While fractions are booked that day it is refused (409 ``day_has_bookings``) unless ``shift_bookings``: then
+    each of them moves to the first open day after its course's last fraction, as a closure shifts a course by one
+    treatment day (the course end moves; fractions are renumbered; never two on one day unless BID). Every machine
+    is locked before the check, so a booking running meanwhile either commits first (and is seen here) or waits and
+    then sees the closed day. Returns a :class:`ClosureResult` with the moves.
     """
     from .models import Closure
 
+    require_in_window(day, "date")
     with transaction.atomic():
         lock_machines()
-        start = local_datetime(day, dt.time(0))
-        booked = Fraction.objects.active().filter(
-            status=AppointmentStatus.SCHEDULED, starts_at__gte=start, starts_at__lt=start + dt.timedelta(days=1)
-        )
-        n = booked.count()
-        if n:
+        booked = list(booked_on(day).select_for_update().select_related("course__patient", "machine").order_by("starts_at"))
+        if booked and not shift_bookings:
             raise ConflictError(
-                f"{n} fraction(s) are booked on {day}; move them (POST /api/fractions/{{id}}/move/) "
-                "before closing the clinic that day.",
+                f"{len(booked)} fraction(s) are booked on {day}; close it with shift_bookings to move them to the end "
+                "of their courses, or move them first (POST /api/fractions/{id}/move/).",
                 code="day_has_bookings",
             )
         if Closure.objects.filter(date=day).exists():
@@ -608,7 +630,16 @@ def add_closure(day, reason, *, user=None):
         closure = Closure(date=day, reason=reason)
         closure._history_user = user
         closure.save()
-    return closure
+        result = ClosureResult(closure)
+        calendar = ClinicCalendar()  # made after the save: it sees the new closure
+        for f in booked:
+            old_start, old_machine = f.starts_at, f.machine
+            preferred = timezone.localtime(f.starts_at, clinic_tz()).time()
+            _move_to_course_end(f, calendar, f.machine if f.machine.active else None, preferred, user,
+                                f"Moved for clinic closure: {reason}")
+            f.refresh_from_db()
+            result.moves.append(Move(f, old_start, old_machine, f.starts_at, f.machine))
+    return result
 
 
 def book_simulation(course, starts_at, machine, *, duration_minutes=30, modality="CT", immobilisation="", skin_marks="tattoos", notes="", user=None):

@@ -182,9 +182,20 @@ class MachineSerializer(CleanModelSerializer):
 
 
 class ClosureSerializer(CleanModelSerializer):
+    shift_bookings = serializers.BooleanField(
+        write_only=True, required=False, default=False,
+        help_text="Move the fractions booked that day to the end of their courses (else a day with bookings is 409)",
+    )
+
     class Meta:
         model = Closure
-        fields = ("id", "date", "reason")
+        fields = ("id", "date", "reason", "shift_bookings")
+
+    def validate(self, attrs):
+        shift = attrs.pop("shift_bookings", False)
+        attrs = super().validate(attrs)
+        attrs["shift_bookings"] = shift
+        return attrs
 
 
 class DowntimeSerializer(serializers.ModelSerializer):
@@ -395,6 +406,13 @@ class DowntimeReportSerializer(serializers.Serializer):
     moved_same_day = serializers.IntegerField()
     moved_to_later_day = serializers.IntegerField()
     simulations_to_rebook = serializers.ListField(child=serializers.IntegerField(), help_text="Simulation visit ids")
+
+
+class ClosureReportSerializer(serializers.Serializer):
+    id = serializers.IntegerField()
+    date = serializers.DateField()
+    reason = serializers.CharField()
+    moved = MoveReportSerializer(many=True, help_text="Fractions moved to the end of their courses")
 
 
 class ProgressSerializer(serializers.Serializer):
