@@ -19,6 +19,7 @@ Rules:
   rather than voxel doses assumes the hot spots coincide: conservative for the sum, the usual first check.
 """
 
+import datetime as dt
 import logging
 import os
 import re
@@ -555,6 +556,7 @@ def reap_stale_plans(*, now=None, stale_after=None):
             plan.save()
             reaped.append(plan)
     reap_lost_task_rows(now=now, stale_after=stale_after)
+    reap_lost_rq_jobs(now=now, stale_after=stale_after)
     return reaped
 
 
@@ -610,6 +612,57 @@ def reap_lost_task_rows(*, now=None, stale_after=None):
             lost.append(row_id)
     if lost:
         log.warning("marked %d plan task row(s) of lost workers failed: %s", len(lost), ", ".join(map(str, lost)))
+    return lost
+
+
+def reap_lost_rq_jobs(*, now=None, stale_after=None):
+    """The same for RQ (``TASKS_BACKEND=rq``): a plan job a killed work-horse left STARTED is failed; returns ids.
+
+    RQ itself fails an abandoned job only when its registry entry expires (the job timeout, an hour here), so the
+    task result read RUNNING until then. A job is lost when it started more than ``stale_after`` seconds ago, a plan
+    ran it and no plan runs it with a live heartbeat; its failure (FailedJobRegistry, a failed Result whose text is
+    the plan's failure reason) is what ``TaskResult.status`` / ``errors`` then report.
+    """
+    backend = str(settings.TASKS.get("default", {}).get("BACKEND", ""))
+    if not backend.startswith("django_tasks_rq"):
+        return []
+    import django_rq
+    from rq.exceptions import NoSuchJobError
+    from rq.job import JobStatus
+    from rq.job_lifecycle import record_job_failure
+    from django_tasks_rq.backend import Job
+
+    now = now or timezone.now()
+    stale_after = stale_after_seconds() if stale_after is None else stale_after
+    cutoff = now - timezone.timedelta(seconds=stale_after)
+    queue = django_rq.get_queue("default")
+    registry = queue.started_job_registry
+    job_ids = registry.get_job_ids(cleanup=False)
+    if not job_ids:
+        return []
+    alive = set(Plan.objects.filter(status=PlanStatus.RUNNING, heartbeat_at__gte=cutoff).values_list("task_id", flat=True))
+    reasons = dict(Plan.objects.filter(task_id__in=job_ids).values_list("task_id", "failure_reason"))
+    lost = []
+    for job_id in job_ids:
+        if job_id in alive or job_id not in reasons:
+            continue
+        try:
+            job = Job.fetch(job_id, connection=queue.connection)
+        except NoSuchJobError:
+            continue
+        started = job.started_at
+        if started is not None and timezone.is_naive(started):
+            started = timezone.make_aware(started, dt.timezone.utc)
+        if job.get_status() != JobStatus.STARTED or (started is not None and started >= cutoff):
+            continue
+        reason = reasons[job_id] or f"{WORKER_LOST}: the job stopped without finishing (limit {stale_after:g} s)."
+        with queue.connection.pipeline() as pipe:
+            record_job_failure(job, reason, pipe)
+            registry.remove_executions(job, pipeline=pipe)
+            pipe.execute()
+        lost.append(job_id)
+    if lost:
+        log.warning("marked %d RQ plan job(s) of lost workers failed: %s", len(lost), ", ".join(lost))
     return lost
 
 

@@ -91,6 +91,12 @@ def test_worker_killed_mid_job_fails_then_retry_succeeds(workers, cshape_course,
     status = services.plan_status(p)  # reading the status runs the reaper
     assert status["status"] == "failed", status
     assert "stopped responding" in status["failure_reason"] and "retry" in status["failure_reason"]
+    # the queue's own record (a django-tasks-db row, or the RQ job in CI's Redis pass) is failed with the reason
+    from planning.tasks import run_plan_task
+
+    result = run_plan_task.get_result(p.task_id)
+    assert result.status.name == "FAILED", result.status
+    assert status["failure_reason"] in result.errors[-1].traceback
     workers.start(1)
     plan = services.retry_plan(plan, user=physicist)
     assert plan.attempts == 2
