@@ -39,8 +39,10 @@ run: demo
 worker: install
 	$(BIN)/python manage.py db_worker --queue-name default
 
+# The suite on every core (pytest-xdist; each worker has its own test database). PYTEST_WORKERS=0 runs it serially.
+PYTEST_WORKERS ?= auto
 test: install browser
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 bench-quick: install
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
