@@ -73,6 +73,16 @@ def stored_rtplan(plan):
     return pydicom.dcmread(io.BytesIO(data["rtplan_dicom"].tobytes()))
 
 
+def has_rtplan(plan):
+    """Whether the plan's result keeps an imported RT Plan (reads the file's directory only)."""
+    from . import services
+
+    if not plan.result_file:
+        return False
+    with np.load(services.media_path(plan.result_file)) as data:
+        return "rtplan_dicom" in data.files
+
+
 def start_dose_check(plan, *, user, dose_pct=3.0, dta_mm=3.0, threshold_pct=10.0):
     """Queue an independent dose check of an imported external plan (``planning.run_plan``)."""
     _require(user, "planning.run_plan")
@@ -84,7 +94,7 @@ def start_dose_check(plan, *, user, dose_pct=3.0, dta_mm=3.0, threshold_pct=10.0
     if plan.method != PlanMethod.EXTERNAL or not plan.result_file:
         raise RuleViolation("Only an imported plan with its RT Dose can be checked: RadPath's own plans are already "
                             "RadPath's dose.", field="plan")
-    if stored_rtplan(plan) is None:
+    if not has_rtplan(plan):
         raise RuleViolation("The plan was imported without an RT Plan: import the RT Plan with the RT Dose to "
                             "recalculate it.", field="plan")
     with transaction.atomic():

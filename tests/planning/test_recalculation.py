@@ -247,3 +247,26 @@ def test_dicompylers_breast_plan_is_refused_for_its_10_mv_beams():
         jx = [a.jaw_x for a in d.apertures if a.jaw_x]
         outside = (u < min(j[0] for j in jx) - 1.25) | (u > max(j[1] for j in jx) + 1.25)
         assert np.all(F[:, outside] == 0)
+
+
+def test_plan_page_starts_the_check_and_shows_gamma_and_dvh_table(client, cshape_course, users, immediate_tasks):
+    files, _ = _external_case(cshape_course, OTHER_BEAMS, offset=1.03)
+    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["plan"]
+    page = f"/planning/plans/{ext.pk}/"
+    client.force_login(users["oncologist"])
+    html = client.get(page).content.decode()
+    assert "Independent dose check" in html and 'id="start-dose-check"' not in html
+    client.force_login(users["physicist"])
+    assert 'id="start-dose-check"' in client.get(page).content.decode()
+    r = client.post(f"{page}dose-check/", {"dose_pct": "three", "dta_mm": "3", "threshold_pct": "10"}, follow=True)
+    assert "dose_pct: &#x27;three&#x27; is not a number." in r.content.decode() and DoseCheck.objects.count() == 0
+    r = client.post(f"{page}dose-check/", {"dose_pct": "3", "dta_mm": "3", "threshold_pct": "10"}, follow=True)
+    html = r.content.decode()
+    check = DoseCheck.objects.get()
+    assert check.status == "done"
+    assert 'id="dose-check-gamma"' in html and f"{check.gamma['pass_rate_pct']:.1f} % of" in html
+    ptv = next(row for row in check.structures if row["name"] == "PTV")
+    assert f"{ptv['imported']['Dmean']:.2f} / {ptv['recalculated']['Dmean']:.2f}" in html
+    assert ptv["difference_pct"]["Dmean"] == pytest.approx(-2.91, abs=0.05) and "(-2.9 %)" in html
+    assert client.get(f"{page}dose-check.json").json() == {"id": check.pk, "status": "done", "message": "Done",
+                                                           "finished": True}
