@@ -22,6 +22,7 @@ import io
 import logging
 import os
 import socket
+import threading
 import time
 import traceback
 
@@ -95,8 +96,8 @@ def start_dose_check(plan, *, user, dose_pct=3.0, dta_mm=3.0, threshold_pct=10.0
         raise RuleViolation("Only an imported plan with its RT Dose can be checked: RadPath's own plans are already "
                             "RadPath's dose.", field="plan")
     if not has_rtplan(plan):
-        raise RuleViolation("The plan was imported without an RT Plan: import the RT Plan with the RT Dose to "
-                            "recalculate it.", field="plan")
+        raise RuleViolation("The plan's RT Plan was not kept (imported without one, or before RadPath kept RT Plans): "
+                            "import the RT Plan with the RT Dose to recalculate it.", field="plan")
     with transaction.atomic():
         if DoseCheck.objects.select_for_update().filter(plan=plan, status__in=ACTIVE).exists():
             raise ConflictError("A dose check of this plan is already queued or running.", field="status")
@@ -146,18 +147,40 @@ def execute_dose_check(check_id):
         check.started_at = check.heartbeat_at = timezone.now()
         check.progress_message = f"Started on {socket.gethostname()}:{os.getpid()}"
         check.save()
+    stop = threading.Event()
+    beater = None
+    if not connection.in_atomic_block:  # (an inline job inside a test's transaction beats at each stage only)
+        def loop():
+            from .services import heartbeat_seconds
+
+            try:
+                while not stop.wait(heartbeat_seconds()):
+                    try:
+                        DoseCheck.objects.filter(pk=check_id, status=DoseCheckStatus.RUNNING).update(heartbeat_at=timezone.now())
+                    except Exception:  # a locked database for a moment must not kill the heartbeat
+                        log.warning("heartbeat of dose check %s failed", check_id, exc_info=True)
+            finally:
+                connection.close()
+
+        beater = threading.Thread(target=loop, name=f"dose-check-{check_id}-heartbeat", daemon=True)
+        beater.start()
     try:
         result = recalculate(check.plan, dose_pct=check.dose_pct, dta_mm=check.dta_mm,
                              threshold_pct=check.threshold_pct, progress=lambda m: _beat(check_id, m))
     except (ValidationError, RuleViolation, ValueError) as exc:
+        stop.set()
         reason = " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
         _finish(check_id, status=DoseCheckStatus.FAILED, failure_reason=reason[:2000], progress_message="Refused")
         return {"check": check_id, "status": "failed", "error": reason}
     except Exception as exc:
+        stop.set()
         log.error("dose check %s failed: %s", check_id, traceback.format_exc())
         _finish(check_id, status=DoseCheckStatus.FAILED, failure_reason=f"{type(exc).__name__}: {exc}"[:2000],
                 progress_message="Failed")
         return {"check": check_id, "status": "failed", "error": str(exc)}
+    stop.set()
+    if beater is not None:
+        beater.join(timeout=10)
     _finish(check_id, status=DoseCheckStatus.DONE, progress_message="Done", **result)
     return {"check": check_id, "status": "done", "pass_rate_pct": result["gamma"].get("pass_rate_pct")}
 

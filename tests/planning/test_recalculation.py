@@ -188,12 +188,15 @@ def _with_position(data, position):
     return buf.getvalue()
 
 
-def test_only_imported_plans_with_an_rt_plan_can_be_checked(computed_plan, cshape_course, users):
+def test_only_imported_plans_with_an_rt_plan_can_be_checked(client, computed_plan, cshape_course, users):
     with pytest.raises(Exception, match="Only an imported plan"):
         recalculation.start_dose_check(computed_plan, user=users["physicist"])
+    client.force_login(users["physicist"])
+    r = client.post(f"/api/planning/plans/{computed_plan.pk}/dose-check/", {}, content_type="application/json")
+    assert r.status_code == 400 and "Only an imported plan" in r.json()["plan"][0]
     files = [(n, b) for n, b in _files(computed_plan) if n != "RP.dcm"]
     ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["plan"]
-    with pytest.raises(Exception, match="imported without an RT Plan"):
+    with pytest.raises(Exception, match="imported without one"):
         recalculation.start_dose_check(ext, user=users["physicist"])
     with pytest.raises(ValidationError, match="dose_pct"):
         recalculation.start_dose_check(ext, user=users["physicist"], dose_pct=-3)
@@ -270,3 +273,20 @@ def test_plan_page_starts_the_check_and_shows_gamma_and_dvh_table(client, cshape
     assert ptv["difference_pct"]["Dmean"] == pytest.approx(-2.91, abs=0.05) and "(-2.9 %)" in html
     assert client.get(f"{page}dose-check.json").json() == {"id": check.pk, "status": "done", "message": "Done",
                                                            "finished": True}
+
+
+def test_a_check_whose_worker_died_is_failed_with_a_reason(cshape_course, users, immediate_tasks, settings):
+    """A running check without a heartbeat for longer than RADPATH_PLAN_STALE_SECONDS (60 s) is failed when read."""
+    from django.utils import timezone
+
+    files, _ = _external_case(cshape_course, OTHER_BEAMS[:1])
+    ext = dicom_io.import_files(files, course=cshape_course, user=users["physicist"])["plan"]
+    settings.PLANNING_STALE_SECONDS = 60
+    old = timezone.now() - timezone.timedelta(seconds=61)
+    lost = DoseCheck.objects.create(plan=ext, status="running", started_at=old, heartbeat_at=old)
+    alive = DoseCheck.objects.create(plan=ext, status="running", started_at=old,
+                                     heartbeat_at=timezone.now() - timezone.timedelta(seconds=30))
+    assert recalculation.latest_check(ext) == alive
+    lost.refresh_from_db()
+    alive.refresh_from_db()
+    assert lost.status == "failed" and lost.failure_reason.startswith("Worker lost") and alive.status == "running"
