@@ -65,6 +65,24 @@ def test_radpath_plan_exported_and_reimported_recalculates_to_its_own_dose(compu
     assert ext.status == PlanStatus.DONE  # the check never changes the plan
 
 
+def test_a_plan_stored_without_its_segments_exports_an_exact_decomposition(computed_plan, users):
+    """A result saved before RadPath kept the segments (no seg_* arrays) is exported by decomposing each beam's
+    deliverable fluence exactly (continuous unidirectional sweep): recalculated from those control points it is
+    still the stored dose (gamma 3 %/3 mm >= 99 %, PTV Dmean within 1 %)."""
+    path = services.media_path(computed_plan.result_file)
+    with np.load(path) as data:
+        arrays = {k: data[k] for k in data.files if not k.startswith("seg_")}
+    services.save_npz(path, arrays)
+    files = _files(computed_plan)
+    rp = pydicom.dcmread(io.BytesIO(dict(files)["RP.dcm"]))
+    assert all(b.BeamLimitingDeviceSequence[2].RTBeamLimitingDeviceType == "MLCX" for b in rp.BeamSequence)
+    ext = dicom_io.import_files(files, course=computed_plan.course, user=users["physicist"])["plan"]
+    check = recalculation.start_dose_check(ext, user=users["physicist"])
+    assert check.status == "done", check.failure_reason
+    assert check.gamma["pass_rate_pct"] >= 99.0
+    assert abs(next(r for r in check.structures if r["name"] == "PTV")["difference_pct"]["Dmean"]) <= 1.0
+
+
 def _ctx(course):
     return {"patient": dicom_io.patient_info(course.patient), "study_uid": pydicom.uid.generate_uid(),
             "frame_uid": pydicom.uid.generate_uid(), "ct_series_uid": pydicom.uid.generate_uid(),
