@@ -202,9 +202,9 @@ def delivery(beam: dict, machine: Machine = DEFAULT_MACHINE, energy_mv: float = 
     if abs(weights[-1] - 1.0) > 1e-3:
         raise UnsupportedBeam(f"{who}: the last control point's weight {weights[-1] * final:g} is not the final "
                               f"cumulative meterset weight {final:g}.")
-    first = cps[0]
-    return BeamDelivery(label=who, gantry_deg=float(first.get("gantry")) % 360.0,
-                        collimator_deg=float(first.get("collimator") or 0.0) % 360.0, isocentre=iso,
+    gantry = next(float(cp["gantry"]) for cp in cps if cp.get("gantry") is not None)
+    collimator = next((float(cp["collimator"]) for cp in cps if cp.get("collimator") is not None), 0.0)
+    return BeamDelivery(label=who, gantry_deg=gantry % 360.0, collimator_deg=collimator % 360.0, isocentre=iso,
                         sad=float(beam.get("sad") or machine.sad), mu=float(beam["meterset"]),
                         weights=np.asarray(weights), apertures=apertures, leaf_bounds=bounds)
 

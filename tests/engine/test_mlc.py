@@ -191,3 +191,17 @@ def test_arcs_couch_rotation_and_mlcy_are_refused():
     y["devices"]["MLCY"] = [-10.0, 0.0, 10.0]
     with pytest.raises(mlc.UnsupportedBeam, match="MLCY"):
         mlc.delivery(y)
+
+
+def test_malformed_control_points_are_refused_with_the_control_point_named():
+    bounds = np.arange(-100.0, 100.1, 10.0)
+    short = beam_dict([{"ASYMX": [-50.0, 50.0], "ASYMY": [-50.0, 50.0], "MLCX": [0.0] * 38}] * 2, bounds=bounds)
+    with pytest.raises(mlc.UnsupportedBeam, match="control point 0: 38 MLCX positions for 20 leaf pairs"):
+        mlc.delivery(short)
+    crossed = beam_dict([{"ASYMX": [-50.0, 50.0], "ASYMY": [-50.0, 50.0],
+                          "MLCX": [5.0] * 20 + [-5.0] * 20}] * 2, bounds=bounds)
+    with pytest.raises(mlc.UnsupportedBeam, match="leaf pair 1 overlaps"):
+        mlc.delivery(crossed)
+    back = beam_dict([{"ASYMX": [-50.0, 50.0], "ASYMY": [-50.0, 50.0]}] * 3, weights=[0.0, 0.7, 0.5])
+    with pytest.raises(mlc.UnsupportedBeam, match="decreases at control point 2"):
+        mlc.delivery(back)
