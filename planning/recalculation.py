@@ -331,3 +331,11 @@ def recalculate(plan, *, dose_pct=3.0, dta_mm=3.0, threshold_pct=10.0, target_mm
 def latest_check(plan):
     reap_stale_checks()
     return DoseCheck.objects.filter(plan=plan, voided_at__isnull=True).order_by("-created_at", "-pk").first()
+
+
+def table_rows(check):
+    """The per-structure results as table rows: name, volume and one cell per metric of ``METRICS``."""
+    return [{"name": r["name"], "volume_cc": r["volume_cc"],
+             "cells": [{"imported": r["imported"].get(m), "recalculated": r["recalculated"].get(m),
+                        "gy": r["difference_gy"].get(m), "pct": r["difference_pct"].get(m)} for m in METRICS]}
+            for r in (check.structures if check else [])]

@@ -108,11 +108,7 @@ def plan_review(request, pk):
         ctx["dose_check"] = check = recalculation.latest_check(plan)
         ctx["has_rtplan"] = recalculation.has_rtplan(plan)
         ctx["dose_check_metrics"] = recalculation.METRICS
-        ctx["dose_check_rows"] = [
-            {"name": r["name"], "volume_cc": r["volume_cc"],
-             "cells": [{"imported": r["imported"].get(m), "recalculated": r["recalculated"].get(m),
-                        "gy": r["difference_gy"].get(m), "pct": r["difference_pct"].get(m)} for m in recalculation.METRICS]}
-            for r in (check.structures if check else [])]
+        ctx["dose_check_rows"] = recalculation.table_rows(check)
     ctx["versions"] = plan.course.plans.filter(voided_at__isnull=True).order_by("-version")
     ctx["can_run"] = request.user.has_perm("planning.run_plan")
     ctx["can_approve"] = request.user.has_perm("planning.approve_plan")
