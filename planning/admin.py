@@ -3,7 +3,7 @@
 from django.contrib import admin
 from simple_history.admin import SimpleHistoryAdmin
 
-from .models import CTDensityTable, ImportedGeometry, Plan, StructureDose
+from .models import CTDensityTable, DoseCheck, ImportedGeometry, Plan, StructureDose
 
 
 class StructureDoseInline(admin.TabularInline):
@@ -50,4 +50,20 @@ class CTDensityTableAdmin(SimpleHistoryAdmin):
     search_fields = ["name", "manufacturer", "model", "station"]
 
     def has_delete_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(DoseCheck)
+class DoseCheckAdmin(SimpleHistoryAdmin):
+    """Independent dose checks are started from the plan page or the API; read-only here."""
+
+    list_display = ["id", "plan", "status", "requested_by", "created_at", "finished_at"]
+    list_filter = ["status"]
+    search_fields = ["plan__course__patient__mrn"]
+    readonly_fields = [f.name for f in DoseCheck._meta.fields]
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def has_add_permission(self, request):
         return False

@@ -20,7 +20,7 @@ from workflow.params import parse_id
 from workflow.parsers import SafeJSONParser
 
 from . import services
-from .models import CTDensityTable, ImportedGeometry, Plan, StructureDose
+from .models import CTDensityTable, DoseCheck, ImportedGeometry, Plan, StructureDose
 from .uploads import DicomMultiPartParser, dicom_upload_limit, spool_to_disk
 
 READ = ["workflow.view_identified", "planning.view_plan"]
@@ -130,6 +130,24 @@ class ReirradiationSerializer(serializers.Serializer):
     rows = EQD2RowSerializer(many=True)
 
 
+class DoseCheckSerializer(serializers.ModelSerializer):
+    """An independent dose check (``planning.recalculation``): gamma, per-structure DVH differences, beams."""
+
+    requested_by = serializers.CharField(source="requested_by.username", default=None, read_only=True, allow_null=True)
+
+    class Meta:
+        model = DoseCheck
+        fields = ["id", "plan", "status", "requested_by", "created_at", "started_at", "finished_at", "progress_message",
+                  "failure_reason", "dose_pct", "dta_mm", "threshold_pct", "gamma", "structures", "beams", "summary"]
+        read_only_fields = fields
+
+
+class DoseCheckInputSerializer(serializers.Serializer):
+    dose_pct = serializers.FloatField(required=False, default=3.0, help_text="Gamma dose criterion, % (global)")
+    dta_mm = serializers.FloatField(required=False, default=3.0, help_text="Gamma distance to agreement, mm")
+    threshold_pct = serializers.FloatField(required=False, default=10.0, help_text="Low-dose threshold, %")
+
+
 class ReviewSerializer(serializers.Serializer):
     comment = serializers.CharField(required=False, allow_blank=True, default="")
 
@@ -138,7 +156,8 @@ class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
     serializer_class = PlanSerializer
     required_perms = {"read": READ, "write": RUN, "create": RUN, "partial_update": RUN, "update": RUN, "start": RUN,
                       "cancel": RUN, "retry": RUN, "new_version": RUN, "approve": APPROVE, "reject": APPROVE,
-                      "status": READ, "dose": READ, "reirradiation": READ, "dicom": READ}
+                      "status": READ, "dose": READ, "reirradiation": READ, "dicom": READ,
+                      "dose_check": READ}
 
     filterset_fields = {"course": ["exact"], "status": ["exact"], "method": ["exact"]}
     ordering_fields = ("created_at", "version", "status")
@@ -227,6 +246,27 @@ class PlanViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.Gen
         summary = services.reirradiation_summary(self.get_object())
         summary["earlier_courses"] = [c.pk for c in summary["earlier_courses"]]
         return Response(summary)
+
+    @extend_schema(methods=["GET"], responses={200: DoseCheckSerializer})
+    @extend_schema(methods=["POST"], request=DoseCheckInputSerializer, responses={201: DoseCheckSerializer})
+    @action(detail=True, methods=["get", "post"], url_path="dose-check")
+    def dose_check(self, request, pk=None):
+        """GET: the plan's latest independent dose check (404 when none). POST (``planning.run_plan``): recalculate
+        the imported RT Plan on the imported CT and compare with the imported RT Dose (a background job)."""
+        from rest_framework.exceptions import NotFound
+
+        from . import recalculation
+
+        plan = self.get_object()
+        if request.method == "GET":
+            check = recalculation.latest_check(plan)
+            if check is None:
+                raise NotFound("The plan has no dose check yet.")
+            return Response(DoseCheckSerializer(check).data)
+        ser = DoseCheckInputSerializer(data=request.data)
+        ser.is_valid(raise_exception=True)
+        check = recalculation.start_dose_check(plan, user=request.user, **ser.validated_data)
+        return Response(DoseCheckSerializer(check).data, status=status.HTTP_201_CREATED)
 
     @extend_schema(responses={(200, "application/zip"): OpenApiTypes.BINARY})
     @action(detail=True, methods=["get"])

@@ -239,8 +239,19 @@ def write_rtdose(dose, grid, ctx):
     return "RD.dcm", _bytes(ds)
 
 
+def _bld_positions(kind, values):
+    item = Dataset()
+    item.RTBeamLimitingDeviceType = kind
+    item.LeafJawPositions = [round(float(v), 3) for v in values]
+    return item
+
+
 def write_rtplan(beams, ctx, *, fractions, prescription_gy, label="RadPath"):
-    """RT Plan with static coplanar beams (gantry, isocentre) and their MU per fraction; returns (filename, bytes)."""
+    """RT Plan with coplanar beams (gantry, isocentre), their MU per fraction and, for beams with ``control_segments``,
+    step-and-shoot control points: per segment jaws (ASYMX, ASYMY) and MLCX leaves (``leaf_bounds``: one leaf pair
+    per beamlet row of RadPath's virtual MLC) at two control points, the second adding the segment's share of the
+    cumulative meterset weight. ``control_segments``: [(x jaws, y jaws, leaf positions (2N), MU)]
+    (``planning.engine.mlc.segments_to_control_points``). Returns (filename, bytes)."""
     ds = _base(RT_PLAN, "RTPLAN", ctx["patient"], ctx["study_uid"], ctx["frame_uid"], generate_uid(), ctx["when"])
     ds.RTPlanLabel = label[:16]
     ds.RTPlanName = label[:64]
@@ -253,6 +264,10 @@ def write_rtplan(beams, ctx, *, fractions, prescription_gy, label="RadPath"):
     dr.DoseReferenceType = "TARGET"
     dr.TargetPrescriptionDose = float(prescription_gy)
     ds.DoseReferenceSequence = Sequence([dr])
+    setup = Dataset()
+    setup.PatientPosition = "HFS"
+    setup.PatientSetupNumber = 1
+    ds.PatientSetupSequence = Sequence([setup])
     if ctx.get("rtstruct_uid"):
         rs = Dataset()
         rs.ReferencedSOPClassUID = RT_STRUCT
@@ -265,34 +280,67 @@ def write_rtplan(beams, ctx, *, fractions, prescription_gy, label="RadPath"):
     fg.NumberOfBrachyApplicationSetups = 0
     refs, seq = [], []
     for i, b in enumerate(beams, start=1):
+        segments = b.get("control_segments") or []
+        mu = float(sum(s[3] for s in segments)) if segments else float(b.get("mu", 0.0))
         r = Dataset()
         r.ReferencedBeamNumber = i
-        r.BeamMeterset = round(float(b.get("mu", 0.0)), 2)
+        r.BeamMeterset = round(mu, 2)
         refs.append(r)
         beam = Dataset()
         beam.BeamNumber = i
         beam.BeamName = f"G{b['gantry_deg']:.0f}"
-        beam.BeamType = "STATIC"
+        beam.BeamType = "DYNAMIC" if len(segments) > 1 else "STATIC"
         beam.RadiationType = "PHOTON"
         beam.TreatmentDeliveryType = "TREATMENT"
+        beam.TreatmentMachineName = "RadPath 6 MV"
         beam.PrimaryDosimeterUnit = "MU"
         beam.SourceAxisDistance = 1000.0
+        beam.PatientSetupNumber = 1
         beam.NumberOfWedges = beam.NumberOfCompensators = beam.NumberOfBoli = beam.NumberOfBlocks = 0
         beam.FinalCumulativeMetersetWeight = 1.0
-        beam.NumberOfControlPoints = 2
+        first = {"NominalBeamEnergy": 6.0, "GantryAngle": float(b["gantry_deg"]), "GantryRotationDirection": "NONE",
+                 "BeamLimitingDeviceAngle": 0.0, "BeamLimitingDeviceRotationDirection": "NONE",
+                 "PatientSupportAngle": 0.0, "PatientSupportRotationDirection": "NONE",
+                 "IsocenterPosition": [float(v) for v in b.get("isocentre_mm", [0.0, 0.0, 0.0])]}
         cps = []
-        for j in range(2):
-            cp = Dataset()
-            cp.ControlPointIndex = j
-            cp.CumulativeMetersetWeight = float(j)
-            if j == 0:
-                cp.NominalBeamEnergy = 6.0
-                cp.GantryAngle = float(b["gantry_deg"])
-                cp.GantryRotationDirection = "NONE"
-                cp.BeamLimitingDeviceAngle = 0.0
-                cp.PatientSupportAngle = 0.0
-                cp.IsocenterPosition = [float(v) for v in b.get("isocentre_mm", [0.0, 0.0, 0.0])]
-            cps.append(cp)
+        if segments:
+            bounds = [round(float(v), 3) for v in b["leaf_bounds"]]
+            devices = []
+            for kind, n, extra in (("ASYMX", 1, None), ("ASYMY", 1, None), ("MLCX", len(bounds) - 1, bounds)):
+                d = Dataset()
+                d.RTBeamLimitingDeviceType = kind
+                d.NumberOfLeafJawPairs = n
+                if extra:
+                    d.LeafPositionBoundaries = extra
+                devices.append(d)
+            beam.BeamLimitingDeviceSequence = Sequence(devices)
+            cum = 0.0
+            for jx, jy, leaves, seg_mu in segments:
+                for j in range(2):
+                    cp = Dataset()
+                    cp.ControlPointIndex = len(cps)
+                    cp.CumulativeMetersetWeight = float(min(cum / mu, 1.0)) if mu > 0 else float(j)
+                    if not cps:
+                        for k, v in first.items():
+                            setattr(cp, k, v)
+                    if j == 0:
+                        cp.BeamLimitingDevicePositionSequence = Sequence(
+                            [_bld_positions("ASYMX", jx), _bld_positions("ASYMY", jy), _bld_positions("MLCX", leaves)])
+                    else:
+                        cum += float(seg_mu)
+                        cp.CumulativeMetersetWeight = float(min(cum / mu, 1.0)) if mu > 0 else 1.0
+                    cps.append(cp)
+            cps[-1].CumulativeMetersetWeight = 1.0
+        else:
+            for j in range(2):
+                cp = Dataset()
+                cp.ControlPointIndex = j
+                cp.CumulativeMetersetWeight = float(j)
+                if j == 0:
+                    for k, v in first.items():
+                        setattr(cp, k, v)
+                cps.append(cp)
+        beam.NumberOfControlPoints = len(cps)
         beam.ControlPointSequence = Sequence(cps)
         seq.append(beam)
     fg.ReferencedBeamSequence = Sequence(refs)
@@ -333,10 +381,55 @@ def export_plan(plan):
     geo = services.load_geometry(plan)
     dose, _ = services.load_dose(plan)
     return export_geometry_dose(
-        geo, dose, patient=patient_info(plan.course.patient), beams=plan.beam_summary or [], fractions=plan.fractions,
+        geo, dose, patient=patient_info(plan.course.patient), beams=plan_beam_segments(plan), fractions=plan.fractions,
         prescription_gy=plan.prescription_gy, label=f"RadPath v{plan.version}",
         approval_status="APPROVED" if plan.status == "approved" else "UNAPPROVED",
     )
+
+
+def plan_beam_segments(plan):
+    """The plan's beams for the RT Plan: its beam summary plus, for a computed plan, every beam's segments as
+    control points (jaws, MLCX, MU per fraction) on RadPath's virtual MLC (one leaf pair per beamlet row).
+
+    The segments are those stored with the result (apertures and MU of the deliverable plan); a result stored
+    without them (older plans) is decomposed exactly from its deliverable fluence (``mlc.sweep_segments``), MU
+    from the calibration. An imported plan keeps its beam summary only (its own RT Plan is stored verbatim)."""
+    from .engine import mlc
+    from .engine.pencilbeam import mu_per_unit_weight
+
+    from . import services
+
+    beams = [dict(b) for b in (plan.beam_summary or [])]
+    if not plan.result_file or plan.method == "external":
+        return beams
+    data = np.load(services.media_path(plan.result_file))
+    if "weights" not in data or "ia" not in data:
+        return beams
+    w, ia, ib, beam_of = data["weights"], data["ia"], data["ib"], data["beam_of"]
+    mu_unit = mu_per_unit_weight() / max(int(plan.fractions), 1)
+    for i, b in enumerate(beams):
+        sel = np.flatnonzero(beam_of == i)
+        if sel.size == 0:
+            continue
+        a0, b0 = int(ia[sel].min()), int(ib[sel].min())
+        shape = (int(ib[sel].max()) - b0 + 1, int(ia[sel].max()) - a0 + 1)
+        if "seg_open" in data:
+            rows = np.flatnonzero(data["seg_beam"] == i)
+            apertures, mus = [], []
+            for k in rows:
+                ap = np.zeros(shape, bool)
+                ap[ib[sel] - b0, ia[sel] - a0] = data["seg_open"][k, sel]
+                apertures.append(ap)
+                mus.append(float(data["seg_mu"][k]))
+        else:
+            fmap = np.zeros(shape)
+            fmap[ib[sel] - b0, ia[sel] - a0] = w[sel]
+            parts = mlc.sweep_segments(fmap)
+            apertures, mus = [a for a, _ in parts], [f * mu_unit for _, f in parts]
+        bounds, segments = mlc.segments_to_control_points(apertures, mus, float(plan.beamlet_mm), a0, b0)
+        if segments:
+            b["control_segments"], b["leaf_bounds"] = segments, bounds
+    return beams
 
 
 def export_plan_zip(plan):
@@ -906,7 +999,7 @@ def parse_rtplan(name, ds):
         iso = [float(v) for v in cps[0].get("IsocenterPosition", [0, 0, 0])]
         n_seg = sum(1 for i in range(1, len(cps)) if float(cps[i].get("CumulativeMetersetWeight", 0) or 0)
                     > float(cps[i - 1].get("CumulativeMetersetWeight", 0) or 0))
-        beams.append({"gantry_deg": float(cps[0].GantryAngle), "mu": round(mu.get(int(b.BeamNumber), 0.0), 1),
+        beams.append({"gantry_deg": float(cps[0].GantryAngle), "mu": round(mu.get(int(b.BeamNumber), 0.0), 2),
                       "segments": max(n_seg, 1), "beamlets": 0, "isocentre_mm": iso, "name": str(b.get("BeamName", ""))})
     rx, rx_roi = None, None
     for dr in ds.get("DoseReferenceSequence", []):
@@ -919,6 +1012,71 @@ def parse_rtplan(name, ds):
     return {"beams": beams, "fractions": fractions, "prescription_gy": rx, "prescription_roi": rx_roi,
             "label": str(ds.get("RTPlanLabel", "") or ""), "structure_set_uid": rs[0] if rs else None,
             "sop_uid": str(ds.get("SOPInstanceUID", ""))}
+
+
+def _opt_float(value):
+    try:
+        return None if value in (None, "") else float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def rtplan_beams(ds):
+    """The treatment beams of an RT Plan as plain data for ``planning.engine.mlc.delivery`` (the engine reads no
+    DICOM): per beam its number, name, radiation type, energy, modifiers (wedges, blocks, compensators, boli), SAD,
+    BeamMeterset (MU per fraction, first fraction group), beam limiting devices with their MLC leaf boundaries and
+    every control point (cumulative meterset weight, angles, isocentre, the device positions it gives). Also the
+    fraction count and the patient positions of the setups. Malformed values raise ``ValidationError`` on
+    ``files``."""
+    name = "RT Plan"
+    meterset, fractions = {}, None
+    groups = list(ds.get("FractionGroupSequence", []))
+    if groups:
+        fg = groups[0]
+        fractions = int(fg.get("NumberOfFractionsPlanned", 0) or 0) or None
+        for rb in fg.get("ReferencedBeamSequence", []):
+            meterset[int(rb.ReferencedBeamNumber)] = _opt_float(rb.get("BeamMeterset"))
+    setups = {int(s.get("PatientSetupNumber", 0) or 0): str(s.get("PatientPosition", "") or "").upper()
+              for s in ds.get("PatientSetupSequence", [])}
+    out = []
+    try:
+        for b in ds.get("BeamSequence", []):
+            if str(b.get("TreatmentDeliveryType", "TREATMENT")).upper() != "TREATMENT":
+                continue
+            number = int(b.BeamNumber)
+            devices = {}
+            for d in b.get("BeamLimitingDeviceSequence", []):
+                kind = str(d.RTBeamLimitingDeviceType).upper()
+                devices[kind] = [float(v) for v in d.LeafPositionBoundaries] if "LeafPositionBoundaries" in d else None
+            wedge_types = {str(w.get("WedgeType", "") or "").upper() for w in b.get("WedgeSequence", [])}
+            cps = []
+            energy = None
+            for cp in b.get("ControlPointSequence", []):
+                energy = _opt_float(cp.get("NominalBeamEnergy")) if energy is None else energy
+                cps.append({
+                    "weight": _opt_float(cp.get("CumulativeMetersetWeight")),
+                    "gantry": _opt_float(cp.get("GantryAngle")),
+                    "collimator": _opt_float(cp.get("BeamLimitingDeviceAngle")),
+                    "couch": _opt_float(cp.get("PatientSupportAngle")),
+                    "isocentre": [float(v) for v in cp.IsocenterPosition] if "IsocenterPosition" in cp else None,
+                    "positions": {str(p.RTBeamLimitingDeviceType).upper(): [float(v) for v in p.LeafJawPositions]
+                                  for p in cp.get("BeamLimitingDevicePositionSequence", [])},
+                })
+            out.append({
+                "number": number, "name": str(b.get("BeamName", "") or ""),
+                "radiation": str(b.get("RadiationType", "PHOTON") or "PHOTON").upper(), "energy": energy,
+                "type": str(b.get("BeamType", "") or "").upper(),
+                "wedges": int(b.get("NumberOfWedges", 0) or 0) or len(b.get("WedgeSequence", [])),
+                "wedge_type": ", ".join(sorted(t for t in wedge_types if t)) or None,
+                "blocks": int(b.get("NumberOfBlocks", 0) or 0), "compensators": int(b.get("NumberOfCompensators", 0) or 0),
+                "boli": int(b.get("NumberOfBoli", 0) or 0), "sad": _opt_float(b.get("SourceAxisDistance")),
+                "meterset": meterset.get(number), "final_weight": _opt_float(b.get("FinalCumulativeMetersetWeight")),
+                "devices": devices, "control_points": cps,
+                "patient_position": setups.get(int(b.get("PatientSetupNumber", 0) or 0), ""),
+            })
+    except (AttributeError, KeyError, TypeError, ValueError) as exc:
+        _fail(f"{name}: malformed beam data ({type(exc).__name__}: {exc}).")
+    return {"beams": out, "fractions": fractions, "patient_positions": sorted({p for p in setups.values() if p})}
 
 
 def prescription_target(structures, plan_info, dose=None):
@@ -1032,6 +1190,7 @@ def _parse_checked(by, sources, stage, patient_id, density_table, grid_mm):
     stage[0] = by["RTPLAN"][0][0].name if by["RTPLAN"] else ""
     plan_info = parse_rtplan(stage[0], by["RTPLAN"][0][1]) if by["RTPLAN"] else None
     rtplan_ds = by["RTPLAN"][0][1] if by["RTPLAN"] else None
+    rtplan_src = by["RTPLAN"][0][0] if by["RTPLAN"] else None
     by.clear()  # headers done: drop the datasets before decoding pixels
     # ---- pass 2: pixels
     stage[0] = "the CT series"
@@ -1055,7 +1214,8 @@ def _parse_checked(by, sources, stage, patient_id, density_table, grid_mm):
             rx = (plan_info or {}).get("prescription_gy") or 1.0  # marks the prescription target (primary)
         geo.add(s["name"], s["mask"], BODY if s["kind"] == "body" else s["kind"], rx)
     return {"geometry": geo, "structures": structures, "dose": dose, "plan": plan_info, "meta": meta,
-            "names": [s.name for s in sources], "target": target["name"] if target else None, "rtplan": rtplan_ds}
+            "names": [s.name for s in sources], "target": target["name"] if target else None, "rtplan": rtplan_ds,
+            "rtplan_src": rtplan_src}
 
 
 def prescription_note(info, course):
@@ -1144,7 +1304,14 @@ def import_files(files, *, course, user, name="", attach_plan=True, density_tabl
                          "course_fractions": int(course.fractions_planned), "density_table": meta.get("density_table", "")}
                 if note:
                     extra["prescription_note"] = note
-                services.store_result(plan, geo, parsed["dose"], beam_summary=info.get("beams") or [], extra_metrics=extra)
+                if parsed.get("rtplan_src") is not None:  # kept verbatim: the dose check recalculates from it
+                    with parsed["rtplan_src"].open() as fh:
+                        rtplan_bytes = fh.read()
+                    stored = {"rtplan_dicom": np.frombuffer(rtplan_bytes, np.uint8)}
+                else:
+                    stored = None
+                services.store_result(plan, geo, parsed["dose"], beam_summary=info.get("beams") or [], extra_metrics=extra,
+                                      extra_arrays=stored)
                 if plan.result_file:
                     written.append(services.media_path(plan.result_file))
                 plan.finished_at = timezone.now()

@@ -200,6 +200,45 @@ class StructureDose(models.Model):
         return f"{self.plan} {self.name}"
 
 
+class DoseCheckStatus(models.TextChoices):
+    QUEUED = "queued", "Queued"
+    RUNNING = "running", "Running"
+    DONE = "done", "Done"
+    FAILED = "failed", "Failed"
+
+
+class DoseCheck(ClinicalRecord):
+    """An independent dose check of an imported external plan: its RT Plan recalculated with RadPath's engine on its
+    imported CT and compared with its imported RT Dose (gamma index, DVH differences per structure).
+
+    Runs as a background job (``planning.recalculation``); the plan itself is not changed (an approved plan can be
+    checked too). ``gamma``, ``structures``, ``beams`` and ``summary`` are the results, or ``failure_reason`` says
+    why there are none (a beam RadPath cannot represent, named)."""
+
+    plan = models.ForeignKey("Plan", on_delete=models.PROTECT, related_name="dose_checks")
+    status = models.CharField(max_length=10, choices=DoseCheckStatus.choices, default=DoseCheckStatus.QUEUED)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.PROTECT, related_name="+")
+    task_id = models.CharField(max_length=64, blank=True)
+    started_at = models.DateTimeField(null=True, blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+    heartbeat_at = models.DateTimeField(null=True, blank=True)
+    progress_message = models.CharField(max_length=200, blank=True)
+    failure_reason = models.TextField(blank=True)
+    dose_pct = models.FloatField(default=3.0, help_text="Gamma dose criterion (% of the reference maximum, global)")
+    dta_mm = models.FloatField(default=3.0, help_text="Gamma distance to agreement (mm)")
+    threshold_pct = models.FloatField(default=10.0, help_text="Low-dose threshold (% of the reference maximum)")
+    gamma = models.JSONField(default=dict, blank=True, help_text="Pass rate, mean gamma, gamma p95, voxels")
+    structures = models.JSONField(default=list, blank=True, help_text="Per structure: imported, recalculated, differences")
+    beams = models.JSONField(default=list, blank=True, help_text="Per beam: gantry, collimator, MU, segments, delivery")
+    summary = models.JSONField(default=dict, blank=True, help_text="Dose model, calibration, calculation grid, timings")
+
+    class Meta:
+        ordering = ["-created_at", "-pk"]
+
+    def __str__(self):
+        return f"Dose check of {self.plan} ({self.status})"
+
+
 class CTDensityTable(ClinicalRecord):
     """A CT scanner's HU -> relative electron density calibration: piecewise-linear ``points`` [[HU, RED], ...].
 
@@ -232,7 +271,7 @@ class CTDensityTable(ClinicalRecord):
 
 
 PLAN_READ = ["planning.view_plan", "planning.view_structuredose", "planning.view_importedgeometry",
-             "planning.view_ctdensitytable"]
+             "planning.view_ctdensitytable", "planning.view_dosecheck"]
 PLAN_WRITE = PLAN_READ + [
     "planning.add_plan",
     "planning.change_plan",

@@ -812,6 +812,26 @@ SEGMENT_WEIGHT_MAX_ITER = 100
 CORRECTION_ROUNDS = 2
 
 
+def segment_arrays_of(beams, sequences):
+    """The deliverable segments as arrays for the result file (what the RT Plan export writes as control points):
+    ``seg_beam`` (beam of each segment), ``seg_mu`` (MU per fraction), ``seg_open`` (segments x all beamlets, the
+    beamlets each segment opens; aperture cells that are no beamlet deliver nothing and are left out)."""
+    beam_of, opened, mus = [], [], []
+    n = int(sum(b.n_beamlets for b in beams))
+    col0 = 0
+    for i, (b, seq) in enumerate(zip(beams, sequences)):
+        r, c = b.ib - b.ib.min(), b.ia - b.ia.min()
+        for seg in seq.segments:
+            row = np.zeros(n, bool)
+            row[col0:col0 + b.n_beamlets] = np.asarray(seg.aperture, bool)[r, c]
+            opened.append(row)
+            beam_of.append(i)
+            mus.append(float(seg.mu))
+        col0 += b.n_beamlets
+    return {"seg_beam": np.asarray(beam_of, np.int32), "seg_mu": np.asarray(mus, np.float64),
+            "seg_open": np.asarray(opened, bool).reshape(len(opened), n)}
+
+
 def _compute(plan, job):
     from .engine import accurate, forward, pencilbeam
     from .engine import beams as ebeams
@@ -878,7 +898,8 @@ def _compute(plan, job):
     beams_info = []
     for b, s in zip(bs, dp.sequences):
         beams_info.append({"gantry_deg": b.gantry_deg, "beamlets": int(b.n_beamlets), "segments": len(s.segments),
-                           "mu": round(s.mu, 1), "isocentre_mm": [round(float(v), 2) for v in b.isocentre]})
+                           "mu": round(s.mu, 2), "isocentre_mm": [round(float(v), 2) for v in b.isocentre]})
+    segment_arrays = segment_arrays_of(bs, dp.sequences)
     metrics = {"iterations": int(res.iterations), "objective": None if not np.isfinite(res.objective) else float(res.objective),
                "seconds": round(float(res.seconds), 2), "normalisation": float(res.scale), "beamlets": int(dij.n_beamlets),
                "sequencing_levels": SEQUENCING_LEVELS,
@@ -899,7 +920,7 @@ def _compute(plan, job):
         if locked.cancel_requested:
             raise _JobCancelled()
         store_result(locked, geo, dose, weights=dp.weights, beams=bs, beam_summary=beams_info, extra_metrics=metrics,
-                     extra_arrays={"weights_optimised": np.asarray(res.weights, np.float32)})
+                     extra_arrays={"weights_optimised": np.asarray(res.weights, np.float32), **segment_arrays})
         locked.status = PlanStatus.DONE
         locked.finished_at = timezone.now()
         locked.progress_pct = 100.0

@@ -15,3 +15,11 @@ def run_plan_task(plan_id: int, attempt: int) -> dict:
     from .services import execute_plan
 
     return execute_plan(plan_id, attempt)
+
+
+@task()
+def run_dose_check_task(check_id: int) -> dict:
+    """Recalculate an imported plan's RT Plan and compare with its RT Dose (``planning.recalculation``)."""
+    from .recalculation import execute_dose_check
+
+    return execute_dose_check(check_id)

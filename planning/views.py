@@ -102,6 +102,13 @@ def plan_review(request, pk):
         ctx["reirr"] = services.reirradiation_summary(plan)
         ctx["ntcp"] = _plan_ntcp(plan, ctx["structures"])
         ctx["dose_model"] = services.dose_model_statement(plan)
+    if plan.method == PlanMethod.EXTERNAL and plan.result_file:
+        from . import recalculation
+
+        ctx["dose_check"] = check = recalculation.latest_check(plan)
+        ctx["has_rtplan"] = recalculation.has_rtplan(plan)
+        ctx["dose_check_metrics"] = recalculation.METRICS
+        ctx["dose_check_rows"] = recalculation.table_rows(check)
     ctx["versions"] = plan.course.plans.filter(voided_at__isnull=True).order_by("-version")
     ctx["can_run"] = request.user.has_perm("planning.run_plan")
     ctx["can_approve"] = request.user.has_perm("planning.approve_plan")
@@ -151,6 +158,25 @@ def plan_approve(request, pk):
 @require_POST
 def plan_reject(request, pk):
     return _action(request, pk, services.reject_plan, "Plan rejected.", comment=request.POST.get("comment", ""))
+
+
+@require_POST
+def plan_dose_check(request, pk):
+    from . import recalculation
+
+    return _action(request, pk, recalculation.start_dose_check, "Dose check queued: RadPath recalculates the RT Plan.",
+                   **{k: request.POST[k] for k in ("dose_pct", "dta_mm", "threshold_pct") if request.POST.get(k, "").strip()})
+
+
+@permission_required(VIEW, raise_exception=True)
+def plan_dose_check_status(request, pk):
+    from . import recalculation
+
+    check = recalculation.latest_check(get_object_or_404(Plan, pk=pk))
+    if check is None:
+        return JsonResponse({"status": None, "finished": True})
+    return JsonResponse({"id": check.pk, "status": check.status, "message": check.progress_message,
+                         "finished": check.status not in recalculation.ACTIVE})
 
 
 @require_POST

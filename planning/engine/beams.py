@@ -7,6 +7,10 @@ patient's left (+x). A point p has beam coordinates
 * ``t``: distance from the source along the central axis (mm), ``SAD`` at the isocentre plane,
 * ``u``, ``v``: lateral offsets projected to the isocentre plane (mm): ``u`` in the gantry plane, ``v`` = z.
 
+A collimator angle ``collimator_deg`` (IEC 61217: the beam-limiting-device system turns about the beam axis,
+positive counter-clockwise seen from the source) turns ``u`` and ``v`` with it, so ``u`` stays the MLC leaves'
+direction of travel (IEC X_b) and ``v`` the leaf-pair axis (Y_b); 0 (the default) is the frame above.
+
 Beamlets are squares of ``bixel_mm`` at the isocentre on a grid aligned with the isocentre, kept where their
 centre lies within the target's BEV projection enlarged by ``margin_mm`` (matRad/pyRadPlan do the same in
 their steering-file generation).
@@ -34,6 +38,7 @@ class Beam:
     ib: np.ndarray = field(default_factory=lambda: np.zeros(0, int))
     # sub-bixel shift of the beamlet grid (in bixel units), e.g. 0.5 for an even-sized open field
     offset: tuple[float, float] = (0.0, 0.0)
+    collimator_deg: float = 0.0
 
     @property
     def direction(self) -> np.ndarray:
@@ -41,14 +46,25 @@ class Beam:
         g = np.deg2rad(self.gantry_deg)
         return np.array([-np.sin(g), np.cos(g), 0.0])
 
+    def _gantry_axes(self):
+        g = np.deg2rad(self.gantry_deg)
+        return np.array([np.cos(g), np.sin(g), 0.0]), np.array([0.0, 0.0, 1.0])
+
     @property
     def u_axis(self) -> np.ndarray:
-        g = np.deg2rad(self.gantry_deg)
-        return np.array([np.cos(g), np.sin(g), 0.0])
+        xg, yg = self._gantry_axes()
+        if not self.collimator_deg:
+            return xg
+        c = np.deg2rad(self.collimator_deg)
+        return np.cos(c) * xg + np.sin(c) * yg
 
     @property
     def v_axis(self) -> np.ndarray:
-        return np.array([0.0, 0.0, 1.0])
+        xg, yg = self._gantry_axes()
+        if not self.collimator_deg:
+            return yg
+        c = np.deg2rad(self.collimator_deg)
+        return -np.sin(c) * xg + np.cos(c) * yg
 
     @property
     def source(self) -> np.ndarray:
