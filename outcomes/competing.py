@@ -292,6 +292,9 @@ class FineGrayResult:
     conf_level: float = 0.95
     se_type: str = "robust (clustered on subject), as coxph on finegray() data with cluster = id"
     notes: list[str] = field(default_factory=list)
+    robust_score: float | None = None  # robust score test of all coefficients = 0 (R coxph's rscore)
+    robust_score_p: float | None = None
+    weighted: bool = False
 
     def to_dict(self) -> dict:
         return _clean(asdict(self))
@@ -315,30 +318,36 @@ def _censoring_left_limits(t, c):
 
 
 def fine_gray(df: pd.DataFrame, duration_col: str, cause_col: str, covariates: Sequence[str], cause: int = 1,
-              conf_level: float = 0.95, max_iter: int = 50, tol: float = 1e-9) -> FineGrayResult:
+              conf_level: float = 0.95, max_iter: int = 50, tol: float = 1e-9,
+              weights_col: str | None = None) -> FineGrayResult:
     """Fine-Gray subdistribution-hazard regression of ``cause`` on numeric ``covariates`` (module docstring).
 
     Rows with a missing value in a used column are dropped (R's na.omit). Competing events are every cause
-    code other than 0 and ``cause``.
+    code other than 0 and ``cause``; with none, this is the Cox model with Breslow ties. ``weights_col``: case
+    weights (e.g. inverse-probability-of-treatment weights), R's ``coxph(weights = )``; the robust SE and the
+    robust score test (R ``fit$rscore``, the weighted log-rank analogue) then account for them.
     """
     cols = list(covariates)
     if not cols:
         raise ValueError("Fine-Gray needs at least one covariate")
-    data = df[[duration_col, cause_col, *cols]].dropna()
+    data = df[[duration_col, cause_col, *cols, *([weights_col] if weights_col else [])]].dropna()
     t, c, _ = _as_cr(data[duration_col].to_numpy(), data[cause_col].to_numpy())
     x = data[cols].to_numpy(dtype=float)
+    w = data[weights_col].to_numpy(dtype=float) if weights_col else np.ones(t.size)
+    if np.any(w <= 0):
+        raise ValueError("weights must be positive")
     n, p = x.shape
     order = np.argsort(t, kind="mergesort")
-    t, c, x = t[order], c[order], x[order]
+    t, c, x, w = t[order], c[order], x[order], w[order]
     is_event = c == cause
     is_comp = (c > 0) & ~is_event
     g_ti, g_minus = _censoring_left_limits(t, c)
     ev_times, ev_inv = np.unique(t[is_event], return_inverse=True)
     if ev_times.size == 0:
         raise ValueError(f"no event of cause {cause}")
-    d = np.bincount(ev_inv, minlength=ev_times.size).astype(float)
+    d = np.bincount(ev_inv, weights=w[is_event], minlength=ev_times.size)  # weighted events per time
     xsum_ev = np.zeros((ev_times.size, p))
-    np.add.at(xsum_ev, ev_inv, x[is_event])
+    np.add.at(xsum_ev, ev_inv, w[is_event, None] * x[is_event])
     g_ev = g_minus(ev_times)  # G(t_j-)
     # position of each subject against the event times
     first_after = np.searchsorted(ev_times, t, side="right")  # competing i is weighted at event times j >= this
@@ -348,7 +357,7 @@ def fine_gray(df: pd.DataFrame, duration_col: str, cause_col: str, covariates: S
 
     def sums(beta):
         eta = x @ beta
-        r = np.exp(eta)
+        r = w * np.exp(eta)
         # ordinary risk set at t_j: subjects with T_i >= t_j  -> reverse cumulative over last_in
         def at_risk(vals):
             acc = np.zeros((m + 1,) + vals.shape[1:])
@@ -372,7 +381,7 @@ def fine_gray(df: pd.DataFrame, duration_col: str, cause_col: str, covariates: S
     it = 0
     for it in range(1, max_iter + 1):
         eta, r, s0, s1, s2 = sums(beta)
-        loglik = float(eta[is_event].sum() - (d * np.log(s0)).sum())
+        loglik = float((w * eta)[is_event].sum() - (d * np.log(s0)).sum())
         xbar = s1 / s0[:, None]
         u = xsum_ev.sum(0) - (d[:, None] * xbar).sum(0)
         info = (d[:, None, None] * (s2 / s0[:, None, None] - np.einsum("ti,tj->tij", xbar, xbar))).sum(0)
@@ -385,34 +394,44 @@ def fine_gray(df: pd.DataFrame, duration_col: str, cause_col: str, covariates: S
         new = beta + step
         eta_n = x @ new
         _, _, s0n, _, _ = sums(new)
-        ll_new = float(eta_n[is_event].sum() - (d * np.log(s0n)).sum())
+        ll_new = float((w * eta_n)[is_event].sum() - (d * np.log(s0n)).sum())
         halvings = 0
         while ll_new < loglik - 1e-12 and halvings < 20:
             step = step / 2
             new = beta + step
             eta_n = x @ new
             _, _, s0n, _, _ = sums(new)
-            ll_new = float(eta_n[is_event].sum() - (d * np.log(s0n)).sum())
+            ll_new = float((w * eta_n)[is_event].sum() - (d * np.log(s0n)).sum())
             halvings += 1
         beta, loglik_prev = new, loglik
-    eta, r, s0, s1, s2 = sums(beta)
-    loglik = float(eta[is_event].sum() - (d * np.log(s0)).sum())
-    xbar = s1 / s0[:, None]
-    info = (d[:, None, None] * (s2 / s0[:, None, None] - np.einsum("ti,tj->tij", xbar, xbar))).sum(0)
+    def residuals(beta):
+        """Score, information and per-subject (weighted) score residuals at ``beta``."""
+        eta, r, s0, s1, s2 = sums(beta)
+        loglik = float((w * eta)[is_event].sum() - (d * np.log(s0)).sum())
+        xbar = s1 / s0[:, None]
+        info = (d[:, None, None] * (s2 / s0[:, None, None] - np.einsum("ti,tj->tij", xbar, xbar))).sum(0)
+        dl = d / s0  # Breslow baseline increments
+        cum_dl = np.concatenate([[0.0], np.cumsum(dl)])
+        cum_xdl = np.vstack([np.zeros((1, p)), np.cumsum(xbar * dl[:, None], axis=0)])
+        gdl = g_ev * dl
+        suf_gdl = np.concatenate([np.cumsum(gdl[::-1])[::-1], [0.0]])
+        suf_gxdl = np.vstack([np.cumsum((xbar * gdl[:, None])[::-1], axis=0)[::-1], np.zeros((1, p))])
+        a = cum_dl[last_in] + np.where(is_comp, scale * suf_gdl[first_after], 0.0)
+        bvec = cum_xdl[last_in] + np.where(is_comp[:, None], scale[:, None] * suf_gxdl[first_after], 0.0)
+        resid = -(r[:, None] * (x * a[:, None] - bvec))  # r already carries the case weight
+        ev_idx = np.nonzero(is_event)[0]
+        resid[ev_idx] += w[ev_idx, None] * (x[ev_idx] - xbar[ev_inv])
+        return loglik, info, resid
+
+    loglik, info, resid = residuals(beta)
     inv_info = np.linalg.inv(info)
-    # robust sandwich: per-subject score residuals
-    dl = d / s0  # Breslow baseline increments
-    cum_dl = np.concatenate([[0.0], np.cumsum(dl)])
-    cum_xdl = np.vstack([np.zeros((1, p)), np.cumsum(xbar * dl[:, None], axis=0)])
-    gdl = g_ev * dl
-    suf_gdl = np.concatenate([np.cumsum(gdl[::-1])[::-1], [0.0]])
-    suf_gxdl = np.vstack([np.cumsum((xbar * gdl[:, None])[::-1], axis=0)[::-1], np.zeros((1, p))])
-    a = cum_dl[last_in] + np.where(is_comp, scale * suf_gdl[first_after], 0.0)
-    bvec = cum_xdl[last_in] + np.where(is_comp[:, None], scale[:, None] * suf_gxdl[first_after], 0.0)
-    resid = -(r[:, None] * (x * a[:, None] - bvec))
-    ev_idx = np.nonzero(is_event)[0]
-    resid[ev_idx] += x[ev_idx] - xbar[ev_inv]
     robust = inv_info @ (resid.T @ resid) @ inv_info
+    _, _, resid0 = residuals(np.zeros(p))
+    u0 = resid0.sum(0)
+    try:
+        robust_score = float(u0 @ np.linalg.solve(resid0.T @ resid0, u0))
+    except np.linalg.LinAlgError:
+        robust_score = float("nan")
     se_r = np.sqrt(np.diag(robust))
     se_m = np.sqrt(np.diag(inv_info))
     z = stats.norm.ppf(1 - (1 - conf_level) / 2)
@@ -423,4 +442,6 @@ def fine_gray(df: pd.DataFrame, duration_col: str, cause_col: str, covariates: S
     notes = [] if converged else ["Newton-Raphson did not converge: the estimates are unreliable"]
     return FineGrayResult(cause=cause, terms=terms, n=int(n), events=int(is_event.sum()),
                           competing=int(is_comp.sum()), log_likelihood=loglik, iterations=it, converged=converged,
-                          conf_level=conf_level, notes=notes)
+                          conf_level=conf_level, notes=notes, robust_score=robust_score,
+                          robust_score_p=float(stats.chi2.sf(robust_score, p)) if robust_score == robust_score
+                          else None, weighted=weights_col is not None)
