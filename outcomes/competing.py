@@ -301,13 +301,15 @@ class FineGrayResult:
 
 
 def _censoring_left_limits(t, c):
-    """G(T_i-) for every subject and a function giving G(s-) at arbitrary times (KM of the censoring, censorings
-    at a tied event time counted after the events, as R)."""
+    """G(T_i-) for every subject and a function giving G(s-) at arbitrary times (KM of the censoring; a censoring
+    tied with an event happens after it, so the subjects with an event at that time are out of G's risk set, as
+    R's ``finegray``)."""
     times, inv = np.unique(t, return_inverse=True)
     cens = np.bincount(inv, weights=(c == 0), minlength=times.size)
     n_at = np.bincount(inv, minlength=times.size).astype(float)
-    rs = n_at[::-1].cumsum()[::-1]
-    g_after = np.cumprod(1 - cens / rs)
+    rs = n_at[::-1].cumsum()[::-1] - (n_at - cens)  # at risk of censoring: not those with an event at that time
+    with np.errstate(divide="ignore", invalid="ignore"):
+        g_after = np.cumprod(np.where(cens > 0, 1 - cens / rs, 1.0))
     g_before = np.concatenate([[1.0], g_after[:-1]])
 
     def g_minus(s):
