@@ -1101,14 +1101,17 @@ def _rmst_block(result, usable, dcol, ecol, tau):
     for lbl in labels:
         d = per[lbl].to_dict()
         d["display"] = group_label(result.group_by, lbl) if result.group_by else "All patients"
-        d["rmst_months"] = d["rmst"] / ep.DAYS_PER_MONTH
+        for key in ("rmst", "lower", "upper", "rmtl"):
+            d[f"{key}_months"] = d[key] / ep.DAYS_PER_MONTH
         groups.append(d)
     comparisons = []
     for lbl in labels[1:]:  # each group against the first (reference) group
         c = rm.rmst_compare(per[lbl], per[labels[0]]).to_dict()
         comparisons.append({"group": lbl, "reference": labels[0],
                             "display": f"{group_label(result.group_by, lbl)} vs {group_label(result.group_by, labels[0])}",
-                            **{k2: c[k2] for k2 in ("difference", "ratio", "rmtl_ratio")}})
+                            **{k2: c[k2] for k2 in ("difference", "ratio", "rmtl_ratio")},
+                            "difference_months": {k2: c["difference"][k2] / ep.DAYS_PER_MONTH
+                                                  for k2 in ("estimate", "lower", "upper")}})
     return {"tau_days": tau, "tau_months": tau / ep.DAYS_PER_MONTH, "groups": groups, "comparisons": comparisons,
             "method": "area under the Kaplan-Meier curve to tau; Greenwood-type SE; contrasts as survRM2::rmst2 "
                       "(difference, RMST ratio and RMTL ratio on the log scale)"}

@@ -181,3 +181,21 @@ def test_landmark_groups_below_the_minimum_are_suppressed(lung_cohort, settings)
     with pytest.raises(services.RuleViolation) as exc:
         services.analyze(lung_cohort, endpoint="os", landmark_days=500, cox=False)
     assert exc.value.field == "landmark_days"
+
+
+def test_analysis_page_shows_the_methods_in_months(lung_cohort, users, client):
+    """The page takes months: RMST up to 12 months is the service's RMST at 365.25 days, shown in months; the
+    landmark, competing-risk and IPTW sections and the forest plot appear; a horizon beyond follow-up is said."""
+    client.force_login(users["researcher"])
+    page = client.get("/outcomes/analysis/", {"site": "lung", "group_by": "sex", "rmst_tau_months": "12",
+                                               "landmark_months": "6", "competing": "on", "iptw_covariates": "age"})
+    assert page.status_code == 200
+    html = page.content.decode()
+    for anchor in ('id="rmst"', 'id="landmark"', 'id="competing"', 'id="iptw"', "/api/outcomes/survival/forest.png?"):
+        assert anchor in html, anchor
+    body = services.analyze(lung_cohort, endpoint="os", group_by="sex", rmst_tau=12 * 30.4375, cox=False).to_dict()
+    male = next(g for g in body["methods"]["rmst"]["groups"] if g["label"] == "M")
+    assert f"<th scope=\"row\">Male</th><td>138</td><td>{male['rmst_months']:.2f}</td>" in html
+    assert "Gray&#x27;s test" in html or "Gray's test" in html
+    bad = client.get("/outcomes/analysis/", {"site": "lung", "rmst_tau_months": "500"})
+    assert bad.status_code == 200 and "rmst_tau" in bad.content.decode()  # beyond follow-up: said, not a 500
