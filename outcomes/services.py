@@ -1223,4 +1223,7 @@ def forest_figure(result, fmt="png"):
     rows = [figures.ForestRow(covariate_label(t.covariate), t.hazard_ratio, t.hr_lower, t.hr_upper, t.p_value)
             for t in result.cox.terms]
     title = f"Cox model, {ENDPOINTS[result.endpoint]} (n = {result.cox.n}, events = {result.cox.events})"
-    return figures.forest_figure(rows, fmt=fmt, title=title, xlabel="Hazard ratio (95 % CI, log scale)")
+    try:
+        return figures.forest_figure(rows, fmt=fmt, title=title, xlabel="Hazard ratio (95 % CI, log scale)")
+    except ValueError:
+        raise RuleViolation("The Cox model has no finite hazard ratio to plot.", field="cox_terms") from None
