@@ -54,6 +54,8 @@ ANALYSIS_PARAMS = COHORT_PARAMS + [
                      "with the difference and ratios against the first group (survRM2::rmst2 rules)"),
     OpenApiParameter("landmark_days", float, description="Landmark analysis: KM and log-rank from this day among the "
                      "patients still at risk, groups fixed at baseline"),
+    OpenApiParameter("landmark_by", str, enum=["response"], description="Landmark groups by a status at the landmark "
+                     "instead of the grouping: 'response' = first CR/PR on or before the landmark"),
     OpenApiParameter("competing", bool, description="Competing risks: cumulative incidence per cause, Gray's test and "
                      "a Fine-Gray model on the Cox terms (os: cancer death vs other; pfs: progression vs death; lc/ttr: "
                      "failure vs death without it)"),
@@ -74,6 +76,7 @@ def analysis_from(request):
         group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
         cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"), rmst_tau=q.get("rmst_tau"),
         landmark_days=q.get("landmark_days"), competing=q.get("competing"), iptw_covariates=q.get("iptw_covariates"),
+        landmark_by=q.get("landmark_by"),
     )
 
 

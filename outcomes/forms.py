@@ -98,6 +98,8 @@ class AnalysisForm(forms.Form):
                                        help_text="Restricted mean survival time per group, with the difference")
     landmark_months = forms.FloatField(required=False, min_value=0, label="Landmark at (months)",
                                        help_text="Survival from then on, among the patients still at risk")
+    landmark_by = forms.ChoiceField(choices=[("", "The grouping"), ("response", "Response (CR/PR) by the landmark")],
+                                    required=False, label="Landmark groups")
     competing = forms.BooleanField(required=False, label="Competing risks",
                                    help_text="Cumulative incidence per cause, Gray's test, Fine-Gray model")
     iptw_covariates = forms.MultipleChoiceField(
@@ -112,6 +114,7 @@ class AnalysisForm(forms.Form):
         d = self.cleaned_data
         to_days = lambda m: None if m is None else m * services.ep.DAYS_PER_MONTH  # noqa: E731
         return {"rmst_tau": to_days(d.get("rmst_tau_months")), "landmark_days": to_days(d.get("landmark_months")),
+                "landmark_by": d.get("landmark_by") or None,
                 "competing": bool(d.get("competing")), "iptw_covariates": d.get("iptw_covariates") or None}
 
     def __init__(self, data=None, *args, **kwargs):

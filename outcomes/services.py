@@ -701,7 +701,7 @@ def parse_cox_choice(terms, strata, group_by):
 
 def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_type="log", cox=True, min_group=None,
             user=None, cox_terms=None, cox_strata=None, rmst_tau=None, landmark_days=None, competing=False,
-            iptw_covariates=None):
+            iptw_covariates=None, landmark_by=None):
     """Survival analysis of a cohort (a ``Course`` queryset): KM per group, medians, landmarks, log-rank, Cox.
 
     Disclosure control (``outcomes.disclosure``): fewer than ``RADPATH_MIN_COHORT`` usable patients is refused;
@@ -716,7 +716,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if conf_type not in CI_METHODS:
         raise RuleViolation(f"conf_type must be one of {', '.join(CI_METHODS)}.", field="conf_type")
     cox_terms, cox_strata = parse_cox_choice(cox_terms, cox_strata, group_by)
-    methods = parse_methods(rmst_tau, landmark_days, competing, iptw_covariates)
+    methods = parse_methods(rmst_tau, landmark_days, competing, iptw_covariates, landmark_by)
     cox_vars = {t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")} | set(cox_strata)
     if methods["competing"]:  # the Fine-Gray model takes the Cox terms
         cox_vars |= {t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")}
@@ -732,7 +732,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     dcol, ecol = f"{endpoint}_days", f"{endpoint}_event"
     keep = ["course_id", "patient_id", dcol, ecol,
             *[c for c in (group_by, "sex", "age_years", *sorted(cox_vars | method_vars), "death_cause",
-                          "pfs_event_type", "os_days", "os_event") if c and c in df.columns]]
+                          "pfs_event_type", "os_days", "os_event", "time_zero_date") if c and c in df.columns]]
     df = df[list(dict.fromkeys(keep))]  # what the statistics read; not the whole cohort frame, copied twice
     usable = df.dropna(subset=[dcol, ecol]) if not df.empty else df
     notes = []
@@ -773,7 +773,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
         result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by, cox_terms, cox_strata)
     add_methods(result, rmst_tau=methods["rmst_tau"], landmark_days=methods["landmark_days"],
                 competing=methods["competing"], iptw_covariates=methods["iptw_covariates"], cox_terms=cox_terms,
-                min_group=min_group)
+                min_group=min_group, landmark_by=methods["landmark_by"])
     disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}")
     return result
 
@@ -966,9 +966,17 @@ def _positive_days(value, name, allow_zero=False):
     return days
 
 
-def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covariates=None):
+LANDMARK_BY = {"": "the grouping (fixed at baseline)",
+               "response": "response (CR or PR) by the landmark, from the date of the first response"}
+
+
+def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covariates=None, landmark_by=None):
     """The researcher's extra methods, checked (RuleViolation naming the field): RMST horizon and landmark in days,
-    competing risks on/off, IPTW covariates from ``IPTW_TERMS``."""
+    the landmark's grouping, competing risks on/off, IPTW covariates from ``IPTW_TERMS``."""
+    landmark_by = landmark_by or ""
+    if landmark_by not in LANDMARK_BY:
+        raise RuleViolation(f"landmark_by must be one of {', '.join(k for k in LANDMARK_BY if k)} (or empty).",
+                            field="landmark_by")
     if isinstance(competing, str):
         if competing.lower() not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
             raise RuleViolation("competing must be true or false.", field="competing")
@@ -981,8 +989,10 @@ def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covari
     if unknown:
         raise RuleViolation(f"unknown iptw_covariates {', '.join(unknown)}: choose from {', '.join(IPTW_TERMS)}.",
                             field="iptw_covariates")
-    return {"rmst_tau": _positive_days(rmst_tau, "rmst_tau"),
-            "landmark_days": _positive_days(landmark_days, "landmark_days", allow_zero=True),
+    landmark = _positive_days(landmark_days, "landmark_days", allow_zero=True)
+    if landmark_by and landmark is None:
+        raise RuleViolation("landmark_by needs landmark_days.", field="landmark_by")
+    return {"rmst_tau": _positive_days(rmst_tau, "rmst_tau"), "landmark_days": landmark, "landmark_by": landmark_by,
             "competing": bool(competing), "iptw_covariates": covs}
 
 
@@ -1042,10 +1052,24 @@ def _competing_causes(df, endpoint, dcol, ecol):
     return t, cause, rule
 
 
-def _landmark_block(result, usable, dcol, ecol, landmark, k):
+def _first_response_days(usable):
+    """Days from time zero to each patient's first CR/PR (NaN = none), from the course's derived outcome."""
+    first = dict(CourseOutcome.objects.filter(course_id__in=usable["course_id"].tolist(),
+                                              first_response_date__isnull=False)
+                 .values_list("course_id", "first_response_date"))
+    resp = pd.to_datetime(usable["course_id"].map(first))
+    return (resp - pd.to_datetime(usable["time_zero_date"])).dt.days.to_numpy(dtype=float)
+
+
+def _landmark_block(result, usable, dcol, ecol, landmark, k, landmark_by=""):
     from . import landmark as lm
 
     g = usable[result.group_by].to_numpy(dtype=object) if result.group_by else None
+    label_of = (lambda v: group_label(result.group_by, v)) if result.group_by else (lambda v: "All patients")
+    if landmark_by == "response":
+        g = lm.landmark_groups(_first_response_days(usable), landmark, yes="responded", no="no response yet")
+        label_of = {"responded": "Responded (CR/PR) by the landmark",
+                    "no response yet": "No response by the landmark"}.get
     t, e = usable[dcol].to_numpy(dtype=float), usable[ecol].to_numpy()
     at_risk = t >= landmark
     if int(at_risk.sum()) < k:
@@ -1072,14 +1096,16 @@ def _landmark_block(result, usable, dcol, ecol, landmark, k):
     times = [y * YEAR_DAYS for y in LANDMARK_YEARS]
     out = res.to_dict(times)
     for label, grp in out["groups"].items():
-        grp["display"] = group_label(result.group_by, label) if result.group_by else "All patients"
+        grp["display"] = label_of(label)
         grp["median_months"] = {k2: (None if grp["median"].get(k2) is None else grp["median"][k2] / ep.DAYS_PER_MONTH)
                                 for k2 in ("median", "lower", "upper")}
         for row, years in zip(grp["at_times"], LANDMARK_YEARS):
             row["years"] = years
     out["groups"] = list(out["groups"].values())
+    out["group_rule"] = LANDMARK_BY[landmark_by]
     out["rule"] = ("Patients still under observation at the landmark (time >= landmark); time restarts at the "
-                   "landmark; groups fixed at baseline (Anderson et al., J Clin Oncol 1983).")
+                   f"landmark; groups by {LANDMARK_BY[landmark_by]}, fixed at the landmark, so a response after it "
+                   "counts as none (no immortal-time bias; Anderson et al., J Clin Oncol 1983).")
     if res.logrank and res.logrank.note:
         notes.append(f"Landmark log-rank: {res.logrank.note}.")
     out["notes"] = notes
@@ -1198,7 +1224,7 @@ def _iptw_block(result, usable, dcol, ecol, covariates):
 
 
 def add_methods(result, *, rmst_tau=None, landmark_days=None, competing=False, iptw_covariates=(), cox_terms=None,
-                min_group=None):
+                min_group=None, landmark_by=""):
     """Run the chosen extra methods on an ``AnalysisResult`` (its shown groups only) and attach them."""
     usable = result.frame
     dcol, ecol = f"{result.endpoint}_days", f"{result.endpoint}_event"
@@ -1206,7 +1232,7 @@ def add_methods(result, *, rmst_tau=None, landmark_days=None, competing=False, i
     if rmst_tau is not None:
         result.methods["rmst"] = _rmst_block(result, usable, dcol, ecol, rmst_tau)
     if landmark_days is not None:
-        result.methods["landmark"] = _landmark_block(result, usable, dcol, ecol, landmark_days, k)
+        result.methods["landmark"] = _landmark_block(result, usable, dcol, ecol, landmark_days, k, landmark_by)
     if competing:
         result.methods["competing"] = _competing_block(result, usable, dcol, ecol, cox_terms)
     if iptw_covariates:

@@ -142,6 +142,7 @@ def test_iptw_through_the_registry(lung_cohort):
     ({"landmark_days": "x"}, "landmark_days"),
     ({"landmark_days": "5000"}, "landmark_days"),  # nobody at risk that late
     ({"competing": "maybe"}, "competing"),
+    ({"landmark_by": "colour", "landmark_days": "30"}, "landmark_by"),
     ({"iptw_covariates": "colour", "group_by": "sex"}, "iptw_covariates"),
     ({"iptw_covariates": "age"}, "iptw_covariates"),  # no grouping to compare
 ])
@@ -199,3 +200,53 @@ def test_analysis_page_shows_the_methods_in_months(lung_cohort, users, client):
     assert "Gray&#x27;s test" in html or "Gray's test" in html
     bad = client.get("/outcomes/analysis/", {"site": "lung", "rmst_tau_months": "500"})
     assert bad.status_code == 200 and "rmst_tau" in bad.content.decode()  # beyond follow-up: said, not a 500
+
+
+def jasa_registry_csv():
+    """Stanford heart transplant list (tests/data/jasa.csv) as a registry: time zero = acceptance (the RT start
+    field), death or last contact at futime, the transplant recorded as a response (PR) on day ``wait``, so
+    "responded by the landmark" is "transplanted by the landmark"."""
+    d = pd.read_csv(DATA / "jasa.csv")
+    start = dt.date(1990, 1, 1)
+    rows = []
+    for i, r in enumerate(d.itertuples(index=False), start=1):
+        mrn = f"JASA{i:03d}"
+        rows.append({"record_type": "patient", "mrn": mrn, "given_name": f"Given{i}", "family_name": f"Family{i}",
+                     "birth_date": "1940-05-05", "sex": "M", "site": "lung",
+                     "diagnosed_on": (start - dt.timedelta(days=10)).isoformat()})
+        rows.append({"record_type": "course", "mrn": mrn, "course_ref": "1", "intent": "curative", "technique": "IMRT",
+                     "treated_site": "Thorax", "total_dose_gy": "60", "fractions": "30", "rt_start": start.isoformat()})
+        if not np.isnan(r.wait):
+            day = (start + dt.timedelta(days=int(r.wait))).isoformat()
+            rows.append({"record_type": "followup", "mrn": mrn, "course_ref": "1", "date": day, "imaging": "CT",
+                         "response": "PR"})
+        end = (start + dt.timedelta(days=int(r.futime))).isoformat()
+        if r.fustat == 1:
+            rows.append({"record_type": "death", "mrn": mrn, "date": end, "cause": "other"})
+        else:
+            rows.append({"record_type": "followup", "mrn": mrn, "course_ref": "1", "date": end, "last_known_alive": end})
+    return csv_text(rows)
+
+
+def test_landmark_by_response_status_matches_r_heart_transplant(oncologist):
+    """Groups fixed at the landmark from a time-dependent status. R (as in tests/outcomes_stats)::
+
+        lm <- subset(d, futime >= 30); lm$grp <- ifelse(!is.na(lm$wait) & lm$wait <= 30, "yes", "no")
+        survdiff(Surv(futime - 30, fustat) ~ grp, data = lm)   # 44 / 30 / 28.88331, 35 / 22 / 23.11669, p= 0.754248
+        survfit(Surv(futime - 30, fustat) ~ grp, data = lm)    # no: 188 (79, 644); yes: 312 (50, NA)
+    """
+    import_registry(jasa_registry_csv(), user=oncologist)
+    cohort = CohortFilter.from_params({"site": "lung"}).queryset()
+    body = services.analyze(cohort, endpoint="os", landmark_days=30, landmark_by="response", cox=False).to_dict()
+    lm = body["methods"]["landmark"]
+    assert lm["n_at_risk"] == 79 and lm["group_rule"].startswith("response")
+    groups = {g["label"]: g for g in lm["groups"]}
+    assert (groups["responded"]["n"], groups["responded"]["events"]) == (35, 22)
+    assert (groups["no response yet"]["n"], groups["no response yet"]["events"]) == (44, 30)
+    assert groups["responded"]["display"] == "Responded (CR/PR) by the landmark"
+    assert lm["logrank"]["p_value"] == pytest.approx(0.754248, abs=5e-7)
+    med = {k: (g["median"]["median"], g["median"]["lower"], g["median"]["upper"]) for k, g in groups.items()}
+    assert med == {"no response yet": (188, 79, 644), "responded": (312, 50, None)}
+    with pytest.raises(services.RuleViolation) as exc:
+        services.analyze(cohort, endpoint="os", landmark_by="response", cox=False)
+    assert exc.value.field == "landmark_by"
