@@ -1161,7 +1161,7 @@ def _competing_block(result, usable, dcol, ecol, terms):
                            "at_times": [dict(row, years=y) for row, y in zip(ci.at(times), LANDMARK_YEARS)]})
     out = {"rule": rule, "causes": {"1": names[0], "2": names[1]}, "cumulative_incidence": curves,
            "method": "Aalen-Johansen cumulative incidence, cmprsk variance, log-log 95 % CI", "gray": [],
-           "fine_gray": None, "fine_gray_error": None}
+           "fine_gray": None, "fine_gray_error": None, "cause_specific": None, "cause_specific_error": None}
     if g is not None and len(pd.unique(g[~pd.isna(g)])) >= 2:
         out["gray"] = [dict(cr.gray_test(t, cause, g, code).to_dict(), cause_label=name)
                        for code, name in ((1, names[0]), (2, names[1]))]
@@ -1172,6 +1172,16 @@ def _competing_block(result, usable, dcol, ecol, terms):
                                   "covariate(s) (need 5 per covariate).")
         return out
     frame = design.assign(_t=t, _c=cause)
+    try:  # cause-specific hazards: the Cox model of this cause, the competing events censored
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cs = sv.cox_ph(frame.assign(_cs=(cause == 1).astype(int)), "_t", "_cs", covs)
+        out["cause_specific"] = cs.to_dict()
+        for term in out["cause_specific"]["terms"]:
+            term["label"] = covariate_label(term["covariate"])
+    except Exception as exc:  # noqa: BLE001 - reported, as for the Cox model
+        logger.info("cause-specific Cox failed: %s", exc)
+        out["cause_specific_error"] = COX_FAILED.replace("Cox model", "cause-specific Cox model")
     try:
         fg = cr.fine_gray(frame, "_t", "_c", covs, cause=1)
     except (ValueError, np.linalg.LinAlgError) as exc:

@@ -97,6 +97,10 @@ def test_competing_risks_through_the_registry_match_r(oncologist):
     assert (term["coef"], term["se"], term["se_model"]) == (pytest.approx(-0.2009446106, abs=1e-8),
                                                             pytest.approx(0.3471845898, abs=1e-8),
                                                             pytest.approx(0.3551238233, abs=1e-8))
+    # cause-specific hazard of cancer death (other deaths censored): R coxph(Surv(days, cc == 1) ~ sexM, data = d)
+    # coef -0.2959580261, se 0.3644337443 (Efron ties)
+    (cs,) = c["cause_specific"]["terms"]
+    assert (cs["coef"], cs["se"]) == (pytest.approx(-0.2959580261, abs=1e-6), pytest.approx(0.3644337443, abs=1e-6))
     # Gray's test: the method validated against cmprsk, on the same day counts
     d = pd.read_csv(DATA / "cmprsk_test.csv")
     days, sex = np.ceil(d["ss"] * 365), np.where(d["cv1"] == 1, "M", "F")
