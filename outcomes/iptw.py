@@ -18,13 +18,11 @@ Stat Med 2005;24:3089; Austin, Stat Med 2014;33:1242):
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from typing import Sequence
 
 import numpy as np
 import pandas as pd
-from scipy import stats
 
 from . import survival as sv
 from .competing import fine_gray
