@@ -50,6 +50,17 @@ ANALYSIS_PARAMS = COHORT_PARAMS + [
                      + ", ".join(services.COX_TERMS) + " (default: group,age,sex; 'group' is the grouping)"),
     OpenApiParameter("cox_strata", str, description="Cox strata (own baseline hazard each), comma-separated, from: "
                      + ", ".join(services.COX_TERMS[2:])),
+    OpenApiParameter("rmst_tau", float, description="Restricted mean survival time up to this many days, per group, "
+                     "with the difference and ratios against the first group (survRM2::rmst2 rules)"),
+    OpenApiParameter("landmark_days", float, description="Landmark analysis: KM and log-rank from this day among the "
+                     "patients still at risk, groups fixed at baseline"),
+    OpenApiParameter("landmark_by", str, enum=["response"], description="Landmark groups by a status at the landmark "
+                     "instead of the grouping: 'response' = first CR/PR on or before the landmark"),
+    OpenApiParameter("competing", bool, description="Competing risks: cumulative incidence per cause, Gray's test and "
+                     "a Fine-Gray model on the Cox terms (os: cancer death vs other; pfs: progression vs death; lc/ttr: "
+                     "failure vs death without it)"),
+    OpenApiParameter("iptw_covariates", str, description="IPTW-weighted KM and marginal HR between the two groups, "
+                     "propensity on these terms (comma-separated, from: " + ", ".join(services.IPTW_TERMS) + ")"),
 ]
 
 
@@ -63,7 +74,9 @@ def analysis_from(request):
     return services.analyze(
         cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
         group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
-        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"),
+        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"), rmst_tau=q.get("rmst_tau"),
+        landmark_days=q.get("landmark_days"), competing=q.get("competing"), iptw_covariates=q.get("iptw_covariates"),
+        landmark_by=q.get("landmark_by"),
     )
 
 
@@ -267,3 +280,14 @@ class RegistryImportView(APIView):
             return Response(exc.to_dict(), status=400)
         return Response(summary.to_dict(), status=status.HTTP_201_CREATED)
 
+
+
+class ForestPlotView(APIView):
+    """Forest plot of the Cox model's hazard ratios with 95 % CIs (same parameters as the survival analysis)."""
+
+    required_perms = {"read": ANALYSIS}
+
+    @extend_schema(parameters=ANALYSIS_PARAMS, responses=FIGURE_RESPONSES)
+    def get(self, request, fmt):
+        data = services.forest_figure(analysis_from(request), fmt=fmt)
+        return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")

@@ -15,6 +15,7 @@ urlpatterns = [
     path("toxicity/", api.ToxicityAnalysisView.as_view(), name="outcomes-toxicity"),
     path("ntcp/", api.NTCPView.as_view(), name="outcomes-ntcp-api"),
     re_path(r"^survival/plot\.(?P<fmt>png|svg)$", api.SurvivalPlotView.as_view(), name="outcomes-survival-plot"),
+    re_path(r"^survival/forest\.(?P<fmt>png|svg)$", api.ForestPlotView.as_view(), name="outcomes-forest-plot"),
     re_path(r"^swimmer\.(?P<fmt>png|svg)$", api.SwimmerPlotView.as_view(), name="outcomes-swimmer-plot"),
     re_path(r"^exports/(?P<table>patients|assessments|toxicity|timing|dvh)\.(?P<fmt>csv|parquet|json)$", api.ExportView.as_view(),
             name="outcomes-export"),

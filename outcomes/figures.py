@@ -185,3 +185,56 @@ def swimmer_figure(
     if title:
         ax.set_title(title)
     return _render(fig, fmt, dpi)
+
+
+# --------------------------------------------------------------------------------------------
+# Forest plot
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ForestRow:
+    """One model term: its label, the ratio (HR) and its CI, and the p value written beside it."""
+
+    label: str
+    estimate: float
+    lower: float
+    upper: float
+    p_value: float | None = None
+
+
+def forest_figure(
+    rows: Sequence[ForestRow],
+    fmt: str = "png",
+    title: str | None = None,
+    xlabel: str = "Hazard ratio (95 % CI, log scale)",
+    dpi: int = 150,
+) -> bytes:
+    """Forest plot: one line per term, the estimate as a square on its CI, log x axis with the no-effect line at 1,
+    "HR (lower-upper), p" written right of the plot. First term on top."""
+    rows = [r for r in rows if all(np.isfinite([r.estimate, r.lower, r.upper])) and r.lower > 0]
+    if not rows:
+        raise ValueError("no finite ratio to plot")
+    n = len(rows)
+    fig = Figure(figsize=(7.5, 1.2 + 0.42 * n))
+    ax = fig.add_subplot(1, 1, 1)
+    ys = np.arange(n)[::-1]
+    for y, r in zip(ys, rows):
+        ax.plot([r.lower, r.upper], [y, y], color=PALETTE[0], lw=1.6)
+        ax.plot([r.estimate], [y], marker="s", color=PALETTE[0], ms=6)
+        p = "" if r.p_value is None else (f", p = {r.p_value:.3f}" if r.p_value >= 0.001 else ", p < 0.001")
+        ax.text(1.02, y, f"{r.estimate:.2f} ({r.lower:.2f}–{r.upper:.2f}){p}", transform=ax.get_yaxis_transform(),
+                va="center", fontsize=8)
+    ax.axvline(1.0, color="#5f5f5f", lw=1, ls="--")
+    ax.set_xscale("log")
+    lo = min(min(r.lower for r in rows), 1.0)
+    hi = max(max(r.upper for r in rows), 1.0)
+    ax.set_xlim(lo / 1.25, hi * 1.25)
+    ax.set_yticks(ys)
+    ax.set_yticklabels([r.label for r in rows], fontsize=8)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel(xlabel)
+    ax.grid(axis="x", alpha=0.25, which="both")
+    if title:
+        ax.set_title(title, fontsize=10)
+    return _render(fig, fmt, dpi)

@@ -94,7 +94,28 @@ class AnalysisForm(forms.Form):
     cox_strata = forms.MultipleChoiceField(choices=[(t, services.GROUPINGS[t]) for t in services.COX_TERMS[2:]],
                                            required=False, widget=forms.CheckboxSelectMultiple, label="Cox strata")
 
+    rmst_tau_months = forms.FloatField(required=False, min_value=0.1, label="RMST up to (months)",
+                                       help_text="Restricted mean survival time per group, with the difference")
+    landmark_months = forms.FloatField(required=False, min_value=0, label="Landmark at (months)",
+                                       help_text="Survival from then on, among the patients still at risk")
+    landmark_by = forms.ChoiceField(choices=[("", "The grouping"), ("response", "Response (CR/PR) by the landmark")],
+                                    required=False, label="Landmark groups")
+    competing = forms.BooleanField(required=False, label="Competing risks",
+                                   help_text="Cumulative incidence per cause, Gray's test, Fine-Gray model")
+    iptw_covariates = forms.MultipleChoiceField(
+        choices=[(t, {"age": "Age"}.get(t) or services.GROUPINGS[t]) for t in services.IPTW_TERMS], required=False,
+        widget=forms.CheckboxSelectMultiple, label="IPTW: balance the two groups on",
+        help_text="Propensity-weighted curves and marginal hazard ratio (a grouping with two groups)")
+
     DEFAULTS = {"endpoint": "os", "time_zero": "rt_start", "conf_type": "log"}
+
+    def method_params(self):
+        """The extra methods in the service's units (days)."""
+        d = self.cleaned_data
+        to_days = lambda m: None if m is None else m * services.ep.DAYS_PER_MONTH  # noqa: E731
+        return {"rmst_tau": to_days(d.get("rmst_tau_months")), "landmark_days": to_days(d.get("landmark_months")),
+                "landmark_by": d.get("landmark_by") or None,
+                "competing": bool(d.get("competing")), "iptw_covariates": d.get("iptw_covariates") or None}
 
     def __init__(self, data=None, *args, **kwargs):
         if data is not None:

@@ -596,14 +596,16 @@ class AnalysisResult:
     cox_error: str | None = None
     notes: list = field(default_factory=list)
     suppressed_groups: list = field(default_factory=list)
+    methods: dict = field(default_factory=dict)  # rmst / landmark / competing / iptw (``add_methods``)
+    extra_sets: list = field(default_factory=list)  # patient sets of further outputs (the landmark's at-risk set)
 
     def released_sets(self):
         """Patient ids each shown result covers: every group shown, or the whole analysed cohort."""
         pid = self.frame["patient_id"].to_numpy()
         if not self.group_by:
-            return [pid]
+            return [pid, *self.extra_sets]
         labels = self.frame[self.group_by].astype(str).to_numpy()
-        return [pid[labels == str(g)] for g in self.curves]
+        return [pid[labels == str(g)] for g in self.curves] + list(self.extra_sets)
 
     def landmark_days(self):
         return [y * YEAR_DAYS for y in LANDMARK_YEARS]
@@ -660,6 +662,7 @@ class AnalysisResult:
             "notes": self.notes,
             "suppressed_groups": self.suppressed_groups,
             "min_cohort": disclosure.min_cohort(),
+            "methods": self.methods,
         }
 
 
@@ -697,7 +700,8 @@ def parse_cox_choice(terms, strata, group_by):
 
 
 def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_type="log", cox=True, min_group=None,
-            user=None, cox_terms=None, cox_strata=None):
+            user=None, cox_terms=None, cox_strata=None, rmst_tau=None, landmark_days=None, competing=False,
+            iptw_covariates=None, landmark_by=None):
     """Survival analysis of a cohort (a ``Course`` queryset): KM per group, medians, landmarks, log-rank, Cox.
 
     Disclosure control (``outcomes.disclosure``): fewer than ``RADPATH_MIN_COHORT`` usable patients is refused;
@@ -712,14 +716,23 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if conf_type not in CI_METHODS:
         raise RuleViolation(f"conf_type must be one of {', '.join(CI_METHODS)}.", field="conf_type")
     cox_terms, cox_strata = parse_cox_choice(cox_terms, cox_strata, group_by)
+    methods = parse_methods(rmst_tau, landmark_days, competing, iptw_covariates, landmark_by)
     cox_vars = {t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")} | set(cox_strata)
-    columns = {group_by} - {""} | ({"sex", "birth_date"} | cox_vars if cox else set())
-    df = endpoint_frame(courses, time_zero, columns=columns, endpoints=(endpoint,))
+    if methods["competing"]:  # the Fine-Gray model takes the Cox terms
+        cox_vars |= {t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")}
+    method_vars = {t for t in methods["iptw_covariates"] if t != "age"}
+    columns = {group_by} - {""} | ({"sex", "birth_date"} | cox_vars if cox or methods["competing"] else set())
+    columns |= method_vars | ({"birth_date"} if "age" in methods["iptw_covariates"] else set())
+    if methods["competing"] and endpoint == "os":
+        columns.add("death_cause")
+    wanted = (endpoint, "os") if methods["competing"] and endpoint in ("lc", "ttr") else (endpoint,)
+    df = endpoint_frame(courses, time_zero, columns=columns, endpoints=wanted)
     if group_by == "grade3_toxicity" and "grade3_toxicity" not in df.columns:
         raise RuleViolation("Toxicity data are not available.", field="group_by")
     dcol, ecol = f"{endpoint}_days", f"{endpoint}_event"
     keep = ["course_id", "patient_id", dcol, ecol,
-            *[c for c in (group_by, "sex", "age_years", *sorted(cox_vars)) if c and c in df.columns]]
+            *[c for c in (group_by, "sex", "age_years", *sorted(cox_vars | method_vars), "death_cause",
+                          "pfs_event_type", "os_days", "os_event", "time_zero_date") if c and c in df.columns]]
     df = df[list(dict.fromkeys(keep))]  # what the statistics read; not the whole cohort frame, copied twice
     usable = df.dropna(subset=[dcol, ecol]) if not df.empty else df
     notes = []
@@ -758,6 +771,9 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
             result.notes.append(f"Log-rank: {result.logrank.note}.")
     if cox:
         result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by, cox_terms, cox_strata)
+    add_methods(result, rmst_tau=methods["rmst_tau"], landmark_days=methods["landmark_days"],
+                competing=methods["competing"], iptw_covariates=methods["iptw_covariates"], cox_terms=cox_terms,
+                min_group=min_group, landmark_by=methods["landmark_by"])
     disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}")
     return result
 
@@ -921,3 +937,329 @@ def toxicity_analysis_dict(courses, user=None):
     ci = result["cumulative_incidence"]
     ci["points"] = [{"months": m, "incidence": v} for m, v in zip(ci["times_months"], ci["grade3"])]
     return {**result, "rates": rates.astype(object).where(rates.notna(), None).to_dict("records")}
+
+
+# --------------------------------------------------------------------------------------------------------------
+# Further methods on the same analysis: RMST, landmark, competing risks (cumulative incidence, Gray's test,
+# Fine-Gray) and IPTW-weighted curves (pure statistics in outcomes.rmst / landmark / competing / iptw).
+# --------------------------------------------------------------------------------------------------------------
+
+COMPETING_CAUSES = {
+    "os": ("death from this cancer", "death from any other or unknown cause"),
+    "pfs": ("progression", "death without progression"),
+    "lc": ("local failure", "death without local failure"),
+    "ttr": ("recurrence", "death without recurrence"),
+}
+IPTW_TERMS = COX_TERMS[1:]  # age and the grouping variables (dummy-coded); not the grouping itself
+
+
+def _positive_days(value, name, allow_zero=False):
+    """A number of days from a query value (None / '' -> None); RuleViolation naming ``name`` otherwise."""
+    if value is None or value == "":
+        return None
+    try:
+        days = float(value)
+    except (TypeError, ValueError):
+        raise RuleViolation(f"{name} must be a number of days.", field=name) from None
+    if not np.isfinite(days) or days < 0 or (days == 0 and not allow_zero):
+        raise RuleViolation(f"{name} must be {'zero or more' if allow_zero else 'more than zero'} days.", field=name)
+    return days
+
+
+LANDMARK_BY = {"": "the grouping (fixed at baseline)",
+               "response": "response (CR or PR) by the landmark, from the date of the first response"}
+
+
+def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covariates=None, landmark_by=None):
+    """The researcher's extra methods, checked (RuleViolation naming the field): RMST horizon and landmark in days,
+    the landmark's grouping, competing risks on/off, IPTW covariates from ``IPTW_TERMS``."""
+    landmark_by = landmark_by or ""
+    if landmark_by not in LANDMARK_BY:
+        raise RuleViolation(f"landmark_by must be one of {', '.join(k for k in LANDMARK_BY if k)} (or empty).",
+                            field="landmark_by")
+    if isinstance(competing, str):
+        if competing.lower() not in ("", "0", "1", "true", "false", "yes", "no", "on", "off"):
+            raise RuleViolation("competing must be true or false.", field="competing")
+        competing = competing.lower() in ("1", "true", "yes", "on")
+    covs = iptw_covariates
+    if isinstance(covs, str):
+        covs = [c.strip() for c in covs.split(",") if c.strip()]
+    covs = list(dict.fromkeys(covs or []))
+    unknown = [c for c in covs if c not in IPTW_TERMS]
+    if unknown:
+        raise RuleViolation(f"unknown iptw_covariates {', '.join(unknown)}: choose from {', '.join(IPTW_TERMS)}.",
+                            field="iptw_covariates")
+    landmark = _positive_days(landmark_days, "landmark_days", allow_zero=True)
+    if landmark_by and landmark is None:
+        raise RuleViolation("landmark_by needs landmark_days.", field="landmark_by")
+    return {"rmst_tau": _positive_days(rmst_tau, "rmst_tau"), "landmark_days": landmark, "landmark_by": landmark_by,
+            "competing": bool(competing), "iptw_covariates": covs}
+
+
+def _model_design(df, group_by, terms):
+    """Numeric model columns for ``terms`` as the Cox model codes them: the grouping and categorical variables
+    dummy-coded against their first level, age in years, sex as male = 1. Terms without variation are left out."""
+    data, covs = pd.DataFrame(index=df.index), []
+
+    def dummies(var):
+        if var not in df.columns or df[var].nunique() < 2:
+            return
+        for lvl in sorted(df[var].dropna().astype(str).unique())[1:]:
+            name = f"{var}={lvl}"
+            data[name] = (df[var].astype(str) == lvl).astype(float).where(df[var].notna())
+            covs.append(name)
+
+    for term in terms:
+        if term == "group":
+            if group_by:
+                dummies(group_by)
+        elif term == "age":
+            if "age_years" in df.columns and df["age_years"].nunique() > 1:
+                data["age_years"] = df["age_years"].astype(float)
+                covs.append("age_years")
+        elif term == group_by and "group" in terms:
+            continue
+        elif term == "sex":
+            if "sex" in df.columns and df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
+                data["sex=M"] = (df["sex"] == "M").astype(float)
+                covs.append("sex=M")
+        else:
+            dummies(term)
+    return data, covs
+
+
+def _competing_causes(df, endpoint, dcol, ecol):
+    """Cause codes (0 censored, 1 the endpoint's event, 2 the competing event) and times, with the rule in words."""
+    t = df[dcol].to_numpy(dtype=float).copy()
+    e = df[ecol].to_numpy(dtype=int)
+    cause = e.copy()
+    if endpoint == "os":
+        dcause = df["death_cause"].astype(object).where(df["death_cause"].notna(), "unknown").to_numpy()
+        cause = np.where(e == 1, np.where(dcause == "disease", 1, 2), 0)
+        unknown = int(((e == 1) & (dcause == "unknown")).sum())
+        rule = ("Deaths from this cancer (cause 'disease') are the event; deaths from treatment, another cancer, "
+                "another or an unknown cause compete" + (f" ({unknown} death(s) of unknown cause)." if unknown else "."))
+    elif endpoint == "pfs":
+        kind = df["pfs_event_type"].to_numpy(dtype=object)
+        cause = np.where(e == 1, np.where(kind == "death", 2, 1), 0)
+        rule = "Progression is the event; a death without progression is the competing event."
+    else:
+        died = (df["os_event"].to_numpy() == 1) & (e == 0)
+        cause = np.where(died, 2, cause)
+        t = np.where(died, df["os_days"].to_numpy(dtype=float), t)
+        rule = (f"{ENDPOINTS[endpoint]}: a death without a recorded {COMPETING_CAUSES[endpoint][0]} is the competing "
+                "event, at the date of death (not censored at the last assessment).")
+    return t, cause, rule
+
+
+def _first_response_days(usable):
+    """Days from time zero to each patient's first CR/PR (NaN = none), from the course's derived outcome."""
+    first = dict(CourseOutcome.objects.filter(course_id__in=usable["course_id"].tolist(),
+                                              first_response_date__isnull=False)
+                 .values_list("course_id", "first_response_date"))
+    resp = pd.to_datetime(usable["course_id"].map(first))
+    return (resp - pd.to_datetime(usable["time_zero_date"])).dt.days.to_numpy(dtype=float)
+
+
+def _landmark_block(result, usable, dcol, ecol, landmark, k, landmark_by=""):
+    from . import landmark as lm
+
+    g = usable[result.group_by].to_numpy(dtype=object) if result.group_by else None
+    label_of = (lambda v: group_label(result.group_by, v)) if result.group_by else (lambda v: "All patients")
+    if landmark_by == "response":
+        g = lm.landmark_groups(_first_response_days(usable), landmark, yes="responded", no="no response yet")
+        label_of = {"responded": "Responded (CR/PR) by the landmark",
+                    "no response yet": "No response by the landmark"}.get
+    t, e = usable[dcol].to_numpy(dtype=float), usable[ecol].to_numpy()
+    at_risk = t >= landmark
+    if int(at_risk.sum()) < k:
+        raise RuleViolation(f"Only {int(at_risk.sum())} patient(s) are still at risk at day {landmark:g}; a landmark "
+                            f"analysis needs at least {k}. Choose an earlier landmark.", field="landmark_days")
+    notes = []
+    keep = at_risk.copy()
+    if g is not None:
+        labels = pd.Series(g[at_risk]).astype(str)
+        small = sorted(lbl for lbl, n in labels.value_counts().items() if n < k)
+        if small:
+            keep &= ~pd.Series(g).astype(str).isin(small).to_numpy()
+            notes.append(f"Landmark: group(s) {', '.join(small)} have fewer than {k} patients still at risk and are "
+                         "not shown.")
+        if not keep.any():
+            raise RuleViolation(f"No group has {k} patients at risk at the landmark.", field="landmark_days")
+    res = lm.landmark_analysis(t[keep | ~at_risk], e[keep | ~at_risk], landmark,
+                               groups=None if g is None else g[keep | ~at_risk], conf_type=result.conf_type)
+    pid = usable["patient_id"].to_numpy()
+    sets = [pid[keep]]
+    if g is not None:
+        sets += [pid[keep & (pd.Series(g).astype(str).to_numpy() == lbl)] for lbl in res.curves]
+    result.extra_sets.extend(sets)
+    times = [y * YEAR_DAYS for y in LANDMARK_YEARS]
+    out = res.to_dict(times)
+    for label, grp in out["groups"].items():
+        grp["display"] = label_of(label)
+        grp["median_months"] = {k2: (None if grp["median"].get(k2) is None else grp["median"][k2] / ep.DAYS_PER_MONTH)
+                                for k2 in ("median", "lower", "upper")}
+        for row, years in zip(grp["at_times"], LANDMARK_YEARS):
+            row["years"] = years
+    out["groups"] = list(out["groups"].values())
+    out["group_rule"] = LANDMARK_BY[landmark_by]
+    out["rule"] = ("Patients still under observation at the landmark (time >= landmark); time restarts at the "
+                   f"landmark; groups by {LANDMARK_BY[landmark_by]}, fixed at the landmark, so a response after it "
+                   "counts as none (no immortal-time bias; Anderson et al., J Clin Oncol 1983).")
+    if res.logrank and res.logrank.note:
+        notes.append(f"Landmark log-rank: {res.logrank.note}.")
+    out["notes"] = notes
+    return out
+
+
+def _rmst_block(result, usable, dcol, ecol, tau):
+    from . import rmst as rm
+
+    t, e = usable[dcol].to_numpy(dtype=float), usable[ecol].to_numpy()
+    g = usable[result.group_by].to_numpy(dtype=object) if result.group_by else None
+    limit = rm.max_tau(t, g)
+    if tau > limit + 1e-9:
+        raise RuleViolation(f"rmst_tau ({tau:g} days) is beyond the last follow-up of {'a group' if g is not None else 'the cohort'} "
+                            f"({limit:g} days); choose at most {limit:g}.", field="rmst_tau")
+    per = rm.rmst_by_group(t, e, g, tau) if g is not None else {"all": rm.rmst(t, e, tau, label="all")}
+    labels = list(per)
+    groups = []
+    for lbl in labels:
+        d = per[lbl].to_dict()
+        d["display"] = group_label(result.group_by, lbl) if result.group_by else "All patients"
+        for key in ("rmst", "lower", "upper", "rmtl"):
+            d[f"{key}_months"] = d[key] / ep.DAYS_PER_MONTH
+        groups.append(d)
+    comparisons = []
+    for lbl in labels[1:]:  # each group against the first (reference) group
+        c = rm.rmst_compare(per[lbl], per[labels[0]]).to_dict()
+        comparisons.append({"group": lbl, "reference": labels[0],
+                            "display": f"{group_label(result.group_by, lbl)} vs {group_label(result.group_by, labels[0])}",
+                            **{k2: c[k2] for k2 in ("difference", "ratio", "rmtl_ratio")},
+                            "difference_months": {k2: c["difference"][k2] / ep.DAYS_PER_MONTH
+                                                  for k2 in ("estimate", "lower", "upper")}})
+    return {"tau_days": tau, "tau_months": tau / ep.DAYS_PER_MONTH, "groups": groups, "comparisons": comparisons,
+            "method": "area under the Kaplan-Meier curve to tau; Greenwood-type SE; contrasts as survRM2::rmst2 "
+                      "(difference, RMST ratio and RMTL ratio on the log scale)"}
+
+
+def _competing_block(result, usable, dcol, ecol, terms):
+    from . import competing as cr
+
+    t, cause, rule = _competing_causes(usable, result.endpoint, dcol, ecol)
+    names = COMPETING_CAUSES[result.endpoint]
+    g = usable[result.group_by].to_numpy(dtype=object) if result.group_by else None
+    times = [y * YEAR_DAYS for y in LANDMARK_YEARS]
+    curves = []
+    for code, name in ((1, names[0]), (2, names[1])):
+        per = cr.cumulative_incidence_by_group(t, cause, g, code) if g is not None else \
+            {"all": cr.cumulative_incidence(t, cause, code, label="all")}
+        for lbl, ci in per.items():
+            curves.append({"cause": code, "cause_label": name, "label": lbl,
+                           "display": group_label(result.group_by, lbl) if result.group_by else "All patients",
+                           "n": ci.n, "events": ci.events,
+                           "at_times": [dict(row, years=y) for row, y in zip(ci.at(times), LANDMARK_YEARS)]})
+    out = {"rule": rule, "causes": {"1": names[0], "2": names[1]}, "cumulative_incidence": curves,
+           "method": "Aalen-Johansen cumulative incidence, cmprsk variance, log-log 95 % CI", "gray": [],
+           "fine_gray": None, "fine_gray_error": None, "cause_specific": None, "cause_specific_error": None}
+    if g is not None and len(pd.unique(g[~pd.isna(g)])) >= 2:
+        out["gray"] = [dict(cr.gray_test(t, cause, g, code).to_dict(), cause_label=name)
+                       for code, name in ((1, names[0]), (2, names[1]))]
+    design, covs = _model_design(usable, result.group_by, list(COX_DEFAULT_TERMS if terms is None else terms))
+    events = int((cause == 1).sum())
+    if not covs or events < 5 * len(covs):
+        out["fine_gray_error"] = (f"Too few events of {names[0]} ({events}) for a Fine-Gray model with {len(covs)} "
+                                  "covariate(s) (need 5 per covariate).")
+        return out
+    frame = design.assign(_t=t, _c=cause)
+    try:  # cause-specific hazards: the Cox model of this cause, the competing events censored
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            cs = sv.cox_ph(frame.assign(_cs=(cause == 1).astype(int)), "_t", "_cs", covs)
+        out["cause_specific"] = cs.to_dict()
+        for term in out["cause_specific"]["terms"]:
+            term["label"] = covariate_label(term["covariate"])
+    except Exception as exc:  # noqa: BLE001 - reported, as for the Cox model
+        logger.info("cause-specific Cox failed: %s", exc)
+        out["cause_specific_error"] = COX_FAILED.replace("Cox model", "cause-specific Cox model")
+    try:
+        fg = cr.fine_gray(frame, "_t", "_c", covs, cause=1)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        logger.info("Fine-Gray fit failed: %s", exc)
+        out["fine_gray_error"] = COX_FAILED.replace("Cox model", "Fine-Gray model")
+        return out
+    fgd = fg.to_dict()
+    for term in fgd["terms"]:
+        term["label"] = covariate_label(term["covariate"])
+    out["fine_gray"] = fgd
+    return out
+
+
+def _iptw_block(result, usable, dcol, ecol, covariates):
+    from . import iptw
+
+    if not result.group_by or len(result.curves) != 2:
+        raise RuleViolation("IPTW-weighted curves compare exactly two groups: choose a grouping with two groups "
+                            "shown.", field="iptw_covariates")
+    design, covs = _model_design(usable, result.group_by, covariates)
+    if not covs:
+        raise RuleViolation("none of the chosen iptw_covariates varies in this cohort.", field="iptw_covariates")
+    frame = design.assign(_t=usable[dcol].to_numpy(dtype=float), _e=usable[ecol].to_numpy(),
+                          _g=usable[result.group_by].astype(str).to_numpy())
+    try:
+        res = iptw.iptw_analysis(frame, "_t", "_e", "_g", covs, conf_type=result.conf_type)
+    except (ValueError, np.linalg.LinAlgError) as exc:
+        raise RuleViolation(f"The propensity model could not be fitted: {exc}.", field="iptw_covariates") from None
+    times = [y * YEAR_DAYS for y in LANDMARK_YEARS]
+    out = res.to_dict(times)
+    for label, grp in out["groups"].items():
+        grp["display"] = group_label(result.group_by, label)
+        grp["label"] = label
+        for row, years in zip(grp["at_times"], LANDMARK_YEARS):
+            row["years"] = years
+        med = grp["median"]
+        grp["median_months"] = {k2: (None if med.get(k2) is None else med[k2] / ep.DAYS_PER_MONTH)
+                                for k2 in ("median", "lower", "upper")}
+    out["groups"] = list(out["groups"].values())
+    out["covariate_labels"] = [covariate_label(c) for c in covs]
+    out["covariates"] = covs
+    out["method"] = ("propensity by logistic regression, stabilised weights; weighted Kaplan-Meier with "
+                     "infinitesimal-jackknife SE (R survfit with weights); marginal HR from the weighted Cox model "
+                     "(Breslow ties) with robust SE; robust score test as the weighted log-rank")
+    dropped = len(usable) - res.n
+    if dropped:
+        out["notes"].append(f"{dropped} patient(s) without a value for a propensity covariate left out of the IPTW "
+                            "analysis.")
+    return out
+
+
+def add_methods(result, *, rmst_tau=None, landmark_days=None, competing=False, iptw_covariates=(), cox_terms=None,
+                min_group=None, landmark_by=""):
+    """Run the chosen extra methods on an ``AnalysisResult`` (its shown groups only) and attach them."""
+    usable = result.frame
+    dcol, ecol = f"{result.endpoint}_days", f"{result.endpoint}_event"
+    k = disclosure.min_cohort() if min_group is None else min_group
+    if rmst_tau is not None:
+        result.methods["rmst"] = _rmst_block(result, usable, dcol, ecol, rmst_tau)
+    if landmark_days is not None:
+        result.methods["landmark"] = _landmark_block(result, usable, dcol, ecol, landmark_days, k, landmark_by)
+    if competing:
+        result.methods["competing"] = _competing_block(result, usable, dcol, ecol, cox_terms)
+    if iptw_covariates:
+        result.methods["iptw"] = _iptw_block(result, usable, dcol, ecol, iptw_covariates)
+    return result
+
+
+def forest_figure(result, fmt="png"):
+    """Forest plot of the Cox model's hazard ratios with 95 % CIs (log axis) for an ``AnalysisResult``."""
+    from . import figures
+
+    if not result.cox:
+        raise RuleViolation(result.cox_error or "No Cox model for this analysis.", field="cox_terms")
+    rows = [figures.ForestRow(covariate_label(t.covariate), t.hazard_ratio, t.hr_lower, t.hr_upper, t.p_value)
+            for t in result.cox.terms]
+    title = f"Cox model, {ENDPOINTS[result.endpoint]} (n = {result.cox.n}, events = {result.cox.events})"
+    try:
+        return figures.forest_figure(rows, fmt=fmt, title=title, xlabel="Hazard ratio (95 % CI, log scale)")
+    except ValueError:
+        raise RuleViolation("The Cox model has no finite hazard ratio to plot.", field="cox_terms") from None

@@ -118,7 +118,7 @@ def analysis(request):
                     cohort, endpoint=form.cleaned_data["endpoint"], time_zero=form.cleaned_data["time_zero"],
                     group_by=form.cleaned_data.get("group_by") or "", conf_type=form.cleaned_data["conf_type"],
                     user=request.user, cox_terms=form.cleaned_data.get("cox_terms") or None,
-                    cox_strata=form.cleaned_data.get("cox_strata") or None,
+                    cox_strata=form.cleaned_data.get("cox_strata") or None, **form.method_params(),
                 )
                 body = result.to_dict(include_points=False)
             except RuleViolation as exc:

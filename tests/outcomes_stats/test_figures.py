@@ -49,3 +49,21 @@ def test_swimmer_png_and_svg():
         swimmer_figure([SwimmerLane("P9", 3.0, [(1.0, "XX")])])
     with pytest.raises(ValueError):
         km_figure({}, fmt="png")
+
+
+def test_forest_plot_writes_each_hazard_ratio_of_r_coxph():
+    """R ``coxph(Surv(time, status) ~ sex + age, data = lung)``: HR sex 0.5986 (0.4311-0.8311), age 1.0172
+    (0.9990-1.0357); the forest plot labels each term and prints its HR and CI as text (SVG keeps text)."""
+    from outcomes.figures import ForestRow, forest_figure
+    from outcomes.survival import cox_ph
+
+    res = cox_ph(load_lung(), "time", "status", ["sex", "age"])
+    rows = [ForestRow(t.covariate, t.hazard_ratio, t.hr_lower, t.hr_upper, t.p_value) for t in res.terms]
+    svg = forest_figure(rows, fmt="svg", title="OS").decode()
+    texts = re.findall(r">([^<>]+)</text>", svg)
+    assert "sex" in texts and "age" in texts and "OS" in texts
+    assert "0.60 (0.43–0.83), p = 0.002" in texts
+    assert "1.02 (1.00–1.04), p = 0.065" in texts
+    assert forest_figure(rows)[:8] == b"\x89PNG\r\n\x1a\n"
+    with pytest.raises(ValueError, match="no finite ratio"):
+        forest_figure([ForestRow("x", float("inf"), 1.0, float("inf"))])
