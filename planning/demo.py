@@ -43,12 +43,12 @@ def _new_plan(course, phantom, user, status):
     rx = float(course.total_dose_gy)
     structures = services.geometry_structures(GeometrySource.PHANTOM, phantom, None, GRID_MM)
     names = [n for n, _ in structures]
-    target = services._primary_target(structures)
+    target = services.primary_target(structures)
     goals = services.validate_goals(services.default_goals(site, rx, names), names) or [
         {"structure": target, "metric": "D95", "comparison": ">=", "value": rx, "priority": 1}]
     body = next((n for n, k in structures if k == "body"), None)
     objectives = services.validate_objectives(services.default_objectives(goals, rx, target, names, body), names)
-    plan = Plan(course=course, version=services._next_version(course), method=PlanMethod.INVERSE,
+    plan = Plan(course=course, version=services.next_version(course), method=PlanMethod.INVERSE,
                 geometry_source=GeometrySource.PHANTOM, phantom=phantom, grid_mm=GRID_MM,
                 gantry_angles=list(services.DEFAULT_GANTRIES), beamlet_mm=BEAMLET_MM, max_iterations=ITERATIONS,
                 objectives=objectives, goals=goals, prescription_gy=rx, fractions=course.fractions_planned,
@@ -77,7 +77,7 @@ def seed(*, rng, today, users, courses):
         phantom = phantom_of[id(entry)] if phantom_of[id(entry)] in common else common[0]
         if phantom not in computed:
             plan = _new_plan(course, phantom, physicist, PlanStatus.RUNNING)
-            services._compute(plan, _QuietJob())
+            services.compute_plan(plan, _QuietJob())
             plan.refresh_from_db()
             computed[phantom] = (plan, services.load_dose(plan)[0])
         else:

@@ -1289,7 +1289,7 @@ def import_files(files, *, course, user, name="", attach_plan=True, density_tabl
                 names = list(geo.structures)
                 goals = services.validate_goals(services.default_goals(site, rx, names), names)
                 plan = Plan(
-                    course=course, version=services._next_version(course), name=(name or "External plan")[:120],
+                    course=course, version=services.next_version(course), name=(name or "External plan")[:120],
                     method=PlanMethod.EXTERNAL, geometry_source=GeometrySource.IMPORTED, imported_geometry=imported,
                     grid_mm=float(min(geo.grid.spacing)), gantry_angles=[b["gantry_deg"] for b in info.get("beams", [])],
                     beamlet_mm=5.0, max_iterations=1, objectives=[], goals=goals,
