@@ -24,7 +24,7 @@ from . import exports, services
 from . import serializers as s
 from .cohorts import CohortFilter
 from .disclosure import DATE_FILTERS
-from .models import Death, FollowUpAssessment
+from .models import Death, FollowUpAssessment, Registry, RegistryVariable
 from .registry_import import RegistryImportError, import_registry, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
@@ -243,14 +243,59 @@ class ExportView(APIView):
         return resp
 
 
+class RegistryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                      mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """Registries and their data dictionaries (``/registries/<code>/``). Researchers read them (variable names,
+    units, levels: no patient data); oncologists who import registry data create and edit them. No delete;
+    every change is in the history (django-simple-history)."""
+
+    serializer_class = s.RegistrySerializer
+    queryset = Registry.objects.prefetch_related("variables__registry").order_by("code")
+    lookup_field = "code"
+    required_perms = {"read": ANALYSIS, "write": [IDENTIFIED, "outcomes.import_registry"]}
+
+
+class RegistryVariableViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                              mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """The variables of one registry (``/registries/<code>/variables/<name>/``): numeric (unit, range) or
+    categorical (levels, the first the reference); a variable with imported values keeps its name, kind, level,
+    levels in use and a range holding its values (400 naming the field otherwise)."""
+
+    serializer_class = s.RegistryVariableSerializer
+    lookup_field = "name"
+    required_perms = {"read": ANALYSIS, "write": [IDENTIFIED, "outcomes.import_registry"]}
+
+    def registry(self):
+        return get_object_or_404(Registry, code=self.kwargs["registry_code"])
+
+    def get_queryset(self):
+        return RegistryVariable.objects.select_related("registry").filter(
+            registry__code=self.kwargs.get("registry_code")).order_by("name")
+
+    def get_serializer_context(self):
+        ctx = super().get_serializer_context()
+        if "registry_code" in self.kwargs and not getattr(self, "swagger_fake_view", False):
+            ctx["registry"] = self.registry()
+        return ctx
+
+    def list(self, request, *args, **kwargs):
+        self.registry()  # an unknown registry is a 404, not an empty dictionary
+        return super().list(request, *args, **kwargs)
+
+    def perform_create(self, serializer):
+        serializer.save(registry=serializer.context["registry"])
+
+
 class RegistryImportView(APIView):
-    """POST a registry CSV (multipart ``file``): 201 with counts; 400 with the error count and the first 100 bad
-    rows' line and field; 413 above ``RADPATH_MAX_UPLOAD_MB``."""
+    """POST a registry CSV (multipart ``file``; optional ``registry`` = a registry code whose data dictionary's
+    columns are imported as covariates): 201 with counts; 400 with the error count and the first 100 bad rows'
+    line and field; 413 above ``RADPATH_MAX_UPLOAD_MB``."""
 
     required_perms = {"write": [IDENTIFIED, "outcomes.import_registry"], "read": [IDENTIFIED, "outcomes.import_registry"]}
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+    @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"},
+                                                                       "registry": {"type": "string"}}}},
                    responses=OpenApiTypes.OBJECT)
     def post(self, request):
         too_large = upload_too_large(request.META.get("CONTENT_LENGTH"))
@@ -262,7 +307,7 @@ class RegistryImportView(APIView):
         if too_large:
             return Response({"detail": too_large, "file": [too_large]}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         try:
-            summary = import_registry(upload, user=request.user)
+            summary = import_registry(upload, user=request.user, registry=request.data.get("registry") or None)
         except RegistryImportError as exc:
             return Response(exc.to_dict(), status=400)
         return Response(summary.to_dict(), status=status.HTTP_201_CREATED)

@@ -6,7 +6,7 @@ from workflow.widgets import DateInput
 from workflow.models import DiseaseSite, Intent, Technique, TreatmentKind
 
 from . import services
-from .models import CauseOfDeath, FollowUpAssessment, LesionMeasurement, Response
+from .models import CauseOfDeath, FollowUpAssessment, LesionMeasurement, Registry, Response
 
 DATE = DateInput()
 MONTH = forms.TextInput(attrs={"type": "month", "placeholder": "YYYY-MM", "pattern": r"\d{4}-\d{2}"})
@@ -111,3 +111,6 @@ class AnalysisForm(forms.Form):
 
 class RegistryUploadForm(forms.Form):
     file = forms.FileField(help_text="CSV, UTF-8; see the column list below")
+    registry = forms.ModelChoiceField(
+        queryset=Registry.objects.order_by("code"), to_field_name="code", required=False, empty_label="None",
+        help_text="The registry whose data dictionary declares the file's extra (covariate) columns")

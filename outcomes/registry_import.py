@@ -55,7 +55,18 @@ from workflow.models import (
     TreatmentKind,
 )
 
-from .models import AssessmentKind, CauseOfDeath, CourseOutcome, Death, FailureSite, FollowUpAssessment, Response
+from .covariates import parse_value, registry_by_code
+from .models import (
+    AssessmentKind,
+    CauseOfDeath,
+    CourseOutcome,
+    CovariateValue,
+    Death,
+    FailureSite,
+    FollowUpAssessment,
+    Registry,
+    Response,
+)
 from .services import REGISTRY_REASON, recompute_course
 
 RECORD_TYPES = ("patient", "course", "followup", "death")
@@ -164,10 +175,14 @@ class ImportSummary:
     courses: int = 0
     followups: int = 0
     deaths: int = 0
+    covariate_values: int = 0
     course_ids: list = field(default_factory=list)
 
     def to_dict(self):
-        return {"patients": self.patients, "courses": self.courses, "followups": self.followups, "deaths": self.deaths}
+        out = {"patients": self.patients, "courses": self.courses, "followups": self.followups, "deaths": self.deaths}
+        if self.covariate_values:
+            out["covariate_values"] = self.covariate_values
+        return out
 
 
 def _shown(v, n=40):
@@ -272,8 +287,9 @@ def _text(source):
         wrapper.detach()  # leave the caller's file open for the next pass
 
 
-def _rows(source, errors, check_header=False):
-    """``_Row`` per record, streamed; unreadable text or CSV becomes one error on the line where it happened."""
+def _rows(source, errors, check_header=False, dictionary=None, registry_code=None):
+    """``_Row`` per record, streamed; unreadable text or CSV becomes one error on the line where it happened.
+    ``dictionary``: the registry's variables by column name (extra columns it declares are accepted)."""
     with _text(source) as stream:
         reader = csv.DictReader(stream)
         try:
@@ -285,9 +301,15 @@ def _rows(source, errors, check_header=False):
             if "record_type" not in header:
                 errors.append(RowError(1, "record_type", "missing column (header row)"))
                 return
-            unknown = [h for h in header if h not in COLUMNS]
+            unknown = [h for h in header if h not in COLUMNS and h not in (dictionary or {})]
             if unknown:
-                errors.append(RowError(1, unknown[0], f"unknown column(s): {', '.join(_shown(u) for u in unknown[:20])}"))
+                where = (f"the data dictionary of registry '{registry_code}'" if registry_code is not None
+                         else "a registry's data dictionary")
+                errors.append(RowError(1, unknown[0], f"unknown column(s): {', '.join(_shown(u) for u in unknown[:20])}. "
+                                       f"To import a covariate, declare it in {where} (admin: Outcomes > Registry "
+                                       "variables, or POST /api/outcomes/registries/<code>/variables/ with name, "
+                                       "level, kind, unit/range or levels, description) and import with that "
+                                       "registry chosen (registry=<code>)"))
         elif "record_type" not in header:
             return
         reader.fieldnames = header
@@ -356,6 +378,36 @@ def _followup_fields(row):
     }
 
 
+def _covariate_values(row, rtype, dictionary):
+    """[(variable, number, level)] of the row's covariate cells (blank = no value). A patient-level variable
+    belongs on the patient row, a course-level one on the course row; values are checked against the dictionary."""
+    out = []
+    for name, var in dictionary.items():
+        text = row.get(name)
+        if not text:
+            continue
+        if rtype != var.level:
+            row.err(name, f"{var.get_level_display().split(' (')[0].lower()}-level variable: give it on the "
+                          f"{var.level} row")
+            continue
+        try:
+            number, level = parse_value(var, text)
+        except ValueError as exc:
+            row.err(name, str(exc))
+            continue
+        out.append((var, number, level))
+    return out
+
+
+def _dictionary(registry):
+    """``(registry, {column: variable})`` for a ``Registry``, its code, or None (no covariates)."""
+    if registry is None or registry == "":
+        return None, {}
+    if not isinstance(registry, Registry):
+        registry = registry_by_code(registry)
+    return registry, {v.name: v for v in registry.variables.select_related("registry")}
+
+
 def _chunks(items, n=BATCH):
     items = list(items)
     for i in range(0, len(items), n):
@@ -372,15 +424,20 @@ class _Plan:
         self.course_mrn_lines = {}  # mrn of a course row without (yet) a patient row -> [lines]
         self.existing = set()  # MRNs of patients already in RadPath that rows refer to
         self.existing_courses = {}  # (mrn, ref) -> (course_id, patient_id) or None
+        self.registry, self.dictionary = None, {}
 
 
-def validate(source):
+def validate(source, registry=None):
     """Stream the file twice (rows, then follow-ups against the courses and deaths it lists) and return the plan, or
-    raise ``RegistryImportError`` with the first ``MAX_ERRORS_LISTED`` problems and their count."""
+    raise ``RegistryImportError`` with the first ``MAX_ERRORS_LISTED`` problems and their count. ``registry``
+    (a ``Registry`` or its code): extra columns its data dictionary declares are imported as covariates."""
     errors = _Errors()
     plan = _Plan()
+    registry, dictionary = _dictionary(registry)
+    plan.registry, plan.dictionary = registry, dictionary
     today = dt.date.today()
-    for row in _rows(source, errors, check_header=True):
+    for row in _rows(source, errors, check_header=True, dictionary=dictionary,
+                     registry_code=registry.code if registry else None):
         rtype = row.get("record_type")
         if rtype not in RECORD_TYPES:
             row.err("record_type", f"'{_shown(rtype)}' is not one of {', '.join(RECORD_TYPES)}")
@@ -388,6 +445,8 @@ def validate(source):
         for col in REQUIRED[rtype]:
             if not row.get(col):
                 row.err(col, "required")
+        if dictionary:
+            _covariate_values(row, rtype, dictionary)
         mrn = row.get("mrn")
         if rtype == "patient":
             if mrn in plan.patients:
@@ -492,14 +551,16 @@ def _batched(rows, n=BATCH):
         yield batch
 
 
-def import_registry(source, *, user=None):
-    """Validate then import a registry CSV (``str``, ``bytes``, a file object or an upload) in one transaction.
+def import_registry(source, *, user=None, registry=None):
+    """Validate then import a registry CSV (``str``, ``bytes``, a file object or an upload) in one transaction;
+    ``registry`` (a ``Registry`` or its code) makes the columns of its data dictionary importable covariates.
 
     Streamed: validation reads the file twice row by row keeping one small tuple per patient, course and death;
     the import reads it once per record type and inserts in batches of ``BATCH`` (``bulk_create`` with history
     rows), so memory does not grow with the number of follow-up rows. Any error: nothing is written.
     """
-    plan = validate(source)
+    plan = validate(source, registry)
+    dictionary = plan.dictionary
     summary = ImportSummary()
     with transaction.atomic():
         patient_ids, diagnosis_ids = {}, {}
@@ -517,6 +578,12 @@ def import_registry(source, *, user=None):
                     t.patient_id, t.diagnosis_id = patient_ids[mrn], d.pk
                     treatments.append(t)
             _bulk(Treatment, treatments, user)
+            if dictionary:
+                values = [CovariateValue(variable=var, patient_id=patient_ids[row.get("mrn")], number=num, level=lvl)
+                          for row in rows
+                          for var, num, lvl in _covariate_values(_Row(row.line, row.data, []), "patient", dictionary)]
+                _bulk(CovariateValue, values, user)
+                summary.covariate_values += len(values)
             summary.patients += len(pats)
         for chunk in _chunks(plan.existing):
             for mrn, pk in Patient.objects.filter(mrn__in=chunk).values_list("mrn", "pk"):
@@ -538,6 +605,14 @@ def import_registry(source, *, user=None):
                 course_ids[(mrn, ref)] = (c.pk, c.patient_id)
                 touched.add(c.pk)
             _bulk(CourseOutcome, outcomes, user)
+            if dictionary:
+                values = [CovariateValue(variable=var, patient_id=patient_ids[row.get("mrn")],
+                                         course_id=course_ids[(row.get("mrn"), row.get("course_ref"))][0],
+                                         number=num, level=lvl)
+                          for row in rows
+                          for var, num, lvl in _covariate_values(_Row(row.line, row.data, []), "course", dictionary)]
+                _bulk(CovariateValue, values, user)
+                summary.covariate_values += len(values)
             summary.courses += len(rows)
         course_ids.update({k: v for k, v in plan.existing_courses.items() if v is not None})
         followed = set()

@@ -15,7 +15,7 @@ from workflow.models import Course
 from . import disclosure, services
 from .cohorts import CohortFilter
 from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
-from .models import CourseOutcome, FollowUpAssessment
+from .models import CourseOutcome, FollowUpAssessment, Registry
 from .registry_import import COLUMNS, RegistryImportError, import_registry, max_upload_bytes, template_csv, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
@@ -153,7 +153,8 @@ def registry_upload(request):
             status = 413
         elif form.is_valid():
             try:
-                summary = import_registry(form.cleaned_data["file"], user=request.user).to_dict()
+                summary = import_registry(form.cleaned_data["file"], user=request.user,
+                                          registry=form.cleaned_data.get("registry")).to_dict()
                 messages.success(request, "Registry imported: {patients} patients, {courses} courses, {followups} follow-ups, "
                                           "{deaths} deaths.".format(**summary))
             except RegistryImportError as exc:
@@ -162,6 +163,7 @@ def registry_upload(request):
         form = RegistryUploadForm()
     return render(request, "outcomes/registry_import.html", {
         "form": form, "errors": errors, "error_count": error_count, "summary": summary, "columns": COLUMNS,
+        "registries": Registry.objects.prefetch_related("variables__registry").order_by("code"),
         "template_url": reverse("outcomes-import") + "?template=1", "max_upload_mb": max_upload_bytes() // 2**20,
     }, status=status)
 
