@@ -40,16 +40,23 @@ COHORT_PARAMS = [
     OpenApiParameter("treatment", str, description="Treatments received (surgery, chemotherapy, immunotherapy, trial)"),
     OpenApiParameter("multimodal", bool, description="Surgery + chemotherapy + RT"),
     OpenApiParameter("trial_arm", str), OpenApiParameter("min_toxicity_grade", int), OpenApiParameter("no_toxicity_grade", int),
+    OpenApiParameter("covariate", str, many=True, explode=True, description=(
+        "Registry covariate filter, repeatable (all must hold): <registry>.<variable>:low..high (numeric, inclusive; "
+        "low.. or ..high open-ended) or <registry>.<variable>:level1,level2 (categorical)")),
     OpenApiParameter("time_zero", str, enum=["rt_start", "diagnosis"]),
 ]
 ANALYSIS_PARAMS = COHORT_PARAMS + [
     OpenApiParameter("endpoint", str, enum=list(services.ENDPOINTS)),
-    OpenApiParameter("group_by", str, enum=[g for g in services.GROUPINGS if g]),
+    OpenApiParameter("group_by", str, description="One of " + ", ".join(g for g in services.GROUPINGS if g)
+                     + ", or a covariate <registry>.<variable> (see /api/outcomes/registries/)"),
+    OpenApiParameter("group_cuts", str, description="Grouping by a numeric covariate: increasing cut-points "
+                     "(3,10: groups < 3, 3 to < 10, >= 10) or 'median' (the cohort's median split)"),
     OpenApiParameter("conf_type", str, enum=list(services.CI_METHODS)),
     OpenApiParameter("cox_terms", str, description="Cox model terms, comma-separated, from: "
-                     + ", ".join(services.COX_TERMS) + " (default: group,age,sex; 'group' is the grouping)"),
+                     + ", ".join(services.COX_TERMS) + " (default: group,age,sex; 'group' is the grouping) and "
+                     "covariates <registry>.<variable> (numeric as is; categorical as dummies against the first level)"),
     OpenApiParameter("cox_strata", str, description="Cox strata (own baseline hazard each), comma-separated, from: "
-                     + ", ".join(services.COX_TERMS[2:])),
+                     + ", ".join(services.COX_TERMS[2:]) + " and categorical covariates"),
 ]
 
 
@@ -63,7 +70,7 @@ def analysis_from(request):
     return services.analyze(
         cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
         group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
-        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"),
+        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"), group_cuts=q.get("group_cuts"),
     )
 
 

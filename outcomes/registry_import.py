@@ -6,15 +6,25 @@ Format: a header row, then one record per line; ``record_type`` says which kind,
 ============  ==============================================================================================
 record_type   columns (* = required)
 ============  ==============================================================================================
-patient       mrn*, given_name*, family_name*, birth_date*, sex (M/F/O/U), site*, diagnosed_on*, histology,
+patient       mrn*, site*, diagnosed_on*, given_name, family_name, birth_date, sex (M/F/O/U), histology,
               stage, surgery (pd/epp/crs_hipec/pericardiectomy/other), surgery_date, chemotherapy (agent),
-              chemotherapy_date, trial_arm
-course        mrn*, course_ref*, intent*, technique*, treated_site*, total_dose_gy*, fractions*, rt_start*, rt_end
+              chemotherapy_date, trial_arm, and the patient-level covariates of the registry's data dictionary
+course        mrn*, course_ref*, intent*, technique*, treated_site*, total_dose_gy*, fractions*, rt_start*, rt_end,
+              and the course-level covariates
 followup      mrn*, course_ref*, date*, imaging (CT/MRI/PET-CT/XRAY; blank = contact only), response
               (CR/PR/SD/PD/NE as recorded by the registry), failure_site (local/regional/distant),
               last_known_alive
 death         mrn*, date*, cause (disease/treatment/other_cancer/other/unknown)
 ============  ==============================================================================================
+
+Required is what an analysis needs, per record type: a patient its identifier (``mrn``), the diagnosis site and
+date (cohort filter; time zero ``diagnosis``); names and birth date are optional (de-identified registries have
+none: nothing is invented; without a birth date the age is unknown and such patients are left out of a Cox model
+with an age term, which the analysis notes say). A course is a radiotherapy course: ``rt_start`` is time zero
+``rt_start`` and the prescription (intent, technique, site, dose, fractions) is the course record itself. A
+follow-up needs its course and date, a death its date. Extra columns are refused unless the chosen registry's data
+dictionary declares them (``outcomes.covariates``); their values are checked against it (unit range, levels) by
+line and column.
 
 Rules: all rows are validated first; every problem is reported with its line number (the header is line 1) and
 field (the first ``MAX_ERRORS_LISTED`` = 100 by line, with the total count); a file with any error imports nothing.
@@ -22,7 +32,8 @@ A valid file is imported in one transaction. Dates are ISO (YYYY-MM-DD); doses a
 Infinity, signs and exponents such as ``1e309`` are refused), fractions whole numbers.
 
 The file is streamed, never held in memory: validation reads it twice, the import once per record type, inserting
-in batches with their audit history rows. Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no measurements), so they are stored as the assessment's
+in batches with their audit history rows (``outcomes.bulk.insert``: multi-row INSERTs; courses in bulk, their
+derived outcomes computed in a few queries per 2,000 courses by ``services.derive_registry_outcomes``). Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no measurements), so they are stored as the assessment's
 override with the reason "recorded in historical registry"; the derived response stays NE.
 """
 
@@ -38,7 +49,6 @@ from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from simple_history.utils import bulk_create_with_history
 
 from workflow.models import (
     Course,
@@ -55,6 +65,7 @@ from workflow.models import (
     TreatmentKind,
 )
 
+from .bulk import insert
 from .covariates import parse_value, registry_by_code
 from .models import (
     AssessmentKind,
@@ -67,17 +78,19 @@ from .models import (
     Registry,
     Response,
 )
-from .services import REGISTRY_REASON, recompute_course
+from .services import REGISTRY_REASON, derive_registry_outcomes, recompute_course, registry_followup_fields
 
 RECORD_TYPES = ("patient", "course", "followup", "death")
 REQUIRED = {
-    "patient": ("mrn", "given_name", "family_name", "birth_date", "site", "diagnosed_on"),
+    # what an analysis needs: the identifier, the site and diagnosis date (cohort and time zero); names and birth
+    # date are not invented when a registry has none (no birth date: age unknown, left out of age terms)
+    "patient": ("mrn", "site", "diagnosed_on"),
     "course": ("mrn", "course_ref", "intent", "technique", "treated_site", "total_dose_gy", "fractions", "rt_start"),
     "followup": ("mrn", "course_ref", "date"),
     "death": ("mrn", "date"),
 }
 COLUMNS = sorted({c for cols in REQUIRED.values() for c in cols} | {
-    "record_type", "sex", "histology", "stage", "surgery", "surgery_date", "chemotherapy", "chemotherapy_date",
+    "record_type", "given_name", "family_name", "birth_date", "sex", "histology", "stage", "surgery", "surgery_date", "chemotherapy", "chemotherapy_date",
     "trial_arm", "rt_end", "imaging", "response", "failure_site", "last_known_alive", "cause",
 })
 
@@ -330,7 +343,7 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
 def _patient_objects(row):
     p = Patient(mrn=row.get("mrn"), given_name=row.get("given_name"), family_name=row.get("family_name"),
                 birth_date=row.date("birth_date"), sex=row.choice("sex", SEXES, Sex.UNKNOWN))
-    _model_errors(row, p, exclude=["birth_date"] if p.birth_date is None else [])
+    _model_errors(row, p, exclude=[])
     d = Diagnosis(site=row.choice("site", SITES), diagnosed_on=row.date("diagnosed_on"),
                   histology=row.get("histology"), stage=row.get("stage"))
     if p.birth_date and d.diagnosed_on and d.diagnosed_on < p.birth_date:
@@ -526,12 +539,9 @@ def validate(source, registry=None):
 
 
 def _bulk(model, objs, user):
-    """Insert a batch with its audit history rows (django-simple-history), returning the objects with their pks."""
-    if not objs:
-        return objs
-    if hasattr(model, "history"):
-        return bulk_create_with_history(objs, model, batch_size=BATCH, default_user=user)
-    return model.objects.bulk_create(objs, batch_size=BATCH)
+    """Insert a batch with its audit history rows (the ``+`` rows ``bulk_create_with_history`` would write),
+    returning the objects with their pks (``outcomes.bulk.insert``)."""
+    return insert(model, objs, history_user=user)
 
 
 def _of_type(source, rtype):
@@ -588,9 +598,9 @@ def import_registry(source, *, user=None, registry=None):
         for chunk in _chunks(plan.existing):
             for mrn, pk in Patient.objects.filter(mrn__in=chunk).values_list("mrn", "pk"):
                 patient_ids[mrn] = pk
-        course_ids, touched = {}, set()
+        course_ids, new_courses = {}, {}
         for rows in _batched(_of_type(source, "course")):
-            outcomes = []
+            built = []
             for row in rows:
                 mrn, ref = row.get("mrn"), row.get("course_ref")
                 c, start, end = _course_object(_Row(row.line, row.data, []))
@@ -599,12 +609,13 @@ def import_registry(source, *, user=None, registry=None):
                     c.diagnosis_id = diagnosis_ids[mrn]
                 else:
                     c.diagnosis = Diagnosis.objects.filter(patient_id=c.patient_id).order_by("-diagnosed_on").first()
-                c._history_user = user
-                c.save()  # one by one: creating a course starts its care path (post_save)
-                outcomes.append(CourseOutcome(course=c, patient_id=c.patient_id, rt_start_recorded=start, rt_end_recorded=end))
+                built.append((mrn, ref, c, start, end))
+            # bulk, without post_save: a course's care path starts on post_save, but a completed (registry) course
+            # gets none (``workflow.carepaths.needs_path``), so there is nothing to start
+            courses = _bulk(Course, [c for _m, _r, c, _s, _e in built], user)
+            for (mrn, ref, _c, start, end), c in zip(built, courses):
                 course_ids[(mrn, ref)] = (c.pk, c.patient_id)
-                touched.add(c.pk)
-            _bulk(CourseOutcome, outcomes, user)
+                new_courses[c.pk] = (c.patient_id, start, end)  # its CourseOutcome comes with its derivation
             if dictionary:
                 values = [CovariateValue(variable=var, patient_id=patient_ids[row.get("mrn")],
                                          course_id=course_ids[(row.get("mrn"), row.get("course_ref"))][0],
@@ -622,11 +633,12 @@ def import_registry(source, *, user=None, registry=None):
                 f = _followup_fields(_Row(row.line, row.data, []))
                 course_id, patient_id = course_ids[(row.get("mrn"), row.get("course_ref"))]
                 followed.add(patient_id)
+                derived = registry_followup_fields(f["response"]) if f["kind"] == AssessmentKind.FOLLOWUP else {}
                 objs.append(FollowUpAssessment(
                     patient_id=patient_id, course_id=course_id, kind=f["kind"], date=f["date"], imaging=f["imaging"],
                     failure_site=f["failure_site"], last_known_alive=f["last_known_alive"],
                     override_response=f["response"], override_reason=REGISTRY_REASON if f["response"] else "",
-                    override_by=user if f["response"] else None,
+                    override_by=user if f["response"] else None, **derived,
                 ))
             _bulk(FollowUpAssessment, objs, user)
             summary.followups += len(objs)
@@ -640,11 +652,14 @@ def import_registry(source, *, user=None, registry=None):
                                   cause=quiet.choice("cause", CAUSES, CauseOfDeath.UNKNOWN)))
             _bulk(Death, objs, user)
             summary.deaths += len(objs)
+        derive_registry_outcomes(new_courses)
+        touched = set(new_courses)
+        # courses already in RadPath whose follow-up or last contact this file changed: recomputed one by one
         for chunk in _chunks(followed):
-            touched.update(Course.objects.filter(patient_id__in=chunk).values_list("pk", flat=True))
-        for chunk in _chunks(sorted(touched)):
-            for c in Course.objects.filter(pk__in=chunk):
-                recompute_course(c)
+            for pk in Course.objects.filter(patient_id__in=chunk).values_list("pk", flat=True):
+                if pk not in new_courses:
+                    recompute_course(Course(pk=pk))
+                    touched.add(pk)
         summary.course_ids = sorted(touched)
     return summary
 

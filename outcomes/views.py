@@ -119,6 +119,7 @@ def analysis(request):
                     group_by=form.cleaned_data.get("group_by") or "", conf_type=form.cleaned_data["conf_type"],
                     user=request.user, cox_terms=form.cleaned_data.get("cox_terms") or None,
                     cox_strata=form.cleaned_data.get("cox_strata") or None,
+                    group_cuts=form.cleaned_data.get("group_cuts") or None,
                 )
                 body = result.to_dict(include_points=False)
             except RuleViolation as exc:
