@@ -80,9 +80,10 @@ def _history(connection, hist, fields, objs, rows, now, user, batch):
     if unknown:
         raise ValueError(f"history fields without a value: {unknown}")
     date = hist._meta.get_field("history_date").get_db_prep_save(now, connection)
+    # the request's user when none is given (HistoryRequestMiddleware), the same for every row of this insert
+    u = user if user is not None else hist.get_default_history_user(objs[0])
     out = []
     for obj, row in zip(objs, rows):
-        u = user if user is not None else hist.get_default_history_user(obj)
         extra = {"history_date": date, "history_change_reason": "", "history_type": "+",
                  "history_user_id": getattr(u, "pk", None), pk_name: obj.pk}
         out.append([row[at[f.attname]] if f.attname in at else extra[f.attname] for f in hist_fields])

@@ -162,3 +162,21 @@ def test_upload_with_the_registry_chosen_through_api_and_page(client, users, reg
     page = client.get("/outcomes/import/").content.decode()
     assert "<code>tgrade</code>" in page and "I, II, III (reference I)" in page
     assert 'name="registry"' in page
+
+
+def test_dictionary_is_edited_in_the_admin_with_history_and_no_delete(admin_client, registry):
+    page = admin_client.get(f"/admin/outcomes/registry/{registry.pk}/change/")
+    assert page.status_code == 200 and "tgrade" in page.content.decode()
+    v = RegistryVariable.objects.get(registry=registry, name="tgrade")
+    resp = admin_client.post(f"/admin/outcomes/registryvariable/{v.pk}/change/", {
+        "registry": registry.pk, "name": "tgrade", "level": "patient", "kind": "categorical", "unit": "",
+        "minimum": "", "maximum": "", "levels": '["I", "II", "III", "IV"]', "description": "Tumour grade (WHO)"})
+    assert resp.status_code == 302, resp.content.decode()[:2000]
+    v.refresh_from_db()
+    assert v.levels == ["I", "II", "III", "IV"] and v.history.count() == 2
+    bad = admin_client.post(f"/admin/outcomes/registryvariable/{v.pk}/change/", {
+        "registry": registry.pk, "name": "tgrade", "level": "patient", "kind": "categorical", "unit": "",
+        "minimum": "", "maximum": "", "levels": '["I"]', "description": "x"})
+    assert bad.status_code == 200 and "at least two levels" in bad.content.decode()
+    assert admin_client.get(f"/admin/outcomes/registryvariable/{v.pk}/delete/").status_code == 403
+    assert admin_client.get(f"/admin/outcomes/registryvariable/{v.pk}/history/").status_code == 200
