@@ -340,10 +340,11 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
             yield _Row(reader.line_num, data, errors)
 
 
-def _patient_objects(row):
+def _patient_objects(row, check=True):
     p = Patient(mrn=row.get("mrn"), given_name=row.get("given_name"), family_name=row.get("family_name"),
                 birth_date=row.date("birth_date"), sex=row.choice("sex", SEXES, Sex.UNKNOWN))
-    _model_errors(row, p, exclude=[])
+    if check:  # the import builds the objects of rows validation already checked
+        _model_errors(row, p, exclude=[])
     d = Diagnosis(site=row.choice("site", SITES), diagnosed_on=row.date("diagnosed_on"),
                   histology=row.get("histology"), stage=row.get("stage"))
     if p.birth_date and d.diagnosed_on and d.diagnosed_on < p.birth_date:
@@ -362,7 +363,7 @@ def _patient_objects(row):
     return p, d, treatments
 
 
-def _course_object(row):
+def _course_object(row, check=True):
     ref = row.get("course_ref")
     total, n = row.dose("total_dose_gy"), row.count("fractions")
     c = Course(intent=row.choice("intent", INTENTS), technique=row.choice("technique", TECHNIQUES),
@@ -372,7 +373,7 @@ def _course_object(row):
     start, end = row.date("rt_start"), row.date("rt_end")
     if start and end and end < start:
         row.err("rt_end", "before rt_start")
-    if all(v is not None for v in (c.intent, c.technique, total, n)) and row.get("treated_site"):
+    if check and all(v is not None for v in (c.intent, c.technique, total, n)) and row.get("treated_site"):
         _model_errors(row, c, exclude=["patient", "diagnosis"], rename={"dose_per_fraction_gy": "total_dose_gy"})
     c.completed_on = end
     return c, start, end
@@ -575,7 +576,7 @@ def import_registry(source, *, user=None, registry=None):
     with transaction.atomic():
         patient_ids, diagnosis_ids = {}, {}
         for rows in _batched(_of_type(source, "patient")):
-            built = [(row.get("mrn"), *_patient_objects(_Row(row.line, row.data, []))) for row in rows]
+            built = [(row.get("mrn"), *_patient_objects(_Row(row.line, row.data, []), check=False)) for row in rows]
             pats = _bulk(Patient, [p for _m, p, _d, _t in built], user)
             for (mrn, _p, d, _t), p in zip(built, pats):
                 patient_ids[mrn] = p.pk
@@ -603,7 +604,7 @@ def import_registry(source, *, user=None, registry=None):
             built = []
             for row in rows:
                 mrn, ref = row.get("mrn"), row.get("course_ref")
-                c, start, end = _course_object(_Row(row.line, row.data, []))
+                c, start, end = _course_object(_Row(row.line, row.data, []), check=False)
                 c.patient_id = patient_ids[mrn]
                 if mrn in diagnosis_ids:
                     c.diagnosis_id = diagnosis_ids[mrn]
