@@ -174,7 +174,9 @@ def _ntcp_request(params, user):
     model's own population sites; ``site=all`` takes every site."""
     model_id = params.get("model") or NTCP_DEFAULT_MODEL
     site = params.get("site", "")
-    base = {k: v for k, v in params.items() if k not in ("model", "site")}
+    base = params.copy() if hasattr(params, "getlist") else dict(params)  # keeps repeated ?covariate= filters
+    for name in ("model", "site"):
+        base.pop(name, None)
     if site and site != "all":
         base["site"] = site
     courses = CohortFilter.for_user(base, user).queryset()
