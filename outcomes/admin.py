@@ -1,15 +1,18 @@
-"""Admin: assessments and deaths with their history (read the derived values, never edit them here).
+"""Admin: assessments and deaths with their history (read the derived values, never edit them here); registries and
+their data dictionaries (editable, every change in the history, never deleted); imported covariate values (voided,
+never deleted).
 
 Assessments, measurements and deaths are clinical records: no delete permission and no bulk delete here; the
 "Void selected" action voids them (who, when, why) and recomputes the patient's derived outcomes, as the API does.
 """
 
 from django.contrib import admin, messages
+from simple_history.admin import SimpleHistoryAdmin
 
 from workflow.admin import ClinicalAdmin, VOID_FIELDS
 
 from . import services
-from .models import CourseOutcome, Death, FollowUpAssessment, LesionMeasurement
+from .models import CourseOutcome, CovariateValue, Death, FollowUpAssessment, LesionMeasurement, Registry, RegistryVariable
 
 
 @admin.action(description="Void selected records (entered in error) and recompute outcomes")
@@ -58,3 +61,44 @@ class CourseOutcomeAdmin(admin.ModelAdmin):
 
     def has_change_permission(self, request, obj=None):
         return False
+
+
+class VariableInline(admin.TabularInline):
+    model = RegistryVariable
+    extra = 1
+    can_delete = False
+    fields = ["name", "level", "kind", "unit", "minimum", "maximum", "levels", "description"]
+
+
+class NoDeleteHistoryAdmin(SimpleHistoryAdmin):
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+    def get_actions(self, request):
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+
+@admin.register(Registry)
+class RegistryAdmin(NoDeleteHistoryAdmin):
+    list_display = ["code", "name", "created_at"]
+    search_fields = ["code", "name"]
+    inlines = [VariableInline]
+
+
+@admin.register(RegistryVariable)
+class RegistryVariableAdmin(NoDeleteHistoryAdmin):
+    """One data-dictionary entry; the rules of ``outcomes.covariates.check_variable`` apply on save."""
+
+    list_display = ["registry", "name", "level", "kind", "unit", "minimum", "maximum", "levels"]
+    list_filter = ["registry", "kind", "level"]
+    search_fields = ["name", "description"]
+
+
+@admin.register(CovariateValue)
+class CovariateValueAdmin(ClinicalAdmin):
+    list_display = ["variable", "patient", "course", "number", "level", "voided_at"]
+    list_filter = ["variable__registry", "variable"]
+    search_fields = ["patient__mrn"]
+    raw_id_fields = ["patient", "course"]

@@ -24,7 +24,7 @@ from . import exports, services
 from . import serializers as s
 from .cohorts import CohortFilter
 from .disclosure import DATE_FILTERS
-from .models import Death, FollowUpAssessment
+from .models import Death, FollowUpAssessment, Registry, RegistryVariable
 from .registry_import import RegistryImportError, import_registry, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
@@ -40,16 +40,23 @@ COHORT_PARAMS = [
     OpenApiParameter("treatment", str, description="Treatments received (surgery, chemotherapy, immunotherapy, trial)"),
     OpenApiParameter("multimodal", bool, description="Surgery + chemotherapy + RT"),
     OpenApiParameter("trial_arm", str), OpenApiParameter("min_toxicity_grade", int), OpenApiParameter("no_toxicity_grade", int),
+    OpenApiParameter("covariate", str, many=True, explode=True, description=(
+        "Registry covariate filter, repeatable (all must hold): <registry>.<variable>:low..high (numeric, inclusive; "
+        "low.. or ..high open-ended) or <registry>.<variable>:level1,level2 (categorical)")),
     OpenApiParameter("time_zero", str, enum=["rt_start", "diagnosis"]),
 ]
 ANALYSIS_PARAMS = COHORT_PARAMS + [
     OpenApiParameter("endpoint", str, enum=list(services.ENDPOINTS)),
-    OpenApiParameter("group_by", str, enum=[g for g in services.GROUPINGS if g]),
+    OpenApiParameter("group_by", str, description="One of " + ", ".join(g for g in services.GROUPINGS if g)
+                     + ", or a covariate <registry>.<variable> (see /api/outcomes/registries/)"),
+    OpenApiParameter("group_cuts", str, description="Grouping by a numeric covariate: increasing cut-points "
+                     "(3,10: groups < 3, 3 to < 10, >= 10) or 'median' (the cohort's median split)"),
     OpenApiParameter("conf_type", str, enum=list(services.CI_METHODS)),
     OpenApiParameter("cox_terms", str, description="Cox model terms, comma-separated, from: "
-                     + ", ".join(services.COX_TERMS) + " (default: group,age,sex; 'group' is the grouping)"),
+                     + ", ".join(services.COX_TERMS) + " (default: group,age,sex; 'group' is the grouping) and "
+                     "covariates <registry>.<variable> (numeric as is; categorical as dummies against the first level)"),
     OpenApiParameter("cox_strata", str, description="Cox strata (own baseline hazard each), comma-separated, from: "
-                     + ", ".join(services.COX_TERMS[2:])),
+                     + ", ".join(services.COX_TERMS[2:]) + " and categorical covariates"),
     OpenApiParameter("rmst_tau", float, description="Restricted mean survival time up to this many days, per group, "
                      "with the difference and ratios against the first group (survRM2::rmst2 rules)"),
     OpenApiParameter("landmark_days", float, description="Landmark analysis: KM and log-rank from this day among the "
@@ -74,9 +81,9 @@ def analysis_from(request):
     return services.analyze(
         cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
         group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
-        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"), rmst_tau=q.get("rmst_tau"),
-        landmark_days=q.get("landmark_days"), competing=q.get("competing"), iptw_covariates=q.get("iptw_covariates"),
-        landmark_by=q.get("landmark_by"),
+        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"), group_cuts=q.get("group_cuts"),
+        rmst_tau=q.get("rmst_tau"), landmark_days=q.get("landmark_days"), competing=q.get("competing"),
+        iptw_covariates=q.get("iptw_covariates"), landmark_by=q.get("landmark_by"),
     )
 
 
@@ -256,14 +263,59 @@ class ExportView(APIView):
         return resp
 
 
+class RegistryViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                      mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """Registries and their data dictionaries (``/registries/<code>/``). Researchers read them (variable names,
+    units, levels: no patient data); oncologists who import registry data create and edit them. No delete;
+    every change is in the history (django-simple-history)."""
+
+    serializer_class = s.RegistrySerializer
+    queryset = Registry.objects.prefetch_related("variables__registry").order_by("code")
+    lookup_field = "code"
+    required_perms = {"read": ANALYSIS, "write": [IDENTIFIED, "outcomes.import_registry"]}
+
+
+class RegistryVariableViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins.CreateModelMixin,
+                              mixins.UpdateModelMixin, viewsets.GenericViewSet):
+    """The variables of one registry (``/registries/<code>/variables/<name>/``): numeric (unit, range) or
+    categorical (levels, the first the reference); a variable with imported values keeps its name, kind, level,
+    levels in use and a range holding its values (400 naming the field otherwise)."""
+
+    serializer_class = s.RegistryVariableSerializer
+    lookup_field = "name"
+    required_perms = {"read": ANALYSIS, "write": [IDENTIFIED, "outcomes.import_registry"]}
+
+    def registry(self):
+        return get_object_or_404(Registry, code=self.kwargs["registry_code"])
+
+    def get_queryset(self):
+        return RegistryVariable.objects.select_related("registry").filter(
+            registry__code=self.kwargs.get("registry_code")).order_by("name")
+
+    def get_serializer_context(self):
+        ctx = super().get_serializer_context()
+        if "registry_code" in self.kwargs and not getattr(self, "swagger_fake_view", False):
+            ctx["registry"] = self.registry()
+        return ctx
+
+    def list(self, request, *args, **kwargs):
+        self.registry()  # an unknown registry is a 404, not an empty dictionary
+        return super().list(request, *args, **kwargs)
+
+    def perform_create(self, serializer):
+        serializer.save(registry=serializer.context["registry"])
+
+
 class RegistryImportView(APIView):
-    """POST a registry CSV (multipart ``file``): 201 with counts; 400 with the error count and the first 100 bad
-    rows' line and field; 413 above ``RADPATH_MAX_UPLOAD_MB``."""
+    """POST a registry CSV (multipart ``file``; optional ``registry`` = a registry code whose data dictionary's
+    columns are imported as covariates): 201 with counts; 400 with the error count and the first 100 bad rows'
+    line and field; 413 above ``RADPATH_MAX_UPLOAD_MB``."""
 
     required_perms = {"write": [IDENTIFIED, "outcomes.import_registry"], "read": [IDENTIFIED, "outcomes.import_registry"]}
     parser_classes = [MultiPartParser, FormParser]
 
-    @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"}}}},
+    @extend_schema(request={"multipart/form-data": {"type": "object", "properties": {"file": {"type": "string", "format": "binary"},
+                                                                       "registry": {"type": "string"}}}},
                    responses=OpenApiTypes.OBJECT)
     def post(self, request):
         too_large = upload_too_large(request.META.get("CONTENT_LENGTH"))
@@ -275,7 +327,7 @@ class RegistryImportView(APIView):
         if too_large:
             return Response({"detail": too_large, "file": [too_large]}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
         try:
-            summary = import_registry(upload, user=request.user)
+            summary = import_registry(upload, user=request.user, registry=request.data.get("registry") or None)
         except RegistryImportError as exc:
             return Response(exc.to_dict(), status=400)
         return Response(summary.to_dict(), status=status.HTTP_201_CREATED)

@@ -8,6 +8,9 @@ from . import api
 router = DefaultRouter()
 router.register("assessments", api.AssessmentViewSet, basename="outcomes-assessment")
 router.register("deaths", api.DeathViewSet, basename="outcomes-death")
+router.register("registries", api.RegistryViewSet, basename="outcomes-registry")
+router.register(r"registries/(?P<registry_code>[-a-zA-Z0-9_]+)/variables", api.RegistryVariableViewSet,
+                basename="outcomes-registry-variable")
 
 urlpatterns = [
     path("courses/<int:pk>/outcome/", api.CourseOutcomeView.as_view(), name="outcomes-course-outcome"),

@@ -2,21 +2,23 @@
 
 A cohort is a ``Course`` queryset (active courses, active patients) filtered by diagnosis site, dates (diagnosis and
 RT start; by month for researchers, see ``outcomes.disclosure``), intent, technique, treatments received (surgery, chemotherapy, immunotherapy, trial; or the multimodal
-surgery + chemotherapy + RT combination), trial arm and toxicity (any CTCAE grade >= N event, when the toxicity
-module is installed). ``CohortFilter.from_params`` reads the same names from a query string or form, so the API, the
+surgery + chemotherapy + RT combination), trial arm, toxicity (any CTCAE grade >= N event, when the toxicity
+module is installed) and registry covariates (``covariate=gbsg2.tsize:20..50``, ``covariate=gbsg2.tgrade:II,III``;
+see ``outcomes.covariates``). ``CohortFilter.from_params`` reads the same names from a query string or form, so the API, the
 analysis page and the exports share one definition.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 
 from django.db.models import Exists, OuterRef
 
 from workflow.errors import RuleViolation
 from workflow.models import Course, DiseaseSite, Intent, Technique, Treatment, TreatmentKind
 
+from .covariates import parse_filter
 from .disclosure import parse_filter_date, restricted
 from .services import toxicity_model
 
@@ -34,6 +36,17 @@ def _list(params, name):
     for v in values:
         out.extend(x.strip() for x in str(v).split(",") if x.strip())
     return out
+
+
+def _each(params, name):
+    """Every value of a repeatable parameter, not split on commas (a covariate filter's levels use them)."""
+    if hasattr(params, "getlist"):
+        values = params.getlist(name)
+    else:
+        values = params.get(name) or []
+        if isinstance(values, str):
+            values = [values]
+    return [str(v).strip() for v in values if str(v).strip()]
 
 
 def _date(params, name, month_only=False):
@@ -66,9 +79,10 @@ class CohortFilter:
     trial_arm: str = ""
     min_toxicity_grade: int | None = None  # at least one event of this CTCAE grade or worse
     no_toxicity_grade: int | None = None  # no event of this grade or worse
+    covariates: list = field(default_factory=list)  # outcomes.covariates.CovariateFilter, all must hold
 
     PARAMS = ("site", "diagnosed_from", "diagnosed_to", "rt_start_from", "rt_start_to", "intent", "technique",
-              "treatment", "multimodal", "trial_arm", "min_toxicity_grade", "no_toxicity_grade")
+              "treatment", "multimodal", "trial_arm", "min_toxicity_grade", "no_toxicity_grade", "covariate")
 
     @classmethod
     def for_user(cls, params, user):
@@ -104,6 +118,7 @@ class CohortFilter:
             trial_arm=(params.get("trial_arm") or "").strip(),
             min_toxicity_grade=grade("min_toxicity_grade"),
             no_toxicity_grade=grade("no_toxicity_grade"),
+            covariates=[parse_filter(text) for text in _each(params, "covariate")],
         )
         f.validate()
         return f
@@ -122,7 +137,11 @@ class CohortFilter:
             raise RuleViolation("Toxicity data are not available.", field="min_toxicity_grade")
 
     def describe(self):
-        return {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in asdict(self).items() if v not in (None, "", [])}
+        items = ((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "covariates")
+        out = {k: (v.isoformat() if isinstance(v, dt.date) else v) for k, v in items if v not in (None, "", [])}
+        if self.covariates:
+            out["covariate"] = [c.describe() for c in self.covariates]
+        return out
 
     def queryset(self, base=None):
         qs = (base if base is not None else Course.objects.all()).filter(voided_at__isnull=True, patient__voided_at__isnull=True)
@@ -155,6 +174,8 @@ class CohortFilter:
                 qs = qs.filter(Exists(ev.filter(worst_grade__gte=self.min_toxicity_grade)))
             if self.no_toxicity_grade:
                 qs = qs.exclude(Exists(ev.filter(worst_grade__gte=self.no_toxicity_grade)))
+        for cov in self.covariates:
+            qs = cov.apply(qs)
         return qs
 
 

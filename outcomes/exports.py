@@ -4,7 +4,10 @@ What leaves the server: no names, MRN, birth date or free text (notes, override 
 treated-site labels); a stable pseudonymous ID per patient (``pseudo_id`` = "RP-" + HMAC-SHA256 of the MRN keyed by
 ``settings.RADPATH_PSEUDONYM_KEY``, 16 hex characters) and per course ("RX-" + HMAC of the course id); every date as
 a whole-day offset from the patient's time zero (``<column>_day``; time zero = start of RT or diagnosis, recorded
-in the ``time_zero`` column and in the metadata); age in completed years at time zero (90 = 90 or older).
+in the ``time_zero`` column and in the metadata); age in completed years at time zero (90 = 90 or older). Registry
+covariates the cohort has values for are one column each (``<registry>.<variable>``: numbers, or the categorical
+level), their data-dictionary entries in the metadata; they hold no dates, and a text level that reads like prose
+(more than four words) is dropped as free text like any other column.
 Formats: CSV, Parquet (pyarrow) and JSON (``{"meta": ..., "rows": [...]}``). In CSV, a text cell that begins with
 ``=``, ``+``, ``-``, ``@``, a tab or a carriage return is prefixed with a single quote (OWASP "CSV injection"), so a
 spreadsheet shows it as text instead of running it as a formula; numbers (negative day offsets) are left alone, and
@@ -30,7 +33,7 @@ from django.utils import timezone
 
 from workflow.models import Patient
 
-from . import deidentify, disclosure
+from . import covariates, deidentify, disclosure
 from .models import FollowUpAssessment
 from .services import cohort_patient_ids, endpoint_frame
 
@@ -66,7 +69,11 @@ def identified_frames(courses, time_zero="rt_start"):
     if "grade3_toxicity" not in df.columns:
         cols = [c for c in PATIENT_COLUMNS if c != "grade3_toxicity"]
     else:
-        cols = PATIENT_COLUMNS
+        cols = list(PATIENT_COLUMNS)
+    if not df.empty:  # registry covariates the cohort has values for, one column each (<registry>.<variable>)
+        variables = covariates.all_variables()
+        covariates.add_columns(df, variables)
+        cols += [v.key for v in variables if df[v.key].notna().any()]
     patients = df[[c for c in cols if c in df.columns]].copy() if not df.empty else pd.DataFrame(columns=cols)
     patients["time_zero"] = time_zero
     t0 = dict(zip(df["course_id"], df["time_zero_date"])) if not df.empty else {}
@@ -107,6 +114,8 @@ def deidentified_frames(courses, time_zero="rt_start"):
         "n_patients": int(len(p.frame)),
         "n_assessments": int(len(a.frame)),
         "dropped_columns": sorted(set(p.dropped_columns) | set(a.dropped_columns)),
+        "covariates": {v.key: covariates.describe_variable(v) for v in covariates.all_variables()
+                       if v.key in p.frame.columns},
     }
     return p.frame, a.frame, meta
 
@@ -117,7 +126,8 @@ def _identifier_values(mrns):
         "mrn", "given_name", "family_name", "birth_date"
     ).iterator(chunk_size=5000):
         vals.update(v.strip().lower() for v in (mrn, given, family) if v and len(v.strip()) >= 2)
-        vals.add(birth.isoformat())
+        if birth is not None:
+            vals.add(birth.isoformat())
     return vals
 
 

@@ -5,8 +5,8 @@ from django import forms
 from workflow.widgets import DateInput
 from workflow.models import DiseaseSite, Intent, Technique, TreatmentKind
 
-from . import services
-from .models import CauseOfDeath, FollowUpAssessment, LesionMeasurement, Response
+from . import covariates, services
+from .models import CauseOfDeath, FollowUpAssessment, LesionMeasurement, Registry, Response
 
 DATE = DateInput()
 MONTH = forms.TextInput(attrs={"type": "month", "placeholder": "YYYY-MM", "pattern": r"\d{4}-\d{2}"})
@@ -71,6 +71,8 @@ class AnalysisForm(forms.Form):
     endpoint = forms.ChoiceField(choices=list(services.ENDPOINTS.items()), initial="os")
     time_zero = forms.ChoiceField(choices=[("rt_start", "Start of RT"), ("diagnosis", "Diagnosis")], initial="rt_start")
     group_by = forms.ChoiceField(choices=list(services.GROUPINGS.items()), required=False)
+    group_cuts = forms.CharField(required=False, label="Cut-points (numeric covariate)",
+                                 help_text="e.g. 3,10 (groups < 3, 3 to < 10, >= 10) or median")
     conf_type = forms.ChoiceField(choices=[("log", "log (R survfit default)"), ("log-log", "log-log (lifelines)")], initial="log",
                                   label="95 % CI method")
     site = forms.MultipleChoiceField(choices=DiseaseSite.choices, required=False, widget=forms.SelectMultiple(attrs={"size": 4}))
@@ -80,6 +82,9 @@ class AnalysisForm(forms.Form):
                                           widget=forms.SelectMultiple(attrs={"size": 3}))
     multimodal = forms.ChoiceField(choices=[("", "Any"), ("yes", "Surgery + chemo + RT"), ("no", "Not multimodal")], required=False)
     trial_arm = forms.CharField(required=False)
+    covariate = forms.CharField(required=False, label="Covariate filter",
+                                help_text="registry.variable:low..high or registry.variable:level1,level2; repeat "
+                                          "?covariate= in the URL for several")
     # months (YYYY-MM): researchers may not filter by day (outcomes.disclosure); the cohort filter parses them
     diagnosed_from = forms.CharField(required=False, widget=MONTH, label="Diagnosed from (month)")
     diagnosed_to = forms.CharField(required=False, widget=MONTH, label="Diagnosed to (month)")
@@ -125,6 +130,10 @@ class AnalysisForm(forms.Form):
                 if not data.get(name):
                     data[name] = value
         super().__init__(data, *args, **kwargs)
+        variables = covariates.all_variables()  # the registries' covariates as groupings, Cox terms and strata
+        self.fields["group_by"].choices += [(v.key, f"{v.key} ({v.description})") for v in variables]
+        self.fields["cox_terms"].choices += [(v.key, v.key) for v in variables]
+        self.fields["cox_strata"].choices += [(v.key, v.key) for v in variables if v.kind == "categorical"]
         if services.toxicity_model() is None:
             del self.fields["min_toxicity_grade"]
             self.fields["group_by"].choices = [c for c in self.fields["group_by"].choices if c[0] != "grade3_toxicity"]
@@ -132,3 +141,6 @@ class AnalysisForm(forms.Form):
 
 class RegistryUploadForm(forms.Form):
     file = forms.FileField(help_text="CSV, UTF-8; see the column list below")
+    registry = forms.ModelChoiceField(
+        queryset=Registry.objects.order_by("code"), to_field_name="code", required=False, empty_label="None",
+        help_text="The registry whose data dictionary declares the file's extra (covariate) columns")

@@ -12,8 +12,10 @@ data; researchers only run analyses and download de-identified exports (no ``wor
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+from django.core.validators import RegexValidator
 from django.db import models
 from django.db.models import Q
+from simple_history.models import HistoricalRecords
 
 from workflow import roles
 from workflow.clinical import ClinicalRecord
@@ -268,3 +270,99 @@ class CohortRelease(models.Model):
 
     def __str__(self):
         return f"{self.kind} of {self.n_patients} patients for {self.user_id}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Registries and their data dictionaries (covariates)
+# ---------------------------------------------------------------------------------------------------------------
+
+VARIABLE_NAME = RegexValidator(
+    r"^[a-z][a-z0-9_]{0,39}$", "Lower-case letters, digits and _ (starting with a letter), at most 40 characters: "
+    "it is the CSV column name.")
+
+
+class Registry(models.Model):
+    """A historical data source (a trial, a registry) whose CSV imports may carry the covariates its data
+    dictionary (``variables``) declares. Editable as data (admin, API); every change kept (simple-history)."""
+
+    code = models.SlugField(max_length=40, unique=True, help_text="Short name used in API parameters, e.g. gbsg2")
+    name = models.CharField(max_length=120)
+    description = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["code"]
+        verbose_name_plural = "registries"
+
+    def __str__(self):
+        return f"{self.code} ({self.name})"
+
+
+class VariableLevel(models.TextChoices):
+    PATIENT = "patient", "Patient (one value per patient)"
+    COURSE = "course", "Course (one value per RT course)"
+
+
+class VariableKind(models.TextChoices):
+    NUMERIC = "numeric", "Numeric"
+    CATEGORICAL = "categorical", "Categorical"
+
+
+class RegistryVariable(models.Model):
+    """One named variable of a registry's data dictionary: patient- or course-level, numeric (unit, allowed range)
+    or categorical (allowed levels; the first is the reference level of Cox dummies)."""
+
+    registry = models.ForeignKey(Registry, on_delete=models.PROTECT, related_name="variables")
+    name = models.CharField(max_length=40, validators=[VARIABLE_NAME], help_text="The CSV column name")
+    level = models.CharField(max_length=8, choices=VariableLevel.choices, default=VariableLevel.PATIENT)
+    kind = models.CharField(max_length=12, choices=VariableKind.choices)
+    unit = models.CharField(max_length=30, blank=True, help_text="Numeric: unit, e.g. mm or fmol/l")
+    minimum = models.FloatField(null=True, blank=True, help_text="Numeric: smallest allowed value")
+    maximum = models.FloatField(null=True, blank=True, help_text="Numeric: largest allowed value")
+    levels = models.JSONField(default=list, blank=True,
+                              help_text="Categorical: allowed levels in order; the first is the reference level")
+    description = models.CharField(max_length=300)
+
+    history = HistoricalRecords()
+
+    class Meta:
+        ordering = ["registry", "name"]
+        constraints = [models.UniqueConstraint(fields=["registry", "name"], name="registryvariable_unique_name")]
+
+    def __str__(self):
+        return f"{self.registry.code}.{self.name}"
+
+    @property
+    def key(self):
+        """How analyses and exports name it: ``<registry code>.<name>``."""
+        return f"{self.registry.code}.{self.name}"
+
+    def clean(self):
+        from .covariates import check_variable
+
+        check_variable(self)
+
+
+class CovariateValue(ClinicalRecord):
+    """One imported value of a registry variable: a patient's (``course`` empty) or a course's. Numbers in
+    ``number``, categorical levels in ``level``; indexed by variable so a cohort's column is one query."""
+
+    variable = models.ForeignKey(RegistryVariable, on_delete=models.PROTECT, related_name="values")
+    patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="covariate_values")
+    course = models.ForeignKey(Course, null=True, blank=True, on_delete=models.PROTECT, related_name="covariate_values")
+    number = models.FloatField(null=True, blank=True)
+    level = models.CharField(max_length=60, blank=True)
+
+    class Meta:
+        indexes = [models.Index(fields=["variable", "patient"]), models.Index(fields=["variable", "course"])]
+        constraints = [
+            models.UniqueConstraint(fields=["variable", "patient"], condition=Q(course__isnull=True, voided_at__isnull=True),
+                                    name="covariate_one_live_patient_value"),
+            models.UniqueConstraint(fields=["variable", "course"], condition=Q(course__isnull=False, voided_at__isnull=True),
+                                    name="covariate_one_live_course_value"),
+        ]
+
+    def __str__(self):
+        return f"{self.variable_id}: {self.number if self.level == '' else self.level}"

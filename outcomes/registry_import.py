@@ -6,15 +6,25 @@ Format: a header row, then one record per line; ``record_type`` says which kind,
 ============  ==============================================================================================
 record_type   columns (* = required)
 ============  ==============================================================================================
-patient       mrn*, given_name*, family_name*, birth_date*, sex (M/F/O/U), site*, diagnosed_on*, histology,
+patient       mrn*, site*, diagnosed_on*, given_name, family_name, birth_date, sex (M/F/O/U), histology,
               stage, surgery (pd/epp/crs_hipec/pericardiectomy/other), surgery_date, chemotherapy (agent),
-              chemotherapy_date, trial_arm
-course        mrn*, course_ref*, intent*, technique*, treated_site*, total_dose_gy*, fractions*, rt_start*, rt_end
+              chemotherapy_date, trial_arm, and the patient-level covariates of the registry's data dictionary
+course        mrn*, course_ref*, intent*, technique*, treated_site*, total_dose_gy*, fractions*, rt_start*, rt_end,
+              and the course-level covariates
 followup      mrn*, course_ref*, date*, imaging (CT/MRI/PET-CT/XRAY; blank = contact only), response
               (CR/PR/SD/PD/NE as recorded by the registry), failure_site (local/regional/distant),
               last_known_alive
 death         mrn*, date*, cause (disease/treatment/other_cancer/other/unknown)
 ============  ==============================================================================================
+
+Required is what an analysis needs, per record type: a patient its identifier (``mrn``), the diagnosis site and
+date (cohort filter; time zero ``diagnosis``); names and birth date are optional (de-identified registries have
+none: nothing is invented; without a birth date the age is unknown and such patients are left out of a Cox model
+with an age term, which the analysis notes say). A course is a radiotherapy course: ``rt_start`` is time zero
+``rt_start`` and the prescription (intent, technique, site, dose, fractions) is the course record itself. A
+follow-up needs its course and date, a death its date. Extra columns are refused unless the chosen registry's data
+dictionary declares them (``outcomes.covariates``); their values are checked against it (unit range, levels) by
+line and column.
 
 Rules: all rows are validated first; every problem is reported with its line number (the header is line 1) and
 field (the first ``MAX_ERRORS_LISTED`` = 100 by line, with the total count); a file with any error imports nothing.
@@ -22,7 +32,8 @@ A valid file is imported in one transaction. Dates are ISO (YYYY-MM-DD); doses a
 Infinity, signs and exponents such as ``1e309`` are refused), fractions whole numbers.
 
 The file is streamed, never held in memory: validation reads it twice, the import once per record type, inserting
-in batches with their audit history rows. Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no measurements), so they are stored as the assessment's
+in batches with their audit history rows (``outcomes.bulk.insert``: multi-row INSERTs; courses in bulk, their
+derived outcomes computed in a few queries per 2,000 courses by ``services.derive_registry_outcomes``). Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no measurements), so they are stored as the assessment's
 override with the reason "recorded in historical registry"; the derived response stays NE.
 """
 
@@ -38,7 +49,6 @@ from decimal import Decimal
 
 from django.core.exceptions import ValidationError
 from django.db import transaction
-from simple_history.utils import bulk_create_with_history
 
 from workflow.models import (
     Course,
@@ -55,18 +65,32 @@ from workflow.models import (
     TreatmentKind,
 )
 
-from .models import AssessmentKind, CauseOfDeath, CourseOutcome, Death, FailureSite, FollowUpAssessment, Response
-from .services import REGISTRY_REASON, recompute_course
+from .bulk import insert
+from .covariates import parse_value, registry_by_code
+from .models import (
+    AssessmentKind,
+    CauseOfDeath,
+    CourseOutcome,
+    CovariateValue,
+    Death,
+    FailureSite,
+    FollowUpAssessment,
+    Registry,
+    Response,
+)
+from .services import REGISTRY_REASON, derive_registry_outcomes, recompute_course, registry_followup_fields
 
 RECORD_TYPES = ("patient", "course", "followup", "death")
 REQUIRED = {
-    "patient": ("mrn", "given_name", "family_name", "birth_date", "site", "diagnosed_on"),
+    # what an analysis needs: the identifier, the site and diagnosis date (cohort and time zero); names and birth
+    # date are not invented when a registry has none (no birth date: age unknown, left out of age terms)
+    "patient": ("mrn", "site", "diagnosed_on"),
     "course": ("mrn", "course_ref", "intent", "technique", "treated_site", "total_dose_gy", "fractions", "rt_start"),
     "followup": ("mrn", "course_ref", "date"),
     "death": ("mrn", "date"),
 }
 COLUMNS = sorted({c for cols in REQUIRED.values() for c in cols} | {
-    "record_type", "sex", "histology", "stage", "surgery", "surgery_date", "chemotherapy", "chemotherapy_date",
+    "record_type", "given_name", "family_name", "birth_date", "sex", "histology", "stage", "surgery", "surgery_date", "chemotherapy", "chemotherapy_date",
     "trial_arm", "rt_end", "imaging", "response", "failure_site", "last_known_alive", "cause",
 })
 
@@ -164,10 +188,14 @@ class ImportSummary:
     courses: int = 0
     followups: int = 0
     deaths: int = 0
+    covariate_values: int = 0
     course_ids: list = field(default_factory=list)
 
     def to_dict(self):
-        return {"patients": self.patients, "courses": self.courses, "followups": self.followups, "deaths": self.deaths}
+        out = {"patients": self.patients, "courses": self.courses, "followups": self.followups, "deaths": self.deaths}
+        if self.covariate_values:
+            out["covariate_values"] = self.covariate_values
+        return out
 
 
 def _shown(v, n=40):
@@ -272,8 +300,9 @@ def _text(source):
         wrapper.detach()  # leave the caller's file open for the next pass
 
 
-def _rows(source, errors, check_header=False):
-    """``_Row`` per record, streamed; unreadable text or CSV becomes one error on the line where it happened."""
+def _rows(source, errors, check_header=False, dictionary=None, registry_code=None):
+    """``_Row`` per record, streamed; unreadable text or CSV becomes one error on the line where it happened.
+    ``dictionary``: the registry's variables by column name (extra columns it declares are accepted)."""
     with _text(source) as stream:
         reader = csv.DictReader(stream)
         try:
@@ -285,9 +314,15 @@ def _rows(source, errors, check_header=False):
             if "record_type" not in header:
                 errors.append(RowError(1, "record_type", "missing column (header row)"))
                 return
-            unknown = [h for h in header if h not in COLUMNS]
+            unknown = [h for h in header if h not in COLUMNS and h not in (dictionary or {})]
             if unknown:
-                errors.append(RowError(1, unknown[0], f"unknown column(s): {', '.join(_shown(u) for u in unknown[:20])}"))
+                where = (f"the data dictionary of registry '{registry_code}'" if registry_code is not None
+                         else "a registry's data dictionary")
+                errors.append(RowError(1, unknown[0], f"unknown column(s): {', '.join(_shown(u) for u in unknown[:20])}. "
+                                       f"To import a covariate, declare it in {where} (admin: Outcomes > Registry "
+                                       "variables, or POST /api/outcomes/registries/<code>/variables/ with name, "
+                                       "level, kind, unit/range or levels, description) and import with that "
+                                       "registry chosen (registry=<code>)"))
         elif "record_type" not in header:
             return
         reader.fieldnames = header
@@ -305,10 +340,11 @@ def _rows(source, errors, check_header=False):
             yield _Row(reader.line_num, data, errors)
 
 
-def _patient_objects(row):
+def _patient_objects(row, check=True):
     p = Patient(mrn=row.get("mrn"), given_name=row.get("given_name"), family_name=row.get("family_name"),
                 birth_date=row.date("birth_date"), sex=row.choice("sex", SEXES, Sex.UNKNOWN))
-    _model_errors(row, p, exclude=["birth_date"] if p.birth_date is None else [])
+    if check:  # the import builds the objects of rows validation already checked
+        _model_errors(row, p, exclude=[])
     d = Diagnosis(site=row.choice("site", SITES), diagnosed_on=row.date("diagnosed_on"),
                   histology=row.get("histology"), stage=row.get("stage"))
     if p.birth_date and d.diagnosed_on and d.diagnosed_on < p.birth_date:
@@ -327,7 +363,7 @@ def _patient_objects(row):
     return p, d, treatments
 
 
-def _course_object(row):
+def _course_object(row, check=True):
     ref = row.get("course_ref")
     total, n = row.dose("total_dose_gy"), row.count("fractions")
     c = Course(intent=row.choice("intent", INTENTS), technique=row.choice("technique", TECHNIQUES),
@@ -337,7 +373,7 @@ def _course_object(row):
     start, end = row.date("rt_start"), row.date("rt_end")
     if start and end and end < start:
         row.err("rt_end", "before rt_start")
-    if all(v is not None for v in (c.intent, c.technique, total, n)) and row.get("treated_site"):
+    if check and all(v is not None for v in (c.intent, c.technique, total, n)) and row.get("treated_site"):
         _model_errors(row, c, exclude=["patient", "diagnosis"], rename={"dose_per_fraction_gy": "total_dose_gy"})
     c.completed_on = end
     return c, start, end
@@ -356,6 +392,36 @@ def _followup_fields(row):
     }
 
 
+def _covariate_values(row, rtype, dictionary):
+    """[(variable, number, level)] of the row's covariate cells (blank = no value). A patient-level variable
+    belongs on the patient row, a course-level one on the course row; values are checked against the dictionary."""
+    out = []
+    for name, var in dictionary.items():
+        text = row.get(name)
+        if not text:
+            continue
+        if rtype != var.level:
+            row.err(name, f"{var.get_level_display().split(' (')[0].lower()}-level variable: give it on the "
+                          f"{var.level} row")
+            continue
+        try:
+            number, level = parse_value(var, text)
+        except ValueError as exc:
+            row.err(name, str(exc))
+            continue
+        out.append((var, number, level))
+    return out
+
+
+def _dictionary(registry):
+    """``(registry, {column: variable})`` for a ``Registry``, its code, or None (no covariates)."""
+    if registry is None or registry == "":
+        return None, {}
+    if not isinstance(registry, Registry):
+        registry = registry_by_code(registry)
+    return registry, {v.name: v for v in registry.variables.select_related("registry")}
+
+
 def _chunks(items, n=BATCH):
     items = list(items)
     for i in range(0, len(items), n):
@@ -372,15 +438,20 @@ class _Plan:
         self.course_mrn_lines = {}  # mrn of a course row without (yet) a patient row -> [lines]
         self.existing = set()  # MRNs of patients already in RadPath that rows refer to
         self.existing_courses = {}  # (mrn, ref) -> (course_id, patient_id) or None
+        self.registry, self.dictionary = None, {}
 
 
-def validate(source):
+def validate(source, registry=None):
     """Stream the file twice (rows, then follow-ups against the courses and deaths it lists) and return the plan, or
-    raise ``RegistryImportError`` with the first ``MAX_ERRORS_LISTED`` problems and their count."""
+    raise ``RegistryImportError`` with the first ``MAX_ERRORS_LISTED`` problems and their count. ``registry``
+    (a ``Registry`` or its code): extra columns its data dictionary declares are imported as covariates."""
     errors = _Errors()
     plan = _Plan()
+    registry, dictionary = _dictionary(registry)
+    plan.registry, plan.dictionary = registry, dictionary
     today = dt.date.today()
-    for row in _rows(source, errors, check_header=True):
+    for row in _rows(source, errors, check_header=True, dictionary=dictionary,
+                     registry_code=registry.code if registry else None):
         rtype = row.get("record_type")
         if rtype not in RECORD_TYPES:
             row.err("record_type", f"'{_shown(rtype)}' is not one of {', '.join(RECORD_TYPES)}")
@@ -388,6 +459,8 @@ def validate(source):
         for col in REQUIRED[rtype]:
             if not row.get(col):
                 row.err(col, "required")
+        if dictionary:
+            _covariate_values(row, rtype, dictionary)
         mrn = row.get("mrn")
         if rtype == "patient":
             if mrn in plan.patients:
@@ -467,12 +540,9 @@ def validate(source):
 
 
 def _bulk(model, objs, user):
-    """Insert a batch with its audit history rows (django-simple-history), returning the objects with their pks."""
-    if not objs:
-        return objs
-    if hasattr(model, "history"):
-        return bulk_create_with_history(objs, model, batch_size=BATCH, default_user=user)
-    return model.objects.bulk_create(objs, batch_size=BATCH)
+    """Insert a batch with its audit history rows (the ``+`` rows ``bulk_create_with_history`` would write),
+    returning the objects with their pks (``outcomes.bulk.insert``)."""
+    return insert(model, objs, history_user=user)
 
 
 def _of_type(source, rtype):
@@ -492,19 +562,21 @@ def _batched(rows, n=BATCH):
         yield batch
 
 
-def import_registry(source, *, user=None):
-    """Validate then import a registry CSV (``str``, ``bytes``, a file object or an upload) in one transaction.
+def import_registry(source, *, user=None, registry=None):
+    """Validate then import a registry CSV (``str``, ``bytes``, a file object or an upload) in one transaction;
+    ``registry`` (a ``Registry`` or its code) makes the columns of its data dictionary importable covariates.
 
     Streamed: validation reads the file twice row by row keeping one small tuple per patient, course and death;
     the import reads it once per record type and inserts in batches of ``BATCH`` (``bulk_create`` with history
     rows), so memory does not grow with the number of follow-up rows. Any error: nothing is written.
     """
-    plan = validate(source)
+    plan = validate(source, registry)
+    dictionary = plan.dictionary
     summary = ImportSummary()
     with transaction.atomic():
         patient_ids, diagnosis_ids = {}, {}
         for rows in _batched(_of_type(source, "patient")):
-            built = [(row.get("mrn"), *_patient_objects(_Row(row.line, row.data, []))) for row in rows]
+            built = [(row.get("mrn"), *_patient_objects(_Row(row.line, row.data, []), check=False)) for row in rows]
             pats = _bulk(Patient, [p for _m, p, _d, _t in built], user)
             for (mrn, _p, d, _t), p in zip(built, pats):
                 patient_ids[mrn] = p.pk
@@ -517,27 +589,42 @@ def import_registry(source, *, user=None):
                     t.patient_id, t.diagnosis_id = patient_ids[mrn], d.pk
                     treatments.append(t)
             _bulk(Treatment, treatments, user)
+            if dictionary:
+                values = [CovariateValue(variable=var, patient_id=patient_ids[row.get("mrn")], number=num, level=lvl)
+                          for row in rows
+                          for var, num, lvl in _covariate_values(_Row(row.line, row.data, []), "patient", dictionary)]
+                _bulk(CovariateValue, values, user)
+                summary.covariate_values += len(values)
             summary.patients += len(pats)
         for chunk in _chunks(plan.existing):
             for mrn, pk in Patient.objects.filter(mrn__in=chunk).values_list("mrn", "pk"):
                 patient_ids[mrn] = pk
-        course_ids, touched = {}, set()
+        course_ids, new_courses = {}, {}
         for rows in _batched(_of_type(source, "course")):
-            outcomes = []
+            built = []
             for row in rows:
                 mrn, ref = row.get("mrn"), row.get("course_ref")
-                c, start, end = _course_object(_Row(row.line, row.data, []))
+                c, start, end = _course_object(_Row(row.line, row.data, []), check=False)
                 c.patient_id = patient_ids[mrn]
                 if mrn in diagnosis_ids:
                     c.diagnosis_id = diagnosis_ids[mrn]
                 else:
                     c.diagnosis = Diagnosis.objects.filter(patient_id=c.patient_id).order_by("-diagnosed_on").first()
-                c._history_user = user
-                c.save()  # one by one: creating a course starts its care path (post_save)
-                outcomes.append(CourseOutcome(course=c, patient_id=c.patient_id, rt_start_recorded=start, rt_end_recorded=end))
+                built.append((mrn, ref, c, start, end))
+            # bulk, without post_save: a course's care path starts on post_save, but a completed (registry) course
+            # gets none (``workflow.carepaths.needs_path``), so there is nothing to start
+            courses = _bulk(Course, [c for _m, _r, c, _s, _e in built], user)
+            for (mrn, ref, _c, start, end), c in zip(built, courses):
                 course_ids[(mrn, ref)] = (c.pk, c.patient_id)
-                touched.add(c.pk)
-            _bulk(CourseOutcome, outcomes, user)
+                new_courses[c.pk] = (c.patient_id, start, end)  # its CourseOutcome comes with its derivation
+            if dictionary:
+                values = [CovariateValue(variable=var, patient_id=patient_ids[row.get("mrn")],
+                                         course_id=course_ids[(row.get("mrn"), row.get("course_ref"))][0],
+                                         number=num, level=lvl)
+                          for row in rows
+                          for var, num, lvl in _covariate_values(_Row(row.line, row.data, []), "course", dictionary)]
+                _bulk(CovariateValue, values, user)
+                summary.covariate_values += len(values)
             summary.courses += len(rows)
         course_ids.update({k: v for k, v in plan.existing_courses.items() if v is not None})
         followed = set()
@@ -547,11 +634,12 @@ def import_registry(source, *, user=None):
                 f = _followup_fields(_Row(row.line, row.data, []))
                 course_id, patient_id = course_ids[(row.get("mrn"), row.get("course_ref"))]
                 followed.add(patient_id)
+                derived = registry_followup_fields(f["response"]) if f["kind"] == AssessmentKind.FOLLOWUP else {}
                 objs.append(FollowUpAssessment(
                     patient_id=patient_id, course_id=course_id, kind=f["kind"], date=f["date"], imaging=f["imaging"],
                     failure_site=f["failure_site"], last_known_alive=f["last_known_alive"],
                     override_response=f["response"], override_reason=REGISTRY_REASON if f["response"] else "",
-                    override_by=user if f["response"] else None,
+                    override_by=user if f["response"] else None, **derived,
                 ))
             _bulk(FollowUpAssessment, objs, user)
             summary.followups += len(objs)
@@ -565,11 +653,14 @@ def import_registry(source, *, user=None):
                                   cause=quiet.choice("cause", CAUSES, CauseOfDeath.UNKNOWN)))
             _bulk(Death, objs, user)
             summary.deaths += len(objs)
+        derive_registry_outcomes(new_courses)
+        touched = set(new_courses)
+        # courses already in RadPath whose follow-up or last contact this file changed: recomputed one by one
         for chunk in _chunks(followed):
-            touched.update(Course.objects.filter(patient_id__in=chunk).values_list("pk", flat=True))
-        for chunk in _chunks(sorted(touched)):
-            for c in Course.objects.filter(pk__in=chunk):
-                recompute_course(c)
+            for pk in Course.objects.filter(patient_id__in=chunk).values_list("pk", flat=True):
+                if pk not in new_courses:
+                    recompute_course(Course(pk=pk))
+                    touched.add(pk)
         summary.course_ids = sorted(touched)
     return summary
 

@@ -1,10 +1,19 @@
 """Serializers for follow-up assessments (with their measurements), deaths and derived course outcomes."""
 
+from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from workflow.models import Course, Patient
 
-from .models import CourseOutcome, Death, FollowUpAssessment, LesionMeasurement, Response
+from .models import (
+    CourseOutcome,
+    Death,
+    FollowUpAssessment,
+    LesionMeasurement,
+    Registry,
+    RegistryVariable,
+    Response,
+)
 
 
 class MeasurementSerializer(serializers.ModelSerializer):
@@ -71,3 +80,40 @@ class CourseOutcomeSerializer(serializers.ModelSerializer):
             "last_contact_date", "derivation_issue", "computed_at",
         ]
         read_only_fields = fields
+
+
+class RegistryVariableSerializer(serializers.ModelSerializer):
+    """One data-dictionary entry; the model's rules (``outcomes.covariates.check_variable``) give 400s by field."""
+
+    key = serializers.CharField(read_only=True)
+    levels = serializers.ListField(child=serializers.CharField(max_length=60), required=False, default=list)
+
+    class Meta:
+        model = RegistryVariable
+        fields = ["id", "key", "name", "level", "kind", "unit", "minimum", "maximum", "levels", "description"]
+        read_only_fields = ["id", "key"]
+
+    def validate(self, attrs):
+        inst = RegistryVariable()
+        if self.instance is not None:
+            for f in RegistryVariable._meta.concrete_fields:
+                setattr(inst, f.attname, getattr(self.instance, f.attname))
+        for k, v in attrs.items():
+            setattr(inst, k, v)
+        inst.registry = self.context["registry"]
+        try:
+            inst.full_clean(exclude=["registry"], validate_unique=False)
+        except DjangoValidationError as exc:
+            raise serializers.ValidationError(exc.message_dict) from exc
+        if RegistryVariable.objects.filter(registry=inst.registry, name=inst.name).exclude(pk=inst.pk).exists():
+            raise serializers.ValidationError({"name": f"{inst.registry.code} already has a variable '{inst.name}'."})
+        return attrs
+
+
+class RegistrySerializer(serializers.ModelSerializer):
+    variables = RegistryVariableSerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Registry
+        fields = ["id", "code", "name", "description", "created_at", "variables"]
+        read_only_fields = ["id", "created_at", "variables"]

@@ -40,7 +40,7 @@ from workflow.errors import RuleViolation
 from workflow.models import AppointmentStatus, Course, Fraction, Treatment, TreatmentKind
 from workflow.scheduling import local_day
 
-from . import disclosure
+from . import bulk, covariates, disclosure
 from . import endpoints as ep
 from . import response as rs
 from . import survival as sv
@@ -244,7 +244,7 @@ def record_death(patient, *, user, date, cause="unknown", cause_detail="", recom
         date = dt.date.fromisoformat(date)
     if date > timezone.localdate():
         raise RuleViolation("The date of death cannot be in the future.", field="death_date")
-    if date < patient.birth_date:
+    if patient.birth_date and date < patient.birth_date:
         raise RuleViolation("The date of death is before the date of birth.", field="death_date")
     later = FollowUpAssessment.objects.active().filter(patient=patient, date__gt=date).order_by("date").first()
     if later is not None:
@@ -292,6 +292,92 @@ def _fallback(follow):
         if eff != rs.NE:
             in_cr = eff == rs.CR
     return results
+
+
+def _fallback_derived(baseline, follow):
+    """Set each follow-up's derived NE / effective response / status (``_fallback``) and return the course's
+    derived outcome fields from them."""
+    results = _fallback(follow)
+    for a, eff, status in results:
+        a.derived_response, a.response, a.disease_status = rs.NE, eff, status
+    ranked = []
+    for a, eff, _status in results:
+        ranked.append((a, eff))
+        if eff == rs.PD:
+            break
+    cands = [(rs._BOR_RANK[e], a.date, e) for a, e in ranked if e != rs.NE]
+    best = min(cands) if cands else None
+    first = lambda pred: next((a.date for a, e, s in results if pred(e, s)), None)  # noqa: E731
+    return dict(
+        criteria=baseline.criteria if baseline else "",
+        baseline_date=baseline.date if baseline else None,
+        baseline_sum_mm=None,
+        best_response=best[2] if best else (rs.NE if results else ""),
+        best_response_date=best[1] if best else None,
+        first_response_date=first(lambda e, s: e in (rs.CR, rs.PR)),
+        first_complete_remission_date=first(lambda e, s: e == rs.CR),
+        first_progression_date=first(lambda e, s: e == rs.PD),
+        recurrence_date=first(lambda e, s: s == rs.STATUS_RECURRENCE),
+        current_status=results[-1][2] if results else "",
+    )
+
+
+def registry_followup_fields(override_response):
+    """The derived fields of a new registry follow-up (imaging, no measurements), as ``recompute_course`` writes
+    them, except a recurrence (PD after a CR), which needs the course's sequence (``derive_registry_outcomes``)."""
+    eff = override_response or rs.NE
+    status = {rs.CR: rs.STATUS_CR, rs.PR: rs.STATUS_PR, rs.SD: rs.STATUS_SD, rs.PD: rs.STATUS_PD}.get(eff, rs.STATUS_NE)
+    return {"derived_response": rs.NE, "response": eff, "disease_status": status}
+
+
+def derive_registry_outcomes(new_courses, *, chunk=2000):
+    """Create the ``CourseOutcome`` rows of courses a registry import just created, with what ``recompute_course``
+    would derive, in a few queries per ``chunk`` instead of a dozen per course.
+
+    ``new_courses``: ``{course_id: (patient_id, rt_start, rt_end)}``. Such a course has no baseline assessment,
+    no lesion measurement and no delivered fraction, so its derivation is ``_fallback_derived`` on its follow-ups
+    (effective = the recorded response), RT dates are the recorded ones and last contact is the patient's latest
+    assessment or last-known-alive date. Its follow-ups were inserted with ``registry_followup_fields``; the
+    few that turn out to be a recurrence (PD after a CR) are updated in one query."""
+    from types import SimpleNamespace
+
+    ids = sorted(new_courses)
+    now = timezone.now()
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        rows = fetch_columns(
+            FollowUpAssessment.objects.filter(course_id__in=part, voided_at__isnull=True, kind=AssessmentKind.FOLLOWUP),
+            {"pk": ("pk", "int"), "course_id": ("course_id", "int"), "date": ("date", "date"),
+             "override_response": ("override_response", "text"), "failure_site": ("failure_site", "text")})
+        order = np.lexsort((rows["pk"], rows["date"], rows["course_id"]))
+        by_course = {}
+        for i in order:
+            by_course.setdefault(int(rows["course_id"][i]), []).append(SimpleNamespace(
+                pk=int(rows["pk"][i]), date=rows["date"][i].astype(object), override_response=rows["override_response"][i],
+                failure_site=rows["failure_site"][i]))
+        patients = {new_courses[c][0] for c in part}
+        contact = {}
+        for pid, d, alive in FollowUpAssessment.objects.filter(patient_id__in=patients, voided_at__isnull=True) \
+                .order_by().values("patient_id").annotate(d=Max("date"), a=Max("last_known_alive")) \
+                .values_list("patient_id", "d", "a"):
+            dates = [x for x in (d, alive) if x is not None]
+            contact[pid] = max(dates) if dates else None
+        outcomes, recurrences = [], []
+        for cid in part:
+            patient_id, rt_start, rt_end = new_courses[cid]
+            follow = by_course.get(cid, [])
+            derived = _fallback_derived(None, follow)
+            recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
+            outcomes.append(CourseOutcome(
+                course_id=cid, patient_id=patient_id, rt_start_recorded=rt_start, rt_end_recorded=rt_end,
+                rt_start=rt_start, rt_end=rt_end, **derived,
+                first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
+                                               and a.failure_site == FailureSite.LOCAL), None),
+                last_assessment_date=follow[-1].date if follow else None, last_contact_date=contact.get(patient_id),
+                derivation_issue="no baseline assessment" if follow else "", computed_at=now))
+        bulk.insert(CourseOutcome, outcomes)
+        for i in range(0, len(recurrences), 500):
+            FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
 
 
 def _rt_dates(course):
@@ -369,29 +455,7 @@ def recompute_course(course):
             current_status=summary.current_status or "",
         )
     else:
-        results = _fallback(follow)
-        for a, eff, status in results:
-            a.derived_response, a.response, a.disease_status = rs.NE, eff, status
-        ranked = []
-        for a, eff, _status in results:
-            ranked.append((a, eff))
-            if eff == rs.PD:
-                break
-        cands = [(rs._BOR_RANK[e], a.date, e) for a, e in ranked if e != rs.NE]
-        best = min(cands) if cands else None
-        first = lambda pred: next((a.date for a, e, s in results if pred(e, s)), None)  # noqa: E731
-        derived = dict(
-            criteria=baseline.criteria if baseline else "",
-            baseline_date=baseline.date if baseline else None,
-            baseline_sum_mm=None,
-            best_response=best[2] if best else (rs.NE if results else ""),
-            best_response_date=best[1] if best else None,
-            first_response_date=first(lambda e, s: e in (rs.CR, rs.PR)),
-            first_complete_remission_date=first(lambda e, s: e == rs.CR),
-            first_progression_date=first(lambda e, s: e == rs.PD),
-            recurrence_date=first(lambda e, s: s == rs.STATUS_RECURRENCE),
-            current_status=results[-1][2] if results else "",
-        )
+        derived = _fallback_derived(baseline, follow)
     changed = items
     if changed:
         FollowUpAssessment.objects.bulk_update(
@@ -598,6 +662,8 @@ class AnalysisResult:
     suppressed_groups: list = field(default_factory=list)
     methods: dict = field(default_factory=dict)  # rmst / landmark / competing / iptw (``add_methods``)
     extra_sets: list = field(default_factory=list)  # patient sets of further outputs (the landmark's at-risk set)
+    covariates: list = field(default_factory=list)  # the data-dictionary entries of the covariates used
+    term_labels: dict = field(default_factory=dict)
 
     def released_sets(self):
         """Patient ids each shown result covers: every group shown, or the whole analysed cohort."""
@@ -620,7 +686,7 @@ class AnalysisResult:
             return None
         cox = self.cox.to_dict()
         for term in cox.get("terms", []):
-            term["label"] = covariate_label(term["covariate"])
+            term["label"] = self.term_labels.get(term["covariate"]) or covariate_label(term["covariate"])
         return cox
 
     def to_dict(self, include_points=True):
@@ -661,6 +727,7 @@ class AnalysisResult:
             "cox_error": self.cox_error,
             "notes": self.notes,
             "suppressed_groups": self.suppressed_groups,
+            "covariates": self.covariates,
             "min_cohort": disclosure.min_cohort(),
             "methods": self.methods,
         }
@@ -685,10 +752,15 @@ def parse_cox_choice(terms, strata, group_by):
     chosen, strata = split(terms), split(strata) or []
     for field_name, values, allowed in (("cox_terms", chosen or [], COX_TERMS),
                                         ("cox_strata", strata, COX_TERMS[2:])):
-        unknown = [v for v in values if v not in allowed]
+        unknown = [v for v in values if v not in allowed and not covariates.is_key(v)]
         if unknown:
-            raise RuleViolation(f"unknown {field_name} {', '.join(unknown)}: choose from {', '.join(allowed)}.",
-                                field=field_name)
+            raise RuleViolation(f"unknown {field_name} {', '.join(unknown)}: choose from {', '.join(allowed)} or a "
+                                "covariate <registry>.<variable>.", field=field_name)
+        for key in (v for v in values if v not in allowed):
+            var = covariates.resolve(key, field_name)
+            if field_name == "cox_strata" and var.kind != "categorical":
+                raise RuleViolation(f"cox_strata: {key} is numeric; strata take categorical variables (use it as a "
+                                    "term, or group it with group_by and group_cuts).", field="cox_strata")
     if chosen is not None and not chosen:
         raise RuleViolation("choose at least one Cox term.", field="cox_terms")
     if chosen and "group" in chosen and not group_by:
@@ -700,8 +772,8 @@ def parse_cox_choice(terms, strata, group_by):
 
 
 def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_type="log", cox=True, min_group=None,
-            user=None, cox_terms=None, cox_strata=None, rmst_tau=None, landmark_days=None, competing=False,
-            iptw_covariates=None, landmark_by=None):
+            user=None, cox_terms=None, cox_strata=None, group_cuts=None, rmst_tau=None, landmark_days=None,
+            competing=False, iptw_covariates=None, landmark_by=None):
     """Survival analysis of a cohort (a ``Course`` queryset): KM per group, medians, landmarks, log-rank, Cox.
 
     Disclosure control (``outcomes.disclosure``): fewer than ``RADPATH_MIN_COHORT`` usable patients is refused;
@@ -711,17 +783,27 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if endpoint not in ENDPOINTS:
         raise RuleViolation(f"endpoint must be one of {', '.join(ENDPOINTS)}.", field="endpoint")
     group_by = group_by or ""
+    group_var = cuts = None
     if group_by not in GROUPINGS:
-        raise RuleViolation(f"group_by must be one of {', '.join(g for g in GROUPINGS if g)}.", field="group_by")
+        if not covariates.is_key(group_by):
+            raise RuleViolation(f"group_by must be one of {', '.join(g for g in GROUPINGS if g)} or a covariate "
+                                "<registry>.<variable>.", field="group_by")
+        group_var = covariates.resolve(group_by, "group_by")
+        cuts = covariates.parse_cuts(group_cuts, group_var)
+    elif group_cuts not in (None, "", []):
+        raise RuleViolation("group_cuts: cut-points are for grouping by a numeric covariate.", field="group_cuts")
     if conf_type not in CI_METHODS:
         raise RuleViolation(f"conf_type must be one of {', '.join(CI_METHODS)}.", field="conf_type")
     cox_terms, cox_strata = parse_cox_choice(cox_terms, cox_strata, group_by)
     methods = parse_methods(rmst_tau, landmark_days, competing, iptw_covariates, landmark_by)
-    cox_vars = {t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")} | set(cox_strata)
-    if methods["competing"]:  # the Fine-Gray model takes the Cox terms
-        cox_vars |= {t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")}
+    with_terms = cox or methods["competing"]  # the Fine-Gray model takes the Cox terms
+    cox_vars = ({t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")} | set(cox_strata)
+                if with_terms else set())
+    variables = {k: covariates.resolve(k, "cox_terms") for k in sorted(cox_vars) if covariates.is_key(k)}
+    if group_var is not None:
+        variables[group_by] = group_var
     method_vars = {t for t in methods["iptw_covariates"] if t != "age"}
-    columns = {group_by} - {""} | ({"sex", "birth_date"} | cox_vars if cox or methods["competing"] else set())
+    columns = ({group_by} - {""} | ({"sex", "birth_date"} | cox_vars if with_terms else set())) - set(variables)
     columns |= method_vars | ({"birth_date"} if "age" in methods["iptw_covariates"] else set())
     if methods["competing"] and endpoint == "os":
         columns.add("death_cause")
@@ -729,6 +811,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     df = endpoint_frame(courses, time_zero, columns=columns, endpoints=wanted)
     if group_by == "grade3_toxicity" and "grade3_toxicity" not in df.columns:
         raise RuleViolation("Toxicity data are not available.", field="group_by")
+    covariates.add_columns(df, variables.values())
     dcol, ecol = f"{endpoint}_days", f"{endpoint}_event"
     keep = ["course_id", "patient_id", dcol, ecol,
             *[c for c in (group_by, "sex", "age_years", *sorted(cox_vars | method_vars), "death_cause",
@@ -742,6 +825,19 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if usable.empty:
         raise RuleViolation("The cohort has no patient with the dates this endpoint needs.", field="cohort")
     usable = usable.assign(**{ecol: usable[ecol].astype(int), dcol: usable[dcol].astype(float)})
+    group_order = None
+    if group_var is not None:
+        labels, group_order, how = covariates.group_values(usable[group_by], group_var, cuts)
+        extra = {group_by: labels}
+        if group_var.kind == "numeric":
+            extra[f"{group_by}__num"] = usable[group_by]  # the value itself, for a numeric Cox term
+        usable = usable.assign(**extra)
+        if how:
+            notes.append(how)
+        missing = int(labels.isna().sum())
+        if missing:
+            notes.append(f"{missing} patient(s) without a value for {group_by} are left out (no group).")
+            usable = usable[labels.notna().to_numpy()]
     if endpoint != "os":
         notes.extend(censoring_notes(usable[dcol].to_numpy(), usable[ecol].to_numpy(), endpoint))
     k = disclosure.min_cohort() if min_group is None else min_group
@@ -760,17 +856,21 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     if group_by:
         g = usable[group_by].to_numpy(dtype=object)
         curves = sv.kaplan_meier_by_labels(t, e, g, conf_type=conf_type)
+        if group_order:
+            curves = {lbl: curves[lbl] for lbl in group_order if lbl in curves}
     else:
         curves = {"all": sv.kaplan_meier(t, e, conf_type, label="all")}
     result = AnalysisResult(endpoint, time_zero, conf_type, group_by, len(usable), excluded, curves, usable, notes=notes,
-                            suppressed_groups=suppressed)
+                            suppressed_groups=suppressed,
+                            covariates=[covariates.describe_variable(v) for v in variables.values()])
     if group_by and len(curves) >= 2:
         has = ~pd.isna(g)
         result.logrank = sv.logrank_test(t[has], e[has], g[has])
         if result.logrank.note:
             result.notes.append(f"Log-rank: {result.logrank.note}.")
     if cox:
-        result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by, cox_terms, cox_strata)
+        result.cox, result.cox_error = _cox(usable, dcol, ecol, group_by, cox_terms, cox_strata, variables=variables,
+                                            group_order=group_order, labels=result.term_labels, notes=result.notes)
     add_methods(result, rmst_tau=methods["rmst_tau"], landmark_days=methods["landmark_days"],
                 competing=methods["competing"], iptw_covariates=methods["iptw_covariates"], cox_terms=cox_terms,
                 min_group=min_group, landmark_by=methods["landmark_by"])
@@ -800,41 +900,66 @@ def censoring_notes(days, events, endpoint) -> list[str]:
     return notes
 
 
-def _cox(df, dcol, ecol, group_by, terms=None, strata=()):
+def _cox(df, dcol, ecol, group_by, terms=None, strata=(), variables=None, group_order=None, labels=None, notes=None):
     """Cox PH on the chosen ``terms`` (default: the grouping, age and sex), each categorical one dummy-coded
-    against its first level (sex: male = 1), with ``strata`` as separate baselines. A term without variation
-    in the cohort is left out, as before."""
+    against its first level (sex: male = 1; a registry covariate: the first level of its data dictionary present
+    in the cohort; a covariate grouping: its first group), with ``strata`` as separate baselines. A term without
+    variation in the cohort is left out, as before. Numeric covariates enter as they are. ``labels`` receives
+    the covariate terms' display names; ``notes`` how many patients lacked a covariate value (left out)."""
     data = pd.DataFrame({dcol: df[dcol], ecol: df[ecol]})
     covs = []
     terms = list(COX_DEFAULT_TERMS if terms is None else terms)
+    variables = variables or {}
+    labels = {} if labels is None else labels
 
-    def dummies(var):
+    def dummies(var, order=None):
         if df[var].nunique() < 2:
             return
-        for lvl in sorted(df[var].dropna().astype(str).unique())[1:]:
+        present = set(df[var].dropna().astype(str).unique())
+        levels = [lvl for lvl in order if lvl in present] if order else sorted(present)
+        missing = df[var].isna()
+        for lvl in levels[1:]:
             name = f"{var}={lvl}"
-            data[name] = (df[var].astype(str) == lvl).astype(float)
+            data[name] = (df[var].astype(str) == lvl).astype(float).where(~missing)
             covs.append(name)
+            if var in variables:
+                labels[name] = f"{var}: {lvl} (vs {levels[0]})"
 
     for term in terms:
         if term == "group":
             if group_by:
-                dummies(group_by)
+                dummies(group_by, group_order)
         elif term == "age":
             if df["age_years"].notna().any() and df["age_years"].nunique() > 1:
                 data["age_years"] = df["age_years"].astype(float)
                 covs.append("age_years")
+            elif df["age_years"].isna().all() and notes is not None:
+                notes.append("Cox model: no patient has a birth date (the registry gave none), so age is left out.")
         elif term == group_by and "group" in terms:
             continue  # already in the model as the grouping
         elif term == "sex":
             if df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
                 data["sex=M"] = (df["sex"] == "M").astype(float)
                 covs.append("sex=M")
+        elif term in variables and variables[term].kind == "numeric":
+            values = df[f"{term}__num"] if f"{term}__num" in df.columns else df[term]
+            if values.nunique() > 1:
+                data[term] = values.astype(float)
+                covs.append(term)
+                v = variables[term]
+                labels[term] = f"{term} (per {v.unit})" if v.unit else f"{term} (per unit)"
+        elif term in variables:
+            dummies(term, variables[term].levels)
         else:
             dummies(term)
     for var in strata:
         data[f"strata:{var}"] = df[var].astype(str).where(df[var].notna())
     strata_cols = [f"strata:{v}" for v in strata]
+    lacking = int(data[covs + strata_cols].isna().any(axis=1).sum()) if covs else 0
+    if lacking and notes is not None:
+        notes.append(f"Cox model: {lacking} patient(s) without a value for one of its terms or strata are left out "
+                     "(R's na.omit).")
+        data = data[~data[covs + strata_cols].isna().any(axis=1)]
     events = int(data[ecol].sum())
     if not covs or events < 5 * len(covs):
         return None, f"Too few events ({events}) for a Cox model with {len(covs)} covariate(s) (need 5 per covariate)."
@@ -998,7 +1123,8 @@ def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covari
 
 def _model_design(df, group_by, terms):
     """Numeric model columns for ``terms`` as the Cox model codes them: the grouping and categorical variables
-    dummy-coded against their first level, age in years, sex as male = 1. Terms without variation are left out."""
+    dummy-coded against their first level, numeric covariates as their values, age in years, sex as male = 1.
+    Terms without variation are left out."""
     data, covs = pd.DataFrame(index=df.index), []
 
     def dummies(var):
@@ -1023,6 +1149,10 @@ def _model_design(df, group_by, terms):
             if "sex" in df.columns and df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
                 data["sex=M"] = (df["sex"] == "M").astype(float)
                 covs.append("sex=M")
+        elif covariates.is_key(term) and term in df.columns and pd.api.types.is_float_dtype(df[term]):
+            if df[term].nunique() > 1:  # a numeric covariate enters as its value, as in the Cox model
+                data[term] = df[term].astype(float)
+                covs.append(term)
         else:
             dummies(term)
     return data, covs

@@ -15,7 +15,7 @@ from workflow.models import Course
 from . import disclosure, services
 from .cohorts import CohortFilter
 from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
-from .models import CourseOutcome, FollowUpAssessment
+from .models import CourseOutcome, FollowUpAssessment, Registry
 from .registry_import import COLUMNS, RegistryImportError, import_registry, max_upload_bytes, template_csv, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
@@ -118,7 +118,8 @@ def analysis(request):
                     cohort, endpoint=form.cleaned_data["endpoint"], time_zero=form.cleaned_data["time_zero"],
                     group_by=form.cleaned_data.get("group_by") or "", conf_type=form.cleaned_data["conf_type"],
                     user=request.user, cox_terms=form.cleaned_data.get("cox_terms") or None,
-                    cox_strata=form.cleaned_data.get("cox_strata") or None, **form.method_params(),
+                    cox_strata=form.cleaned_data.get("cox_strata") or None,
+                    group_cuts=form.cleaned_data.get("group_cuts") or None, **form.method_params(),
                 )
                 body = result.to_dict(include_points=False)
             except RuleViolation as exc:
@@ -153,7 +154,8 @@ def registry_upload(request):
             status = 413
         elif form.is_valid():
             try:
-                summary = import_registry(form.cleaned_data["file"], user=request.user).to_dict()
+                summary = import_registry(form.cleaned_data["file"], user=request.user,
+                                          registry=form.cleaned_data.get("registry")).to_dict()
                 messages.success(request, "Registry imported: {patients} patients, {courses} courses, {followups} follow-ups, "
                                           "{deaths} deaths.".format(**summary))
             except RegistryImportError as exc:
@@ -162,6 +164,7 @@ def registry_upload(request):
         form = RegistryUploadForm()
     return render(request, "outcomes/registry_import.html", {
         "form": form, "errors": errors, "error_count": error_count, "summary": summary, "columns": COLUMNS,
+        "registries": Registry.objects.prefetch_related("variables__registry").order_by("code"),
         "template_url": reverse("outcomes-import") + "?template=1", "max_upload_mb": max_upload_bytes() // 2**20,
     }, status=status)
 
@@ -171,7 +174,9 @@ def _ntcp_request(params, user):
     model's own population sites; ``site=all`` takes every site."""
     model_id = params.get("model") or NTCP_DEFAULT_MODEL
     site = params.get("site", "")
-    base = {k: v for k, v in params.items() if k not in ("model", "site")}
+    base = params.copy() if hasattr(params, "getlist") else dict(params)  # keeps repeated ?covariate= filters
+    for name in ("model", "site"):
+        base.pop(name, None)
     if site and site != "all":
         base["site"] = site
     courses = CohortFilter.for_user(base, user).queryset()

@@ -367,7 +367,7 @@ def export_geometry_dose(geo, dose, *, patient, beams=None, fractions=1, prescri
 
 def patient_info(patient):
     return {"name": f"{patient.family_name}^{patient.given_name}", "id": patient.mrn,
-            "birth_date": patient.birth_date.strftime("%Y%m%d"), "sex": patient.sex if patient.sex in ("M", "F", "O") else ""}
+            "birth_date": patient.birth_date.strftime("%Y%m%d") if patient.birth_date else "", "sex": patient.sex if patient.sex in ("M", "F", "O") else ""}
 
 
 def export_plan(plan):

@@ -40,9 +40,11 @@ class Sex(models.TextChoices):
 
 class Patient(ClinicalRecord):
     mrn = models.CharField("MRN", max_length=32, unique=True)
-    given_name = models.CharField(max_length=100)
-    family_name = models.CharField(max_length=100)
-    birth_date = models.DateField()
+    # Required when a patient is registered in the clinic (forms, API); a historical registry import may leave
+    # them out rather than invent them (de-identified trial data has none): age is then unknown.
+    given_name = models.CharField(max_length=100, blank=True)
+    family_name = models.CharField(max_length=100, blank=True)
+    birth_date = models.DateField(null=True, blank=True)
     sex = models.CharField(max_length=1, choices=Sex.choices, default=Sex.UNKNOWN)
 
     class Meta:
@@ -50,6 +52,8 @@ class Patient(ClinicalRecord):
         permissions = [("view_identified", "Can see identified patient data")]
 
     def __str__(self):
+        if not (self.family_name or self.given_name):
+            return f"({self.mrn})"
         return f"{self.family_name}, {self.given_name} ({self.mrn})"
 
     def clean(self):

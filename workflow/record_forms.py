@@ -86,6 +86,12 @@ class PatientForm(LockedModelForm):
         fields = ["mrn", "given_name", "family_name", "birth_date", "sex"]
         widgets = {"birth_date": DateInput}
 
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        for name in ("given_name", "family_name", "birth_date"):  # optional only for registry imports
+            if name in self.fields:
+                self.fields[name].required = True
+
 
 class PatientRecordForm(LockedModelForm):
     """Base for a record that belongs to a patient: the patient is chosen once and never changes."""

@@ -62,7 +62,7 @@ def patient_search(request):
             "id": p.pk,
             "mrn": p.mrn,
             "label": str(p),
-            "born": p.birth_date.strftime("%d %b %Y"),
+            "born": p.birth_date.strftime("%d %b %Y") if p.birth_date else "",
             "url": reverse("patient-detail", args=[p.pk]),
         }
         for p in patients

@@ -85,6 +85,10 @@ class PatientSerializer(CleanModelSerializer):
         model = Patient
         fields = ("id", "mrn", "given_name", "family_name", "name", "birth_date", "sex") + STAMP_FIELDS + VOID_FIELDS
         read_only_fields = STAMP_FIELDS + VOID_FIELDS
+        # optional in the model for registry imports only; the clinic API registers patients with them
+        extra_kwargs = {"given_name": {"required": True, "allow_blank": False},
+                        "family_name": {"required": True, "allow_blank": False},
+                        "birth_date": {"required": True, "allow_null": False}}
 
 
 class DiagnosisSerializer(CleanModelSerializer):

@@ -212,3 +212,35 @@ def test_bad_cox_choice_is_a_400_naming_the_field(client, users, params, field):
     resp = client.get("/api/outcomes/survival/", {"endpoint": "os", **params})
     assert resp.status_code == 400, resp.content
     assert field in resp.json()
+
+
+def test_a_patient_row_needs_only_what_an_analysis_needs(oncologist, client, users):
+    """No invented names or birth date: a de-identified registry gives the identifier, site and diagnosis date.
+    The clinic still registers patients with names and a birth date (API 400 naming the field)."""
+    rows = []
+    for i in range(12):
+        mrn = f"D{i:02d}"
+        rows.append({"record_type": "patient", "mrn": mrn, "site": "lung", "diagnosed_on": "2019-01-10"})
+        rows.append({"record_type": "course", "mrn": mrn, "course_ref": "1", "intent": "palliative", "technique": "3DCRT",
+                     "treated_site": "Thorax", "total_dose_gy": "30", "fractions": "10", "rt_start": "2019-02-01"})
+        rows.append({"record_type": "death", "mrn": mrn, "date": f"2019-{3 + i % 9:02d}-15"})
+    assert import_registry(csv_text(rows), user=oncologist).to_dict() == {"patients": 12, "courses": 12, "followups": 0,
+                                                                         "deaths": 12}
+    p = Patient.objects.get(mrn="D03")
+    assert (p.given_name, p.family_name, p.birth_date) == ("", "", None)
+    body = services.analyze(CohortFilter.from_params({"site": "lung"}).queryset(), endpoint="os",
+                            cox_terms="age").to_dict()
+    assert body["groups"][0]["n"] == 12 and body["groups"][0]["events"] == 12
+    assert body["cox"] is None and "with 0 covariate(s)" in body["cox_error"]
+    assert "Cox model: no patient has a birth date (the registry gave none), so age is left out." in body["notes"]
+
+    for col in ("mrn", "site", "diagnosed_on"):
+        bad = [{**rows[0], "mrn": "Z1", col: ""}]
+        with pytest.raises(RegistryImportError) as exc:
+            import_registry(csv_text(bad), user=oncologist)
+        assert (2, col) in {(e.line, e.field) for e in exc.value.errors}
+
+    client.force_login(users["oncologist"])
+    resp = client.post("/api/patients/", {"mrn": "C1", "family_name": "Doe", "birth_date": "1950-01-01", "sex": "F"},
+                       content_type="application/json")
+    assert resp.status_code == 400 and "given_name" in resp.json()
