@@ -209,3 +209,16 @@ def test_api_and_page_run_a_covariate_analysis_and_exports_carry_the_covariates(
     _, data = gbsg2
     assert sorted(r["gbsg2.tsize"] for r in rows) == sorted(float(x) for x in data.tsize)
     assert "birth_date" not in rows[0] and "mrn" not in rows[0]
+
+
+def test_the_methods_design_takes_a_numeric_covariate_as_its_value_and_a_categorical_one_as_dummies():
+    """Fine-Gray and IPTW code their terms as the Cox model does: one column per numeric covariate (tumour size in mm
+    stays a size, not a dummy per distinct value), one per non-reference level of a categorical one."""
+    import pandas as pd
+
+    df = pd.DataFrame({"gbsg2.tsize": [18.0, 25.0, 40.0, float("nan")],
+                       "gbsg2.tgrade": ["I", "II", "III", "II"], "age_years": [50.0, 61.0, 45.0, 70.0]})
+    data, covs = services._model_design(df, "", ["gbsg2.tsize", "gbsg2.tgrade", "age"])
+    assert covs == ["gbsg2.tsize", "gbsg2.tgrade=II", "gbsg2.tgrade=III", "age_years"]
+    assert data["gbsg2.tsize"].tolist()[:3] == [18.0, 25.0, 40.0] and pd.isna(data["gbsg2.tsize"].iloc[3])
+    assert data["gbsg2.tgrade=III"].tolist() == [0.0, 0.0, 1.0, 0.0]
