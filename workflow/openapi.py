@@ -20,7 +20,11 @@ PARTIAL_TIME_PATTERN = r"^([01][0-9]|2[0-3]):[0-5][0-9](:[0-5][0-9](\.[0-9]{1,6}
 ERROR_SCHEMA = {
     "type": "object",
     "description": "``{field: [messages]}`` naming each input at fault, or ``detail`` (and ``code``) for a rule.",
-    "properties": {"detail": {"type": "string"}, "code": {"type": "string"}},
+    "properties": {
+        "detail": {"type": "string"},
+        # the rule's code, or the messages of an input that is itself named ``code`` (e.g. a registry's code)
+        "code": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]},
+    },
     "additionalProperties": True,
 }
 ERROR_DESCRIPTIONS = {
