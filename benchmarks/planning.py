@@ -2,7 +2,7 @@
 """Benchmark: RadPath's planning engine against pyRadPlan on the TG-119 C-shape (matRad's TG119.mat).
 
     python benchmarks/planning.py            # 9 equispaced beams, 5 mm beamlets, 5 mm dose grid
-    python benchmarks/planning.py --quick    # 3 beams, 8 mm dose grid, 30 iterations (~30-45 s on the shared
+    python benchmarks/planning.py --quick    # 3 beams, 8 mm dose grid, 30 iterations (< 60 s on the shared
                                              # 2-core machine; a first run also installs pyRadPlan)
 
 pyRadPlan (pip ``pyradplan==0.5.0``) is NOT a RadPath dependency: this script creates its own venv under
@@ -10,9 +10,22 @@ pyRadPlan (pip ``pyradplan==0.5.0``) is NOT a RadPath dependency: this script cr
 ``--worker`` mode, which imports nothing from RadPath). Both engines plan the identical voxels: the worker
 reports pyRadPlan's dose grid, and RadPath reads the TG119.mat shipped in the pyRadPlan wheel with
 ``planning.engine.matrad`` and resamples it onto that grid (density trilinear, structures nearest
-neighbour, density outside the structures ignored as matRad does). Same gantry angles, same 5 mm
-beamlets, same isocentre, same objectives (the ones stored in the file's cst: target squared deviation
-from 50 Gy x1000, core squared overdose above 25 Gy x300, body squared overdose above 30 Gy x100).
+neighbour, density outside the structures ignored as matRad does). Identical beamlets: RadPath's beams are built
+from pyRadPlan's beamlet list (same gantry angles, isocentre and source points, each ray on RadPath's BEV grid, the
+same column order), same objectives (the ones stored in the file's cst: target squared deviation from 50 Gy x1000,
+core squared overdose above 25 Gy x300, body squared overdose above 30 Gy x100).
+
+Cross-engine check (issue #18): each plan's final fluence is recalculated in the other engine. The engines' weights
+differ by a constant, each being calibrated its own way: a matRad weight delivers
+``commissioning.matrad_weight_factor`` (1.14) times the 10x10 reference dose of a RadPath weight, derived from
+matRad's machine data, so fluences move through that factor (as MU would between two calibrated systems). Both
+plans' TG-119 metrics are printed in both engines (normalised to PTV D95 = 50 Gy in the engine that planned the
+plan, the same MU in the other) with the gamma 3 %/3 mm pass rate (global, 10 % threshold) of each recalculation
+against the planning engine's dose. pyRadPlan's accurate doses come from the worker after it has planned: with
+``--quick`` one matrix at the widened cut-off, built while RadPath plans (the two processes then share the two
+cores, so RadPath's quick timings are upper bounds), applied to both fluences; without ``--quick`` a forward
+calculation per fluence after RadPath has planned and been timed (the untruncated matrix of the full case would
+not fit in memory).
 
 RadPath plans as the clinic does (optimise fast, report accurately: the fast matrix corrected to the untruncated
 dose in ``--correction-rounds`` rounds, the plan's dose the untruncated dose of its final fluence; all of that is
@@ -147,9 +160,14 @@ def worker(a) -> None:
             img_w = sitk.Resample(res_acc["physical_dose"], img, sitk.Transform(), sitk.sitkLinear, 0.0)
             return sitk.GetArrayFromImage(img_w).transpose(2, 1, 0)
 
+    line = None
+    if not a.quick:  # wait until RadPath has planned and been timed
+        line = sys.stdin.readline().strip()
+        t_acc0 = time.perf_counter()
     dose_acc = accurate(fluence)
     t_acc = time.perf_counter() - t_acc0
-    line = sys.stdin.readline().strip()  # RadPath's fluence, in pyRadPlan weights
+    if line is None:
+        line = sys.stdin.readline().strip()  # RadPath's fluence, in pyRadPlan weights
     t_x0 = time.perf_counter()
     other = accurate(np.load(line)) if line else np.zeros_like(dose_acc)
     t_x = time.perf_counter() - t_x0

@@ -25,7 +25,7 @@ plane integral) and 10x10 profiles, all relative to each model's 10x10 field at 
 beamlet FWHM 6.57 / 6.81 / 7.17 / 7.52 / 7.87 mm at 15 / 50 / 100 / 150 / 200 mm depth (matRad 6.58 / 6.82 / 7.18 /
 7.53 / 7.87: within 0.01 mm), beamlet on-axis dose within 0.13 %, its plane integral within 1.9 % to 150 mm
 (+2.8 % at 200 mm); output factors at 10 cm of 1x1 ... 20x20 within 0.4 %; depth doses (10-250 mm, normalised at
-100 mm) within 1.2 % for 1x1 ... 15x15 and 1.4 % for 20x20 (2.4 % at 300 mm); dmax 13.6 mm (matRad 13.1);
+100 mm) within 0.9 % for 1x1 ... 15x15 and 1.4 % for 20x20 (2.4 % at 300 mm); dmax 13.6 mm (matRad 13.1);
 10x10 80-20 % penumbra 5.01 / 5.70 / 6.75 / 9.31 mm at 15 / 50 / 100 / 200 mm (within 0.03 mm), 50 % width within
 0.01 mm. Broad-field water data (BJR Supplement 25 type: 10x10 PDD(10 cm) 67 %, dmax 15 mm) are met within
 2 % / 1.5 mm: PDD(10) 65.0 % (matRad 65.3 %). Not fitted: the first 5 mm of the build-up (surface dose 6-8 %
