@@ -35,7 +35,10 @@ above matRad's at 2 mm). The absolute scale is RadPath's own calibration (``N`` 
 engines in MU, not in raw weights. Heterogeneities are handled by the radiological depth only (no lateral
 electron-transport scaling in lung): the classic pencil-beam limitation, as in matRad.
 
-The previous two-Gaussian kernel (fitted to broad-field depth doses only) had 5 mm beamlets 7.2-9.4 mm wide
+Three Gaussians (no far-scatter term) left the beamlet plane integral 3-5 % low and the 20x20 depth dose 6 % off at
+30 cm: matRad's scatter kernel reaches 180 mm. The fourth costs :class:`AccurateDose` one more erf pair per beamlet
+edge (about 2x the time of the previous two-Gaussian kernel). The previous kernel (fitted to broad-field depth
+doses only) had 5 mm beamlets 7.2-9.4 mm wide
 (FWHM) whose on-axis dose relative to the 10x10 field was 12-22 % low at 6-10 cm: the beamlets summed to the
 right open field, but an optimiser exploited a kernel that was too wide (issue #18).
 

@@ -124,3 +124,16 @@ def test_mu_calibration_unchanged_by_the_refit():
     # a matRad weight delivers 1.14 x the 10x10 reference dose of a RadPath weight: plans move between the
     # engines through this factor (both calibrated on the same field), not as raw weights
     assert cm.matrad_weight_factor(M, REF) == pytest.approx(1.14, abs=0.01)
+
+
+def test_fit_recovers_the_primary_width_from_beamlet_data():
+    """The fit (``commissioning.fit``, which produced DEFAULT_MACHINE) started from a primary sigma of 3.5 mm
+    (beamlets ~1 mm too wide, as the old kernel) finds the commissioned 2.13 mm again from the reference alone."""
+    from dataclasses import replace
+
+    wide = replace(M, sigma_p0=3.5, sigma_p1=0.008)
+    before = cm.compare(wide, REF)["beamlet_fwhm_mm"]["100"]
+    fitted, res = cm.fit(REF, wide, fields=("sigma_p0", "sigma_p1"), max_nfev=60)
+    assert before > 0.8
+    assert fitted.sigma_p0 == pytest.approx(M.sigma_p0, abs=0.05)
+    assert max(abs(v) for v in res["beamlet_fwhm_mm"].values()) < 0.05
