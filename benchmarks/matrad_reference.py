@@ -51,8 +51,13 @@ FIELD_PROFILE_DEPTHS = [15, 50, 100, 200]
 
 
 def find_machine_file() -> str:
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from planning import VENV, ensure_venv  # noqa: E402 - benchmarks/planning.py
+    import importlib.util
+
+    # benchmarks/planning.py (its venv), loaded under another name: "planning" is RadPath's package
+    spec = importlib.util.spec_from_file_location("_planning_benchmark", ROOT / "benchmarks" / "planning.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    VENV, ensure_venv = bench.VENV, bench.ensure_venv
 
     hits = glob.glob(str(VENV / "lib" / "python*" / "site-packages" / "pyRadPlan" / "data" / "machines" /
                          "photons_Generic.mat"))

@@ -156,8 +156,26 @@ def worker(a) -> None:
             return sitk.GetArrayFromImage(img_w).transpose(2, 1, 0)
     else:
         def accurate(w):
-            res_acc = calc_dose_forward(ct, cst, stf, pln_acc, np.asarray(w, float))
-            img_w = sitk.Resample(res_acc["physical_dose"], img, sitk.Transform(), sitk.sitkLinear, 0.0)
+            # pyRadPlan's forward calculation on its dose grid: what calc_dose_forward does (engine in direct mode,
+            # the weights on the stf's beamlets) without its interpolation onto the CT grid, which would have to be
+            # resampled back (two linear interpolations blur the gradients: ~3 % on PTV D95 here)
+            w = np.asarray(w, float)
+            try:
+                from pyRadPlan.dose.engines import get_engine as _ge
+
+                eng = _ge(pln_acc)
+                eng._calc_dose_direct = True
+                k = 0
+                for bm in stf.beams:
+                    for ray in bm.rays:
+                        for bx in ray.beamlets:
+                            bx.weight = float(w[k])
+                            k += 1
+                dj = eng._calc_dose(ct, cst, stf)
+                img_w = dj.compute_result_dose_grid(np.ones(dj.total_num_of_bixels, np.float32))["physical_dose"]
+            except (AttributeError, TypeError):  # another pyRadPlan: the public forward calculation, resampled
+                res_acc = calc_dose_forward(ct, cst, stf, pln_acc, w)
+                img_w = sitk.Resample(res_acc["physical_dose"], img, sitk.Transform(), sitk.sitkLinear, 0.0)
             return sitk.GetArrayFromImage(img_w).transpose(2, 1, 0)
 
     line = None
