@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Commissioning reference data from matRad's "Generic" 6 MV photon machine -> tests/engine/data/matrad_generic_6mv.json.
+"""Commissioning reference data from matRad's "Generic" 6 MV machine -> tests/engine/data/matrad_generic_6mv.json.
 
     python benchmarks/matrad_reference.py            # writes the JSON (installs pyRadPlan into .bench/ if needed)
     python benchmarks/matrad_reference.py --mat FILE # from a given photons_Generic.mat
