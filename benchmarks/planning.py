@@ -2,7 +2,7 @@
 """Benchmark: RadPath's planning engine against pyRadPlan on the TG-119 C-shape (matRad's TG119.mat).
 
     python benchmarks/planning.py            # 9 equispaced beams, 5 mm beamlets, 5 mm dose grid
-    python benchmarks/planning.py --quick    # 3 beams, 8 mm dose grid, 30 iterations (~30-45 s on the shared
+    python benchmarks/planning.py --quick    # 3 beams, 8 mm dose grid, 30 iterations (< 60 s on the shared
                                              # 2-core machine; a first run also installs pyRadPlan)
 
 pyRadPlan (pip ``pyradplan==0.5.0``) is NOT a RadPath dependency: this script creates its own venv under
@@ -10,9 +10,22 @@ pyRadPlan (pip ``pyradplan==0.5.0``) is NOT a RadPath dependency: this script cr
 ``--worker`` mode, which imports nothing from RadPath). Both engines plan the identical voxels: the worker
 reports pyRadPlan's dose grid, and RadPath reads the TG119.mat shipped in the pyRadPlan wheel with
 ``planning.engine.matrad`` and resamples it onto that grid (density trilinear, structures nearest
-neighbour, density outside the structures ignored as matRad does). Same gantry angles, same 5 mm
-beamlets, same isocentre, same objectives (the ones stored in the file's cst: target squared deviation
-from 50 Gy x1000, core squared overdose above 25 Gy x300, body squared overdose above 30 Gy x100).
+neighbour, density outside the structures ignored as matRad does). Identical beamlets: RadPath's beams are built
+from pyRadPlan's beamlet list (same gantry angles, isocentre and source points, each ray on RadPath's BEV grid, the
+same column order), same objectives (the ones stored in the file's cst: target squared deviation from 50 Gy x1000,
+core squared overdose above 25 Gy x300, body squared overdose above 30 Gy x100).
+
+Cross-engine check (issue #18): each plan's final fluence is recalculated in the other engine. The engines' weights
+differ by a constant, each being calibrated its own way: a matRad weight delivers
+``commissioning.matrad_weight_factor`` (1.14) times the 10x10 reference dose of a RadPath weight, derived from
+matRad's machine data, so fluences move through that factor (as MU would between two calibrated systems). Both
+plans' TG-119 metrics are printed in both engines (normalised to PTV D95 = 50 Gy in the engine that planned the
+plan, the same MU in the other) with the gamma 3 %/3 mm pass rate (global, 10 % threshold) of each recalculation
+against the planning engine's dose. pyRadPlan's accurate doses come from the worker after it has planned: with
+``--quick`` one matrix at the widened cut-off, built while RadPath plans (the two processes then share the two
+cores, so RadPath's quick timings are upper bounds), applied to both fluences; without ``--quick`` a forward
+calculation per fluence after RadPath has planned and been timed (the untruncated matrix of the full case would
+not fit in memory).
 
 RadPath plans as the clinic does (optimise fast, report accurately: the fast matrix corrected to the untruncated
 dose in ``--correction-rounds`` rounds, the plan's dose the untruncated dose of its final fluence; all of that is
@@ -89,13 +102,37 @@ def worker(a) -> None:
     c_opt = time.process_time()
     img = dij.compute_result_dose_grid(fluence)["physical_dose"]
     dose = sitk.GetArrayFromImage(img).transpose(2, 1, 0)  # (z, y, x) -> (x, y, z)
-    # pyRadPlan's plan on ITS accurate dose: a forward calculation of the same fluence with the geometric lateral
-    # cut-off (default 50 mm, its matrix's truncation) widened to the whole kernel range, i.e. untruncated by its
-    # own model; resampled onto the dose grid. Not counted in its planning time (an evaluation).
+    g = dij.dose_grid
+    D = dij.physical_dose.flat[0]
+    try:
+        iso = np.asarray(stf.beams[0].iso_center, float).tolist()
+    except Exception:  # noqa: BLE001
+        iso = None
+    # the beamlet list, for RadPath to build identical beams (same source points, same BEV grid, same order as
+    # the fluence vector: beams, rays)
+    beam_list = [{"gantry": float(bm.gantry_angle), "couch": float(bm.couch_angle), "sad": float(bm.sad),
+                  "bixel_mm": float(bm.bixel_width), "iso": np.asarray(bm.iso_center, float).tolist(),
+                  "source_point": np.asarray(bm.source_point, float).tolist(),
+                  "ray_pos": [np.asarray(r.ray_pos, float).tolist() for r in bm.rays]} for bm in stf.beams]
+    meta = {
+        "t_load_s": t_load - t0, "t_stf_s": t_stf - t_load, "t_dij_s": t_dij - t_stf, "t_opt_s": t_opt - t_dij,
+        "cpu_stf_s": c_stf - c_load, "cpu_dij_s": c_dij - c_stf, "cpu_opt_s": c_opt - c_dij,
+        "voxels_grid": int(D.shape[0]), "beamlets": int(D.shape[1]), "nnz": int(D.nnz),
+        "format": D.format, "dtype": str(D.dtype), "iterations": info.get("num_iter"),
+        "solver": str((info.get("result_info") or {}).get("solver", "")) or "default (scipy L-BFGS-B unless "
+        "IPOPT is installed)", "peak_rss_mb": peak_rss_mb(), "iso": iso, "beams": beam_list,
+    }
+    np.savez(a.worker, dose=dose.astype(np.float32), x=np.asarray(g.x), y=np.asarray(g.y), z=np.asarray(g.z),
+             fluence=np.asarray(fluence), meta=json.dumps(meta))
+    print("RADPATH-READY", flush=True)
+
+    # pyRadPlan's accurate dose (its own engine with the geometric lateral cut-off, 50 mm in its matrix, widened to
+    # its kernel range, i.e. untruncated by its own model) of its own fluence and of RadPath's (sent on stdin, in
+    # pyRadPlan weights). --quick: one matrix at that cut-off (built while RadPath plans) applied to both; else a
+    # forward calculation per fluence (the full case's untruncated matrix would not fit in memory). On the dose
+    # grid; not counted in pyRadPlan's planning time (an evaluation).
     t_acc0 = time.perf_counter()
-    from pyRadPlan import PhotonPlan as _PP
     from pyRadPlan.dose import calc_dose_forward
-    import copy as _copy
 
     kernel_range = None
     try:
@@ -106,31 +143,58 @@ def worker(a) -> None:
     except Exception:  # noqa: BLE001 - only for the report; the cut-off below is wide enough regardless
         kernel_range = None
     cut = float(a.prp_accurate_cutoff or kernel_range or 200.0)
-    pln_acc = _PP(machine="Generic")
+    pln_acc = PhotonPlan(machine="Generic")
     pln_acc.prop_stf = pln.prop_stf
     pln_acc.prop_dose_calc = {"dose_grid": {"resolution": {"x": a.res, "y": a.res, "z": a.res}},
                               "geometric_lateral_cutoff": cut}
-    res_acc = calc_dose_forward(ct, cst, stf, pln_acc, np.asarray(fluence))
-    img_acc = sitk.Resample(res_acc["physical_dose"], img, sitk.Transform(), sitk.sitkLinear, 0.0)
-    dose_acc = sitk.GetArrayFromImage(img_acc).transpose(2, 1, 0)
+    t_acc0 = time.perf_counter()
+    if a.quick:  # built at once, while RadPath plans (--quick overlaps the two processes, see the module docstring)
+        dij_acc = calc_dose_influence(ct, cst, stf, pln_acc)
+
+        def accurate(w):
+            img_w = dij_acc.compute_result_dose_grid(np.asarray(w, float))["physical_dose"]
+            return sitk.GetArrayFromImage(img_w).transpose(2, 1, 0)
+    else:
+        def accurate(w):
+            # pyRadPlan's forward calculation on its dose grid: what calc_dose_forward does (engine in direct mode,
+            # the weights on the stf's beamlets) without its interpolation onto the CT grid, which would have to be
+            # resampled back (two linear interpolations blur the gradients: RadPath's plan read 3.4 % lower in
+            # PTV D95 that way)
+            w = np.asarray(w, float)
+            try:
+                from pyRadPlan.dose.engines import get_engine as _ge
+
+                eng = _ge(pln_acc)
+                eng._calc_dose_direct = True
+                k = 0
+                for bm in stf.beams:
+                    for ray in bm.rays:
+                        for bx in ray.beamlets:
+                            bx.weight = float(w[k])
+                            k += 1
+                dj = eng._calc_dose(ct, cst, stf)
+                img_w = dj.compute_result_dose_grid(np.ones(dj.total_num_of_bixels, np.float32))["physical_dose"]
+            except (AttributeError, TypeError):  # another pyRadPlan: the public forward calculation, resampled
+                res_acc = calc_dose_forward(ct, cst, stf, pln_acc, w)
+                img_w = sitk.Resample(res_acc["physical_dose"], img, sitk.Transform(), sitk.sitkLinear, 0.0)
+            return sitk.GetArrayFromImage(img_w).transpose(2, 1, 0)
+
+    line = None
+    if not a.quick:  # wait until RadPath has planned and been timed
+        line = sys.stdin.readline().strip()
+        t_acc0 = time.perf_counter()
+    dose_acc = accurate(fluence)
     t_acc = time.perf_counter() - t_acc0
-    g = dij.dose_grid
-    D = dij.physical_dose.flat[0]
-    try:
-        iso = np.asarray(stf.beams[0].iso_center, float).tolist()
-    except Exception:  # noqa: BLE001
-        iso = None
-    meta = {
-        "t_load_s": t_load - t0, "t_stf_s": t_stf - t_load, "t_dij_s": t_dij - t_stf, "t_opt_s": t_opt - t_dij,
-        "cpu_stf_s": c_stf - c_load, "cpu_dij_s": c_dij - c_stf, "cpu_opt_s": c_opt - c_dij,
-        "voxels_grid": int(D.shape[0]), "beamlets": int(D.shape[1]), "nnz": int(D.nnz),
-        "format": D.format, "dtype": str(D.dtype), "iterations": info.get("num_iter"),
-        "solver": str((info.get("result_info") or {}).get("solver", "")) or "default (scipy L-BFGS-B unless "
-        "IPOPT is installed)", "peak_rss_mb": peak_rss_mb(), "iso": iso,
-        "t_accurate_eval_s": t_acc, "accurate_cutoff_mm": cut, "kernel_range_mm": kernel_range,
-    }
-    np.savez(a.worker, dose=dose.astype(np.float32), dose_accurate=dose_acc.astype(np.float32), x=np.asarray(g.x), y=np.asarray(g.y), z=np.asarray(g.z),
-             fluence=np.asarray(fluence), meta=json.dumps(meta))
+    if line is None:
+        line = sys.stdin.readline().strip()  # RadPath's fluence, in pyRadPlan weights
+    t_x0 = time.perf_counter()
+    other = accurate(np.load(line)) if line else np.zeros_like(dose_acc)
+    t_x = time.perf_counter() - t_x0
+    np.savez(a.worker + ".acc.npz", dose_accurate=dose_acc.astype(np.float32),
+             dose_radpath_plan=other.astype(np.float32),
+             meta=json.dumps({"t_accurate_eval_s": t_acc, "t_recalc_s": t_x, "accurate_cutoff_mm": cut,
+                              "kernel_range_mm": kernel_range, "accurate_matrix": bool(a.quick),
+                              "peak_rss_mb": peak_rss_mb()}))
 
 
 def ensure_venv() -> Path:
@@ -146,23 +210,61 @@ def ensure_venv() -> Path:
     return py
 
 
-def run_pyradplan(py: Path, a, out: Path) -> dict:
-    cmd = [str(py), str(Path(__file__).resolve()), "--worker", str(out), "--beams", str(a.beams),
-           "--bixel", str(a.bixel), "--res", str(a.res), "--max-iter", str(a.max_iter),
-           "--prp-accurate-cutoff", str(a.prp_accurate_cutoff or 0)]
-    t0 = time.perf_counter()
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1"})
-    wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        sys.stderr.write(r.stderr[-4000:])
-        raise SystemExit("pyRadPlan worker failed")
-    import numpy as np
+class PyRadPlanWorker:
+    """pyRadPlan in its venv: plans (stf, matrix, optimisation), reports, then evaluates its own fluence and one
+    fluence sent to it (RadPath's) on its accurate dose."""
 
-    z = np.load(out)
-    meta = json.loads(str(z["meta"]))
-    meta["wall_s"] = wall
-    return {"meta": meta, "dose": z["dose"], "dose_accurate": z["dose_accurate"], "x": z["x"], "y": z["y"],
-            "z": z["z"]}
+    def __init__(self, py: Path, a, out: Path):
+        cmd = [str(py), str(Path(__file__).resolve()), "--worker", str(out), "--beams", str(a.beams),
+               "--bixel", str(a.bixel), "--res", str(a.res), "--max-iter", str(a.max_iter),
+               "--prp-accurate-cutoff", str(a.prp_accurate_cutoff or 0)] + (["--quick"] if a.quick else [])
+        self.out = out
+        self.err = open(str(out) + ".stderr", "w+")
+        self.t0 = time.perf_counter()
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self.err, text=True,
+                                     env={**os.environ, "TQDM_DISABLE": "1"})
+
+    def _fail(self):
+        self.proc.kill()
+        self.err.seek(0)
+        sys.stderr.write(self.err.read()[-4000:])
+        raise SystemExit("pyRadPlan worker failed")
+
+    def plan(self) -> dict:
+        """Wait for pyRadPlan's plan (matrix dose, fluence, dose grid, beamlet list)."""
+        import numpy as np
+
+        while True:
+            line = self.proc.stdout.readline()
+            if not line:
+                self._fail()
+            if line.strip() == "RADPATH-READY":
+                break
+        z = np.load(self.out)
+        meta = json.loads(str(z["meta"]))
+        meta["wall_plan_s"] = time.perf_counter() - self.t0
+        return {"meta": meta, "dose": z["dose"], "x": z["x"], "y": z["y"], "z": z["z"], "fluence": z["fluence"]}
+
+    def send(self, fluence) -> None:
+        """Send ``fluence`` (pyRadPlan weights): the worker now computes the accurate doses of both plans."""
+        import numpy as np
+
+        f = str(self.out) + ".radpath_fluence.npy"
+        np.save(f, np.asarray(fluence, float))
+        self.proc.stdin.write(f + "\n")
+        self.proc.stdin.flush()
+        self.proc.stdin.close()
+
+    def finish(self) -> dict:
+        """Wait for the accurate doses of pyRadPlan's plan and of the fluence sent."""
+        import numpy as np
+
+        if self.proc.wait() != 0:
+            self._fail()
+        z = np.load(str(self.out) + ".acc.npz")
+        meta = json.loads(str(z["meta"]))
+        meta["wall_s"] = time.perf_counter() - self.t0
+        return {"meta": meta, "dose_accurate": z["dose_accurate"], "dose_radpath_plan": z["dose_radpath_plan"]}
 
 
 # --------------------------------------------------------------------------- RadPath side
@@ -251,14 +353,25 @@ def product_bytes(M) -> int:
     return int(M.data.nbytes + M.indices.nbytes + M.indptr.nbytes + 4 * M.shape[0] + 4 * M.shape[1])
 
 
-def metrics(dose_cube, geo, target="OuterTarget", core="Core", rx=50.0) -> dict:
+def plan_scale(dose_cube, geo, target="OuterTarget", rx=50.0) -> float:
+    """The factor that normalises a plan to PTV D95 = rx in the engine that planned it (applied, as MU, to its
+    recalculation in the other engine too)."""
+    from planning.engine import dvh
+
+    return float(rx / dvh.d_pct(dose_cube[geo.structures[target].mask], 95))
+
+
+def metrics(dose_cube, geo, target="OuterTarget", core="Core", rx=50.0, scale=None) -> dict:
+    """TG-119 figures of a dose cube: ``raw``, and ``norm`` scaled by ``scale`` (default: PTV D95 = rx in this
+    dose; for a recalculation the planning engine's scale, so both engines deliver the same MU)."""
     import numpy as np
 
     from planning.engine import dvh
 
-    t = dose_cube[geo.structures[target].mask]
+    if scale is None:
+        scale = plan_scale(dose_cube, geo, target, rx)
     out = {}
-    for label, s in (("raw", 1.0), ("norm", rx / dvh.d_pct(t, 95))):
+    for label, s in (("raw", 1.0), ("norm", scale)):
         c = dose_cube * s
         tt, cc = c[geo.structures[target].mask], c[geo.structures[core].mask]
         out[label] = {
@@ -274,7 +387,38 @@ def metrics(dose_cube, geo, target="OuterTarget", core="Core", rx=50.0) -> dict:
     return out
 
 
-def run_radpath(a, mat_path: str, axes, iso) -> dict:
+def beams_from_pyradplan(beam_list, geo) -> list:
+    """RadPath beams with pyRadPlan's beamlets: same gantry angles, isocentre and source points (checked), each
+    ray's centre projected to the isocentre plane gives its beamlet index on RadPath's BEV grid; the columns keep
+    pyRadPlan's order (beams, rays), so the two engines' fluence vectors line up."""
+    import numpy as np
+
+    from planning.engine import beams as bm
+
+    out = []
+    for b in beam_list:
+        if abs(b["couch"]) > 1e-9:
+            raise SystemExit("couch rotations are not supported by the cross-engine comparison")
+        beam = bm.Beam(b["gantry"], np.asarray(b["iso"], float), b["sad"], b["bixel_mm"])
+        src = np.asarray(b["iso"], float) + np.asarray(b["source_point"], float)  # matRad: relative to the isocentre
+        if np.linalg.norm(src - beam.source) > 1e-3 * b["sad"]:
+            raise SystemExit(f"gantry {b['gantry']}: pyRadPlan's source {src} is not RadPath's {beam.source}")
+        u, v, t = beam.project(np.asarray(b["iso"], float) + np.asarray(b["ray_pos"], float))
+        if np.max(np.abs(t - b["sad"])) > 1e-6 * b["sad"]:
+            raise SystemExit("pyRadPlan's ray positions are not in the isocentre plane")
+        fu, fv = u / beam.bixel_mm, v / beam.bixel_mm
+        off = (float(np.median(fu - np.round(fu))), float(np.median(fv - np.round(fv))))
+        ia, ib = np.round(fu - off[0]).astype(int), np.round(fv - off[1]).astype(int)
+        if max(np.abs(fu - ia - off[0]).max(), np.abs(fv - ib - off[1]).max()) > 1e-6:
+            raise SystemExit("pyRadPlan's rays are not on one bixel grid")
+        if len(set(zip(ia.tolist(), ib.tolist()))) != ia.size:
+            raise SystemExit("two rays on the same bixel")
+        beam.ia, beam.ib, beam.offset = ia, ib, off
+        out.append(beam)
+    return out
+
+
+def run_radpath(a, mat_path: str, axes, iso, beam_list=None) -> dict:
     import numpy as np
 
     from planning.engine import accurate as accm, beams as bm, matrad, objectives as ob, optimize as opt
@@ -291,8 +435,11 @@ def run_radpath(a, mat_path: str, axes, iso) -> dict:
     c_load = time.process_time()
     iso = ct_geo.isocentre() if iso is None else np.asarray(iso, float)
     angles = np.linspace(0, 360, a.beams, endpoint=False)
-    bs = bm.make_beams(geo, angles, bixel_mm=a.bixel, isocentre=iso,
-                       target_mask=geo.structures["OuterTarget"].mask)
+    if beam_list:  # pyRadPlan's beamlets (the cross-engine comparison needs identical beamlets)
+        bs = beams_from_pyradplan(beam_list, geo)
+    else:
+        bs = bm.make_beams(geo, angles, bixel_mm=a.bixel, isocentre=iso,
+                           target_mask=geo.structures["OuterTarget"].mask)
     t_stf = time.perf_counter()
     c_stf = time.process_time()
     calc = inside  # dose on the voxels of the structures (as pyRadPlan)
@@ -318,7 +465,7 @@ def run_radpath(a, mat_path: str, axes, iso) -> dict:
     fast = dij.dose(res.weights)
     t_rows = rows["OuterTarget"]
     return {
-        "dij": dij, "prob": opt.PlanningProblem(dij, rows, objs), "weights": res.weights,
+        "dij": dij, "prob": opt.PlanningProblem(dij, rows, objs), "weights": res.weights, "accurate": acc,
         "geo": geo, "cube": cube, "cube_fast": dij.dose_cube(res.weights), "t_accurate_s": acc.seconds,
         "dropped_target": pb.dropped_fraction(fast, d_acc, t_rows), "dropped_body": pb.dropped_fraction(fast, d_acc), "t_load_s": t_load - t0, "t_stf_s": t_stf - t_load, "t_dij_s": t_dij - t_stf,
         "t_opt_s": t_opt - t_dij, "iterations": res.iterations, "voxels_grid": int(np.prod(geo.grid.shape)),
@@ -342,12 +489,12 @@ def main(argv=None) -> int:
                     help="pyRadPlan's accurate evaluation: geometric lateral cut-off in mm (0: its kernel range)")
     ap.add_argument("--correction-rounds", type=int, default=2,
                     help="RadPath: rounds of optimisation on the fast matrix corrected to the accurate dose")
-    ap.add_argument("--rounds", type=int, default=None, help="rounds of the iteration timing (default 20, quick 8)")
+    ap.add_argument("--rounds", type=int, default=None, help="rounds of the iteration timing (default 20, quick 4)")
     a = ap.parse_args(argv)
     a.beams = a.beams or (3 if a.quick else 9)
     a.max_iter = a.max_iter or (30 if a.quick else 300)
     a.res = a.res or (8.0 if a.quick else 5.0)
-    a.rounds = a.rounds or (8 if a.quick else 20)
+    a.rounds = a.rounds or (4 if a.quick else 20)
     if a.worker:
         worker(a)
         return 0
@@ -363,37 +510,68 @@ def main(argv=None) -> int:
           f" max {a.max_iter} iterations", flush=True)
     print("running pyRadPlan in its venv ...", flush=True)
     t_script = time.perf_counter()
-    prp = run_pyradplan(py, a, out)
+    wk = PyRadPlanWorker(py, a, out)
+    prp = wk.plan()
     pm = prp["meta"]
-    print("running RadPath ...", flush=True)
+    print("running RadPath (pyRadPlan's beamlets) ...", flush=True)
     t_rp = time.perf_counter()
-    rp = run_radpath(a, mats[0], (prp["x"], prp["y"], prp["z"]), pm.get("iso"))
+    rp = run_radpath(a, mats[0], (prp["x"], prp["y"], prp["z"]), pm.get("iso"), pm.get("beams"))
     t_rp = time.perf_counter() - t_rp
     geo = rp["geo"]
-    # both plans judged on an accurate dose of their final fluence (RadPath: its untruncated pencil beam;
-    # pyRadPlan: its own engine with the lateral cut-off widened to the kernel range); the matrices' own doses
-    # are kept as the "*_matrix" figures
-    m_rp = metrics(rp["cube"], geo)
-    m_prp = metrics(prp["dose_accurate"].astype("float32"), geo)
-    m_rp_fast = metrics(rp["cube_fast"], geo)
-    m_prp_fast = metrics(prp["dose"].astype("float32"), geo)
     import numpy as np
 
-    calc = np.zeros(geo.grid.shape, bool)
-    for st in geo.structures.values():
-        calc |= st.mask
-    tmask = geo.structures["OuterTarget"].mask
+    from planning.engine import commissioning as cmm, gamma as gm
 
-    def dropped(fast, acc, mask):
-        a_ = float(np.asarray(acc, np.float64)[mask].sum())
-        return round(1.0 - float(np.asarray(fast, np.float64)[mask].sum()) / a_, 5) if a_ > 0 else None
-
-    prp_dropped_target = dropped(prp["dose"], prp["dose_accurate"], tmask)
-    prp_dropped_body = dropped(prp["dose"], prp["dose_accurate"], calc)
     rss_radpath = peak_rss_mb()  # before the bandwidth probe allocates its buffers
     t_it = time.perf_counter()
     it = measure_iteration(rp["dij"], rp["prob"], rp["weights"], rounds=a.rounds)
     t_it = time.perf_counter() - t_it
+    # cross-engine: each plan's fluence in the other engine. The engines' weights differ by a constant (each is
+    # calibrated its own way): a matRad weight gives ``factor`` x the 10x10 reference dose of a RadPath weight
+    # (commissioning.matrad_weight_factor, from matRad's machine data), so plans move between them in MU
+    ref = cmm.load_reference(ROOT / "tests" / "engine" / "data" / "matrad_generic_6mv.json")
+    factor = cmm.matrad_weight_factor(rp["accurate"].machine, ref)
+    print("pyRadPlan: accurate doses of both plans; RadPath: pyRadPlan's plan ...", flush=True)
+    t_x = time.perf_counter()
+    wk.send(np.asarray(rp["weights"], float) / factor)  # RadPath's recalculation of pyRadPlan's plan meanwhile
+    cube_prp_in_rp = np.zeros(int(np.prod(geo.grid.shape)), np.float32)
+    cube_prp_in_rp[rp["dij"].voxels] = rp["accurate"].dose(np.asarray(prp["fluence"], float) * factor)
+    cube_prp_in_rp = cube_prp_in_rp.reshape(geo.grid.shape)
+    acc = wk.finish()
+    t_x = time.perf_counter() - t_x
+    pm.update(acc["meta"])
+    prp["dose_accurate"] = acc["dose_accurate"]
+    calc = np.zeros(geo.grid.shape, bool)
+    for st in geo.structures.values():
+        calc |= st.mask
+    tmask = geo.structures["OuterTarget"].mask
+    # both plans judged on an accurate dose of their final fluence (RadPath: its untruncated pencil beam;
+    # pyRadPlan: its own engine with the lateral cut-off widened to the kernel range), normalised to PTV D95 =
+    # 50 Gy in the engine that planned them, and with the same MU in the other engine; the matrices' own doses
+    # are kept as the "*_matrix" figures
+    d_rp_rp = rp["cube"]
+    d_rp_prp = np.where(calc, acc["dose_radpath_plan"], 0.0).astype(np.float32)
+    d_prp_prp = np.where(calc, prp["dose_accurate"], 0.0).astype(np.float32)
+    d_prp_rp = cube_prp_in_rp
+    s_rp, s_prp = plan_scale(d_rp_rp, geo), plan_scale(d_prp_prp, geo)
+    m_rp = metrics(d_rp_rp, geo)
+    m_prp = metrics(d_prp_prp, geo)
+    m_rp_in_prp = metrics(d_rp_prp, geo, scale=s_rp)
+    m_prp_in_rp = metrics(d_prp_rp, geo, scale=s_prp)
+    m_rp_fast = metrics(rp["cube_fast"], geo)
+    m_prp_fast = metrics(prp["dose"].astype("float32"), geo)
+    t_g = time.perf_counter()
+    sp_ = geo.grid.spacing
+    g_rp = gm.gamma_index(s_rp * d_rp_rp, s_rp * d_rp_prp, sp_, dose_pct=3.0, dta_mm=3.0, threshold_pct=10.0)
+    g_prp = gm.gamma_index(s_prp * d_prp_prp, s_prp * d_prp_rp, sp_, dose_pct=3.0, dta_mm=3.0, threshold_pct=10.0)
+    t_g = time.perf_counter() - t_g
+
+    def dropped(fast, acc_, mask):
+        a_ = float(np.asarray(acc_, np.float64)[mask].sum())
+        return round(1.0 - float(np.asarray(fast, np.float64)[mask].sum()) / a_, 5) if a_ > 0 else None
+
+    prp_dropped_target = dropped(prp["dose"], prp["dose_accurate"], tmask)
+    prp_dropped_body = dropped(prp["dose"], prp["dose_accurate"], calc)
     rp.update(it)
     bw = max(it["bw_1_gbs"], it["bw_threads_gbs"])  # the larger: a bound must not assume less than is there
     bound = rp["iter_bytes"] / (bw * 1e9)
@@ -431,6 +609,14 @@ def main(argv=None) -> int:
         "iter_vs_bound_cpu": round(rp["c_products_s"] / bound, 2),
         "eval_vs_bound": round(rp["t_eval_s"] / bound, 2),
         "radpath_metrics": m_rp, "pyradplan_metrics": m_prp,
+        "radpath_plan_in_pyradplan_metrics": m_rp_in_prp, "pyradplan_plan_in_radpath_metrics": m_prp_in_rp,
+        "gamma_3pct_3mm_radpath_plan_pct": round(g_rp.pass_rate_pct, 2),
+        "gamma_3pct_3mm_pyradplan_plan_pct": round(g_prp.pass_rate_pct, 2),
+        "gamma_radpath_plan": g_rp.summary(), "gamma_pyradplan_plan": g_prp.summary(),
+        "radpath_per_matrad_weight": round(factor, 5), "same_beamlets": True,
+        "wall_cross_engine_s": round(t_x, 1), "wall_gamma_s": round(t_g, 1),
+        "pyradplan_recalc_s": round(pm.get("t_recalc_s", 0.0), 2),
+        "pyradplan_accurate_matrix": pm.get("accurate_matrix"),
         "radpath_metrics_matrix": m_rp_fast, "pyradplan_metrics_matrix": m_prp_fast,
         "radpath_matrix_dropped_target": round(rp["dropped_target"], 5),
         "radpath_matrix_dropped_body": round(rp["dropped_body"], 5),
@@ -460,10 +646,18 @@ def main(argv=None) -> int:
           f"{rp['t_accurate_s']:.1f} s, included above); pyRadPlan "
           f"{100 * (prp_dropped_target or 0):.1f} % / {100 * (prp_dropped_body or 0):.1f} % (50 mm cut-off vs "
           f"{pm['accurate_cutoff_mm']:g} mm; its accurate evaluation {pm['t_accurate_eval_s']:.1f} s, not counted)")
-    print("TG-119 metrics on the accurate dose (normalised to PTV D95 = 50 Gy):")
+    print("TG-119 metrics on the accurate dose of each plan in both engines (normalised to PTV D95 = 50 Gy in the "
+          f"engine that planned it, same MU in the other; identical beamlets, 1 pyRadPlan weight = {factor:.4f} "
+          "RadPath weights):")
+    print(f"  {'':12s}{'RadPath plan':>26s}{'pyRadPlan plan':>26s}")
+    print(f"  {'':12s}{'in RadPath':>13s}{'in pyRadPlan':>13s}{'in pyRadPlan':>13s}{'in RadPath':>13s}")
     for k in ("PTV_D95", "PTV_D10", "PTV_HI", "CI", "Core_D10", "Core_Dmean", "Body_Dmean", "goals_passed",
               "hard_goal"):
-        print(f"  {k:12s}{str(m_rp['norm'][k]):>10s}{str(m_prp['norm'][k]):>11s}")
+        print(f"  {k:12s}{str(m_rp['norm'][k]):>13s}{str(m_rp_in_prp['norm'][k]):>13s}"
+              f"{str(m_prp['norm'][k]):>13s}{str(m_prp_in_rp['norm'][k]):>13s}")
+    print(f"gamma 3 %/3 mm (global, 10 % threshold), each plan's dose in the other engine against the planning "
+          f"engine's: RadPath plan {g_rp.pass_rate_pct:.1f} %, pyRadPlan plan {g_prp.pass_rate_pct:.1f} % "
+          f"({g_rp.n_evaluated} / {g_prp.n_evaluated} voxels; {t_g:.1f} s)")
     print(f"memory bandwidth {bw:.1f} GB/s (numpy copy, best of 1 thread {rp['bw_1_gbs']:.1f} and "
           f"{rp['threads']} threads {rp['bw_threads_gbs']:.1f}); one iteration's products touch "
           f"{fig['iter_bytes_mb']} MB -> bound {fig['iter_bound_ms']} ms; measured D@w + D^T@g "

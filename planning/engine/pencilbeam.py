@@ -8,29 +8,46 @@ Dose to a voxel at radiological depth ``d`` (mm), source distance ``t`` (mm), fr
 * ``(SAD/t)^2``: inverse square;
 * ``T(d) = (1 - (1 - s0) exp(-d / lam)) exp(-mu d)``: broad-beam depth dose with build-up (surface fraction
   ``s0``, build-up length ``lam``) and effective attenuation ``mu``;
-* lateral kernel: a sum of two 2-D Gaussians, a narrow "primary" one (sigma grows slowly with depth: source
-  size, electron transport, phantom scatter near the axis) and a wide "scatter" one whose weight and width
-  grow with depth; each is integrated analytically over the beamlet (error functions, as in matRad's
-  finite-size pencil beam), ``W = w t / SAD`` being the beamlet width at the voxel and ``x, y`` the
-  voxel's physical offsets from the beamlet axis;
+* lateral kernel: a sum of four 2-D Gaussians: a narrow "primary" one (sigma 2.1 mm, nearly constant with depth:
+  source size and electron transport) and three scatter ones (near, mid, far: sigma 5-7, 18-27, 43-92 mm over
+  0-200 mm depth) whose weights and widths change with depth; each is integrated analytically over the beamlet
+  (error functions, as in matRad's finite-size pencil beam), ``W = w t / SAD`` being the beamlet width at the
+  voxel and ``x, y`` the voxel's physical offsets from the beamlet axis;
 * ``N`` is chosen so that a weight of 1 on every beamlet of an infinite field gives 1 Gy at dmax
   at the isocentre distance (``MU_PER_UNIT`` converts to monitor units, see :func:`mu_per_unit_weight`).
 
-The parameters were fitted (least squares, this module's ``DEFAULT_MACHINE``) to representative 6 MV
-water data of the BJR Supplement 25 (Br J Radiol Suppl 25, 1996) type: dmax 15 mm; PDD(10 cm) 63 / 67 / 71 %
-and PDD(20 cm) 36 / 39 / 43 % for 5x5 / 10x10 / 20x20 cm^2 fields at SSD 100 cm; 80-20 % penumbra about
-5 mm at dmax widening with depth. Fit quality: 10x10 dmax 15 mm, PDD(10) 66.3 %, PDD(20) 39.6 %, surface
-31 %; 5x5 / 20x20 PDD(10) 63.6 / 67.2 % (the field-size dependence is weaker than measured); 80-20 %
-penumbra 4.7 / 5.4 / 6.4 / 8.8 mm at 1.5 / 5 / 10 / 20 cm depth. Heterogeneities are handled by the radiological
-depth only (no lateral electron-transport scaling in lung): the classic pencil-beam limitation, as in matRad.
+Commissioning (:mod:`planning.engine.commissioning`): the 18 kernel and depth-dose parameters of
+``DEFAULT_MACHINE`` are a least-squares fit to matRad's "Generic" 6 MV photon machine (its SVD pencil-beam kernels,
+betas and attenuation from ``photons_Generic.mat``, evaluated in water at SSD 100 cm by
+``benchmarks/matrad_reference.py`` into ``tests/engine/data/matrad_generic_6mv.json``): depth doses of 1x1 to
+20x20 cm^2 fields, single 5 mm beamlet profiles at 15-200 mm depth (near the axis and the tail to 80 mm, FWHM,
+plane integral) and 10x10 profiles, all relative to each model's 10x10 field at 10 cm depth. Residuals: 5 mm
+beamlet FWHM 6.57 / 6.81 / 7.17 / 7.52 / 7.87 mm at 15 / 50 / 100 / 150 / 200 mm depth (matRad 6.58 / 6.82 / 7.18 /
+7.53 / 7.87: within 0.01 mm), beamlet on-axis dose within 0.13 %, its plane integral within 1.9 % to 150 mm
+(+2.8 % at 200 mm); output factors at 10 cm of 1x1 ... 20x20 within 0.4 %; depth doses (10-250 mm, normalised at
+100 mm) within 0.9 % for 1x1 ... 15x15 and 1.4 % for 20x20 (2.4 % at 300 mm); dmax 13.6 mm (matRad 13.1);
+10x10 80-20 % penumbra 5.01 / 5.70 / 6.75 / 9.31 mm at 15 / 50 / 100 / 200 mm (within 0.03 mm), 50 % width within
+0.01 mm. Broad-field water data (BJR Supplement 25 type: 10x10 PDD(10 cm) 67 %, dmax 15 mm) are met within
+2 % / 1.5 mm: PDD(10) 65.0 % (matRad 65.3 %). Not fitted: the first 5 mm of the build-up (surface dose 6-8 %
+above matRad's at 2 mm). The absolute scale is RadPath's own calibration (``N`` above; 1 MU = 1 cGy at dmax for
+10x10 at SSD 100: 93.0 MU per unit weight); a matRad fluence weight gives 1.14 x the dose of a RadPath weight
+(:func:`commissioning.matrad_weight_factor`, on the 10x10 reference), so plans are transferred between the two
+engines in MU, not in raw weights. Heterogeneities are handled by the radiological depth only (no lateral
+electron-transport scaling in lung): the classic pencil-beam limitation, as in matRad.
+
+Three Gaussians (no far-scatter term) left the beamlet plane integral 3-5 % low and the 20x20 depth dose 6 % off at
+30 cm: matRad's scatter kernel reaches 180 mm. The fourth costs :class:`AccurateDose` one more erf pair per beamlet
+edge (about 2x the time of the previous two-Gaussian kernel). The previous kernel (fitted to broad-field depth
+doses only) had 5 mm beamlets 7.2-9.4 mm wide
+(FWHM) whose on-axis dose relative to the 10x10 field was 12-22 % low at 6-10 cm: the beamlets summed to the
+right open field, but an optimiser exploited a kernel that was too wide (issue #18).
 
 The sparse matrix is truncated: entries below ``rel_threshold`` (default 1e-3) of a beamlet's nominal peak and
-beyond ``cutoff_mm`` (default 30 mm) laterally are dropped. The scatter Gaussian of one 5 mm beamlet peaks at only
-0.9-1.3e-3 of the nominal peak (weight 6-23 %, sigma 21-38 mm), and a 2-D Gaussian keeps exactly ``1 - f`` of its
-integral above ``f`` times its peak, so the threshold sets how much of the scatter is kept: on the C-shape the
-default drops 10.2 % of the integral dose (7.6 % in the PTV, 11.3 % beyond 2 cm); ``rel_threshold=5e-4,
-cutoff_mm=40`` halves that for 4.6x the nonzeros, ``rel_threshold=2e-4, cutoff_mm=50`` drops 1.6 % (PTV 0.5 %,
-beyond 2 cm 2.1 %) for 9.6x (see :func:`dose_influence`). :class:`AccurateDose` (and :func:`accurate_dose`)
+beyond ``cutoff_mm`` (default 30 mm) laterally are dropped. The mid and far scatter Gaussians of one 5 mm beamlet
+peak at about 2e-3 and 3e-4 of the nominal peak, so the threshold sets how much of the scatter is kept: on the
+C-shape the default drops 12.5 % of the integral dose (6.1 % in the PTV, 15.2 % beyond 2 cm);
+``rel_threshold=5e-4, cutoff_mm=40`` 7.5 % for 2.0x the nonzeros, ``rel_threshold=2e-4, cutoff_mm=50`` 3.6 % (PTV
+0.5 %, beyond 2 cm 5.0 %) for 3.7x (see :func:`dose_influence`). :class:`AccurateDose` (and :func:`accurate_dose`)
 evaluate the same model without any truncation for given weights: the dose RadPath reports.
 """
 from __future__ import annotations
@@ -61,19 +78,30 @@ _SQRT2 = np.sqrt(2.0)
 
 @dataclass(frozen=True)
 class Machine:
-    """Pencil-beam machine data (lengths in mm). See the module docstring for the model and its source."""
+    """Pencil-beam machine data (lengths in mm). See the module docstring for the model, the fit and its source."""
 
-    name: str = "Generic 6 MV (RadPath fit)"
-    mu: float = 0.00306          # effective attenuation, 1/mm
-    lam: float = 4.36            # build-up length, mm
-    s0: float = 0.28             # surface dose fraction of T
-    sigma_p0: float = 2.5        # primary sigma at the surface, mm
-    sigma_p1: float = 0.008      # primary sigma growth, mm per mm depth
-    c_s0: float = 0.046          # scatter weight at the surface
-    c_s1: float = 0.0009         # scatter weight growth per mm depth
+    name: str = "Generic 6 MV (RadPath fit to matRad Generic)"
+    mu: float = 0.002349         # effective attenuation, 1/mm
+    lam: float = 3.471           # build-up length, mm
+    s0: float = 0.1278           # surface dose fraction of T
+    sigma_p0: float = 2.130      # primary sigma at the surface, mm (source size + electron transport)
+    sigma_p1: float = 0.002308   # primary sigma growth, mm per mm depth
+    c_s0: float = 0.1824         # near-scatter weight at the surface
+    c_s1: float = -0.000212      # near-scatter weight change per mm depth
     c_s_max: float = 0.4
-    sigma_s0: float = 20.0       # scatter sigma at the surface, mm
-    sigma_s1: float = 0.09       # scatter sigma growth, mm per mm depth
+    sigma_s0: float = 5.144      # near-scatter sigma at the surface, mm
+    sigma_s1: float = 0.008252   # near-scatter sigma growth, mm per mm depth
+    c_t0: float = 0.05089        # mid-scatter weight at the surface
+    c_t1: float = 0.001544       # mid-scatter weight growth per mm depth (initial slope)
+    c_t_max: float = 0.5
+    c_t_len: float = 94.17       # > 0: the mid-scatter weight saturates, c_t0 + c_t1 L (1 - exp(-d / L)); 0: linear
+    sigma_t0: float = 17.68      # mid-scatter sigma at the surface, mm
+    sigma_t1: float = 0.04790    # mid-scatter sigma growth, mm per mm depth
+    c_u0: float = 0.06474        # far-scatter tail weight at the surface
+    c_u1: float = 0.001008       # far-scatter weight growth per mm depth
+    c_u_max: float = 0.5
+    sigma_u0: float = 42.66      # far-scatter sigma at the surface, mm
+    sigma_u1: float = 0.2467     # far-scatter sigma growth, mm per mm depth
     sad: float = 1000.0
 
     def depth_dose(self, d):
@@ -82,11 +110,16 @@ class Machine:
         return (1.0 - (1.0 - self.s0) * np.exp(-d / self.lam)) * np.exp(-self.mu * d)
 
     def kernel(self, d):
-        """(weights, sigmas) of the lateral Gaussian components at depth d: arrays of shape (2, *d.shape)."""
+        """(weights, sigmas) of the lateral Gaussian components at depth d: arrays of shape (4, *d.shape)
+        (primary, near, mid and far scatter; the weights sum to 1)."""
         d = np.asarray(d, dtype=np.float64)
         cs = np.clip(self.c_s0 + self.c_s1 * d, 0.0, self.c_s_max)
-        w = np.stack([1.0 - cs, cs])
-        s = np.stack([self.sigma_p0 + self.sigma_p1 * d, self.sigma_s0 + self.sigma_s1 * d])
+        grow = d if self.c_t_len <= 0 else self.c_t_len * -np.expm1(-d / self.c_t_len)
+        ct = np.clip(self.c_t0 + self.c_t1 * grow, 0.0, self.c_t_max)
+        cu = np.clip(self.c_u0 + self.c_u1 * d, 0.0, self.c_u_max)
+        w = np.stack([1.0 - cs - ct - cu, cs, ct, cu])
+        s = np.stack([self.sigma_p0 + self.sigma_p1 * d, self.sigma_s0 + self.sigma_s1 * d,
+                      self.sigma_t0 + self.sigma_t1 * d, self.sigma_u0 + self.sigma_u1 * d])
         return w, s
 
     @property
@@ -116,7 +149,7 @@ def field_dose(machine: Machine, depth, t, x, y, field_u, field_v):
     t = np.asarray(t, float)
     w, s = machine.kernel(depth)
     k = sum(w[i] * edge_profile(x, field_u * t / machine.sad, s[i]) * edge_profile(y, field_v * t / machine.sad, s[i])
-            for i in range(2))
+            for i in range(w.shape[0]))
     return machine.norm * (machine.sad / t) ** 2 * machine.depth_dose(depth) * k
 
 
@@ -423,7 +456,7 @@ def beam_dose_entries(geo: Geometry, beam: Beam, voxels: np.ndarray, machine: Ma
     dm = machine.dmax_mm
     kw, ks = machine.kernel(np.array(dm))
     peak = machine.norm * machine.depth_dose(dm) * sum(
-        kw[i] * edge_profile(0.0, w * (1 + dm / machine.sad), ks[i]) ** 2 for i in range(2))
+        kw[i] * edge_profile(0.0, w * (1 + dm / machine.sad), ks[i]) ** 2 for i in range(kw.shape[0]))
     thr = rel_threshold * float(peak)
     out_r, out_c, out_v = [], [], []
     ox, oy = beam.offset
@@ -441,7 +474,7 @@ def beam_dose_entries(geo: Geometry, beam: Beam, voxels: np.ndarray, machine: Ma
         cw, cs = machine.kernel(dd)
         fac = machine.norm * (beam.sad / tt) ** 2 * machine.depth_dose(dd)
         val = np.zeros((uu.size, off.size, off.size), np.float64)
-        for k in range(2):
+        for k in range(cw.shape[0]):
             pa = edge_profile(xa, W, cs[k][:, None])
             pb = edge_profile(xb, W, cs[k][:, None])
             val += (cw[k] * fac)[:, None, None] * pa[:, :, None] * pb[:, None, :]
@@ -468,31 +501,34 @@ def dose_influence(geo: Geometry, beams: list[Beam], machine: Machine = DEFAULT_
     nominal peak dose (on axis, at dmax, at the isocentre distance) are dropped (default 1e-3, i.e. 0.1 %).
     ``progress(i_beam, n_beams)`` is called per beam.
 
-    Truncation drops the scatter tail (each beamlet's scatter Gaussian peaks at about 1e-3 of the nominal peak,
-    so a threshold of 1e-3 drops nearly all of it and the fraction of the scatter dropped is about
-    ``rel_threshold / 1.2e-3``). The threshold is the same absolute dose for every beamlet of a machine, i.e. it
-    keeps the largest entries: for a given number of nonzeros no other selection drops less integral dose; the
-    cut-off only bounds the window evaluated per voxel. Measured on the C-shape (``phantoms.c_shape``, 8 mm
-    voxels, 9 equispaced beams, 5 mm beamlets, unit weight on every beamlet, against ``rel_threshold=1e-7,
-    cutoff_mm=90``; nonzeros relative to the default 1e-3 / 30 mm, 1.30 M there):
+    Truncation drops the scatter tail (the mid-scatter Gaussian of each 5 mm beamlet peaks at about 2e-3 of the
+    nominal peak, the far-scatter one at about 3e-4: a threshold of 1e-3 keeps the mid scatter near the axis
+    only and drops the far scatter). The threshold is
+    the same absolute dose for every beamlet of a machine, i.e. it keeps the largest entries: for a given number of
+    nonzeros no other selection drops less integral dose; the cut-off only bounds the window evaluated per voxel.
+    Measured on the C-shape (``phantoms.c_shape``, 8 mm voxels, 9 equispaced beams, 5 mm beamlets, unit weight on
+    every beamlet, against the untruncated :class:`AccurateDose`; nonzeros relative to the default 1e-3 / 30 mm,
+    4.33 M there):
 
     ========================  ======  =====  ===========  ========
     rel_threshold / cut-off   body    PTV    > 2 cm away  nonzeros
     ========================  ======  =====  ===========  ========
-    1e-3 / 30 mm (default)    10.2 %  7.6 %  11.3 %        1.0 x
-    7e-4 / 40 mm               7.7 %  4.5 %   9.1 %        2.5 x
-    5e-4 / 40 mm               5.1 %  2.6 %   6.2 %        4.6 x
-    4e-4 / 40 mm               3.8 %  1.8 %   4.7 %        5.9 x
-    3e-4 / 40 mm               2.7 %  1.1 %   3.4 %        7.5 x
-    2e-4 / 40 mm               1.9 %  0.7 %   2.4 %        9.0 x
-    2e-4 / 50 mm               1.6 %  0.5 %   2.1 %        9.6 x
-    1e-4 / 50 mm               0.8 %  0.2 %   1.1 %       12.1 x
+    1e-3 / 30 mm (default)    12.5 %  6.1 %  15.2 %        1.0 x
+    7e-4 / 40 mm               9.5 %  4.0 %  12.0 %        1.5 x
+    5e-4 / 40 mm               7.5 %  2.6 %   9.6 %        2.0 x
+    4e-4 / 40 mm               6.4 %  1.9 %   8.3 %        2.3 x
+    3e-4 / 40 mm               5.4 %  1.4 %   7.1 %        2.7 x
+    2e-4 / 40 mm               4.8 %  1.2 %   6.4 %        3.0 x
+    2e-4 / 50 mm               3.6 %  0.5 %   5.0 %        3.7 x
+    1e-4 / 50 mm               2.9 %  0.3 %   4.1 %        4.3 x
+    1e-7 / 90 mm               0.2 %  0.0 %   0.3 %        7.8 x
     ========================  ======  =====  ===========  ========
 
-    (4 mm voxels gave the same fractions within 0.2 % for 1e-3 / 30 mm; the cut-off matters only below 3e-4:
-    at 30 mm it alone drops 3.1 %.) Cost on the pyRadPlan benchmark (``benchmarks/planning.py``, TG119.mat, 5 mm
-    grid, 9 beams; pyRadPlan keeps 37.6 M nonzeros): the default 4 M nonzeros, 14x faster than pyRadPlan end to
-    end; 5e-4 / 40 mm 18.6 M, 5.9x; 2e-4 / 50 mm (about matRad's 99.5 % of each beamlet kept) 42 M, 2.3x.
+    (the far-scatter tail, sigma 43-92 mm, reaches beyond any practical cut-off.) Cost on the pyRadPlan benchmark
+    (``benchmarks/planning.py``, TG119.mat, 5 mm grid, 9 beams, pyRadPlan's 2,851 beamlets; pyRadPlan keeps 37.6 M
+    nonzeros): the default keeps 15.1 M (the previous two-Gaussian kernel, with too little near scatter, 4.1 M);
+    ``rel_threshold=2e-3`` would be back at the old size (C-shape above: 1.62 M, 0.37x) but drops 12.5 % of the
+    PTV dose.
     This matrix is the optimiser's working model only: RadPath stores, shows and exports the untruncated dose of
     the final fluence (:class:`AccurateDose`), and optimises on this matrix corrected to it
     (:mod:`planning.engine.accurate`), which keeps the default's speed without its 5-10 % dose error.

@@ -47,6 +47,9 @@ def _cax(plane, x):
 
 
 def test_dmax_and_pdd10(water10):
+    """Broad-field water data (BJR Supplement 25 type, 6 MV, 10x10 at SSD 100: dmax 15 mm, PDD(10 cm) 67 %) within
+    4 mm / 2.5 %: the kernel commissioned on matRad's Generic machine gives 13.6 mm / 65.0 % (matRad 13.1 mm /
+    65.3 %; on this test's 2 mm depth voxels)."""
     geo, plane, x, d = water10
     cax = _cax(plane, x)
     pdd = 100 * cax / cax.max()
@@ -199,9 +202,10 @@ def test_mu_calibration():
 
 
 def test_truncation_drops_the_documented_integral_dose():
-    """pencilbeam.dose_influence documents ~10 % of the integral dose dropped by the default truncation (1e-3,
-    30 mm) on the C-shape, ~5 % with 5e-4 / 40 mm and ~1.6 % with 2e-4 / 50 mm; check one beam on a coarse grid
-    stays near those (measured here: 8.9 %, 4.3 %, 1.3 %)."""
+    """pencilbeam.dose_influence documents the integral dose the truncation drops against the untruncated
+    (accurate) dose on the C-shape: 12.5 % for the default (1e-3, 30 mm), 7.5 % with 5e-4 / 40 mm, 3.6 % with
+    2e-4 / 50 mm; one beam on a coarse grid stays near those (measured here: 10.8 %, 6.4 %, 3.1 %; a 1e-7 / 90 mm
+    matrix still drops 0.2 %: the far-scatter tail reaches beyond 90 mm)."""
     geo = phantoms.c_shape(spacing=8.0, z_half=48.0)
     bs = beams.make_beams(geo, [40.0], bixel_mm=5.0)
     body = geo.body.mask
@@ -210,10 +214,13 @@ def test_truncation_drops_the_documented_integral_dose():
         dij = pb.dose_influence(geo, bs, **kw)
         return float(dij.dose_cube(np.ones(dij.n_beamlets))[body].astype(np.float64).sum())
 
-    ref = integral(rel_threshold=1e-7, cutoff_mm=90.0)
+    n = sum(b.n_beamlets for b in bs)
+    ref = float(pb.accurate_dose(geo, bs, np.ones(n))[body].astype(np.float64).sum())
     dropped_default = 1 - integral() / ref
     dropped_half = 1 - integral(rel_threshold=5e-4, cutoff_mm=40.0) / ref
     dropped_fine = 1 - integral(rel_threshold=2e-4, cutoff_mm=50.0) / ref
-    assert 0.08 < dropped_default < 0.12, dropped_default
-    assert 0.035 < dropped_half < 0.065, dropped_half
-    assert 0.005 < dropped_fine < 0.025, dropped_fine
+    dropped_wide = 1 - integral(rel_threshold=1e-7, cutoff_mm=90.0) / ref
+    assert 0.09 < dropped_default < 0.13, dropped_default
+    assert 0.05 < dropped_half < 0.08, dropped_half
+    assert 0.02 < dropped_fine < 0.045, dropped_fine
+    assert 0.0 < dropped_wide < 0.005, dropped_wide
