@@ -12,9 +12,9 @@ pneumonitis), a quarter of them worsen to grade 3 a few days later (steroids, ox
 import datetime as dt
 
 from workflow import roles
-from workflow import toxicity as tox
+from workflow.toxicity import services as tox
 from workflow.scheduling import local_datetime
-from workflow.toxicity_models import ToxicityEvent
+from workflow.toxicity.models import ToxicityEvent
 
 from . import ntcp_services
 from .models import Death

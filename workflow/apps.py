@@ -13,5 +13,5 @@ class WorkflowConfig(AppConfig):
 
         post_migrate.connect(roles.sync_role_groups, dispatch_uid="radpath-sync-role-groups")
 
-        from . import toxicity  # noqa: F401
+        from .toxicity import services as toxicity  # noqa: F401
         from . import carepaths  # noqa: F401

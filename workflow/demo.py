@@ -117,7 +117,7 @@ ADMIN_USERNAME = "admin"
 DELIVERED_TODAY_BEFORE = dt.time(10, 0)
 """Today's fractions that start before this time are recorded as delivered (fixed, so the demo is reproducible)."""
 
-DEMO_EXTENSIONS = ["workflow.toxicity_demo.seed", "outcomes.demo.seed", "planning.demo.seed", "workflow.carepath_demo.seed",
+DEMO_EXTENSIONS = ["workflow.toxicity.demo.seed", "outcomes.demo.seed", "planning.demo.seed", "workflow.carepath_demo.seed",
                    "outcomes.ntcp_demo.seed"]
 
 MACHINES = [

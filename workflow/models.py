@@ -499,6 +499,6 @@ class FollowUpVisit(ClinicalRecord):
         return f"{self.course.patient.mrn} follow-up {self.label} due {self.due_date}"
 
 
-from .toxicity_models import *  # noqa: E402,F401,F403
+from .toxicity.models import *  # noqa: E402,F401,F403
 from .carepath_models import *  # noqa: E402,F401,F403
 from .prescription_models import *  # noqa: E402,F401,F403

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from tests.workflow_api.conftest import api, booked_course  # noqa: F401
-from workflow import toxicity as tox
+from workflow.toxicity import services as tox
 from workflow.models import CourseHold, ToxicityEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.toxicity.urls")]

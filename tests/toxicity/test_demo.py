@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import make_course
-from workflow import toxicity as tox
-from workflow import toxicity_demo
+from workflow.toxicity import services as tox
+from workflow.toxicity import demo as toxicity_demo
 from workflow.delivery import clear_for_treatment, deliver_fraction, stop_course
 from workflow.models import CourseHold, Patient, ToxicityEvent
 from workflow.scheduling import book_course, local_datetime

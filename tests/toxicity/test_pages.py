@@ -8,7 +8,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from tests.workflow_api.conftest import booked_course, web  # noqa: F401
-from workflow import toxicity as tox
+from workflow.toxicity import services as tox
 from workflow.models import CourseHold, ToxicityEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.toxicity.urls")]

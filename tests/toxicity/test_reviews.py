@@ -7,7 +7,7 @@ import pytest
 
 from tests.conftest import make_course
 from tests.toxicity.conftest import LATER, START
-from workflow import toxicity as tox
+from workflow.toxicity import services as tox
 from workflow.delivery import clear_for_treatment, deliver_fraction
 from workflow.errors import ConflictError, RuleViolation
 from workflow.scheduling import book_course, mark_missed

@@ -208,7 +208,7 @@ def test_every_date_and_time_widget_renders_iso(settings):
     from outcomes.forms import AnalysisForm, AssessmentForm
     from workflow.forms import DowntimeForm, ScheduleForm, SimulationForm
     from workflow.record_forms import CourseForm, DiagnosisForm, PatientForm, TreatmentForm
-    from workflow.toxicity_views import HoldDecisionForm, RegradeForm, ResolveForm, ReviewForm, ToxicityForm
+    from workflow.toxicity.views import HoldDecisionForm, RegradeForm, ResolveForm, ReviewForm, ToxicityForm
 
     day, time = dt.date(2026, 11, 3), dt.time(9, 5)
     checked = 0

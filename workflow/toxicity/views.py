@@ -16,13 +16,13 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
 from . import ctcae
-from . import toxicity as tox
-from .errors import RuleViolation
-from .forms import add_service_error, service_error_text
-from .widgets import DateInput
-from .models import Course, CourseStatus, Patient
-from .params import parse_id
-from .toxicity_models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent
+from . import services as tox
+from ..errors import RuleViolation
+from ..forms import add_service_error, service_error_text
+from ..widgets import DateInput
+from ..models import Course, CourseStatus, Patient
+from ..params import parse_id
+from .models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent
 
 SERVICE_ERRORS = (RuleViolation, DjangoValidationError)
 IDENTIFIED = ("workflow.view_identified",)

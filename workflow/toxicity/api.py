@@ -1,4 +1,4 @@
-"""REST API for side effects (mounted under /api/ by ``workflow.toxicity_api_urls``).
+"""REST API for side effects (mounted under /api/ by ``workflow.toxicity.api_urls``).
 
 - ``ctcae-terms``: the CTCAE v5.0 vocabulary, read-only, ``?search=`` on term / SOC / MedDRA code.
 - ``toxicity-events``: list / retrieve / create (``workflow.toxicity.log_event``), ``regrade``, ``resolve``,
@@ -21,11 +21,11 @@ from rest_framework.exceptions import NotFound
 from rest_framework.response import Response
 
 from . import ctcae
-from . import toxicity as tox
-from .api import ERRORS, VOID_DOC, PathwayViewSet, VoidOnDeleteMixin, live, truthy
-from .models import Course
-from .params import query_date, query_id
-from .toxicity_models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent, WeeklyReview
+from . import services as tox
+from ..api import ERRORS, VOID_DOC, PathwayViewSet, VoidOnDeleteMixin, live, truthy
+from ..models import Course
+from ..params import query_date, query_id
+from .models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent, WeeklyReview
 
 IDENTIFIED = "workflow.view_identified"
 
@@ -272,7 +272,11 @@ class ToxicityEventViewSet(PathwayViewSet, mixins.ListModelMixin, mixins.Retriev
         ids = [int(x) for x in p.getlist("course") if x.isdigit()]
         if ids:
             courses = courses.filter(pk__in=ids)
-        summary = tox.toxicity_summary(courses)
+        # The one place the workflow app calls outcomes: this endpoint serves the cohort analysis, which is the
+        # outcomes app's (README "Architecture"); imported here so the toxicity domain itself never needs it.
+        from outcomes.toxicity_analysis import toxicity_summary
+
+        summary = toxicity_summary(courses)
         cif = summary["cumulative_incidence"]
         body = {
             "n_courses": summary["n_courses"],

@@ -17,10 +17,10 @@ import datetime as dt
 
 
 
-from . import roles
-from . import toxicity as tox
-from .scheduling import local_datetime
-from .toxicity_models import ActionTaken, CourseHold, HoldDecision, ToxicityEvent
+from .. import roles
+from . import services as tox
+from ..scheduling import local_datetime
+from .models import ActionTaken, CourseHold, HoldDecision, ToxicityEvent
 
 THORACIC_SITES = {"pleural_mesothelioma", "pericardial_mesothelioma", "lung"}
 THORACIC_WORDS = ("thora", "lung", "chest", "pleura", "mediastin", "hemithorax", "esophag")

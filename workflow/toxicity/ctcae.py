@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 
-from .errors import RuleViolation
+from ..errors import RuleViolation
 
-DATA_FILE = Path(__file__).resolve().parent / "data" / "ctcae_v5.csv"
+DATA_FILE = Path(__file__).resolve().parents[1] / "data" / "ctcae_v5.csv"  # the app's data folder, workflow/data/
 VERSION = "CTCAE v5.0"
 
 GENERIC_GRADES = {

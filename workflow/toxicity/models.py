@@ -10,9 +10,9 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from . import roles
-from .clinical import ClinicalRecord
-from .models import Course
+from .. import roles
+from ..clinical import ClinicalRecord
+from ..models import Course
 
 
 class Attribution(models.TextChoices):

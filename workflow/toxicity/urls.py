@@ -1,8 +1,8 @@
-"""Side-effect pages; the project includes them at the root: ``path("", include("workflow.toxicity_urls"))``."""
+"""Side-effect pages; the project includes them at the root: ``path("", include("workflow.toxicity.urls"))``."""
 
 from django.urls import path
 
-from . import toxicity_views as views
+from . import views
 
 urlpatterns = [
     path("side-effects/new/", views.toxicity_new, name="toxicity-new"),

@@ -1,9 +1,9 @@
 """Side-effect API routes; the project includes them under /api/:
-``path("api/", include("workflow.toxicity_api_urls"))``."""
+``path("api/", include("workflow.toxicity.api_urls"))``."""
 
 from rest_framework.routers import SimpleRouter
 
-from . import toxicity_api
+from . import api as toxicity_api
 
 router = SimpleRouter()
 router.register("ctcae-terms", toxicity_api.CtcaeTermViewSet, basename="ctcae-term")

@@ -1,8 +1,8 @@
-"""Side effects: logging CTCAE v5.0 toxicity, treatment holds for severe events, weekly on-treatment reviews, and
-the data-out frame for the toxicity statistics (``outcomes.toxicity_stats``).
+"""Side effects: logging CTCAE v5.0 toxicity, treatment holds for severe events, weekly on-treatment reviews. The
+cohort analysis built on these records is in ``outcomes.toxicity_analysis``.
 
 Rules:
-- The term must be a CTCAE v5.0 term (``workflow.ctcae``, case-insensitive) and the grade one that term allows.
+- The term must be a CTCAE v5.0 term (``workflow.toxicity.ctcae``, case-insensitive) and the grade one that term allows.
 - Onset before the course start (its first booked or delivered fraction) is allowed only for a baseline event;
   a baseline event starts before the course. Onset and resolution are not in the future; resolution >= onset.
 - A grade change is an update of the event: django-simple-history keeps every version, so the grade history is
@@ -24,11 +24,12 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from . import ctcae, gates
-from .errors import ConflictError, RuleViolation
-from .models import AppointmentStatus, CourseStatus, TerminationReason
-from .scheduling import local_day
-from .toxicity_models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent, WeeklyReview
+from . import ctcae
+from .. import gates
+from ..errors import ConflictError, RuleViolation
+from ..models import AppointmentStatus, CourseStatus, TerminationReason
+from ..scheduling import local_day
+from .models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent, WeeklyReview
 
 DEFAULT_HOLD_GRADE = 3
 REVIEW_EVERY = 5
@@ -284,7 +285,7 @@ def record_hold_decision(hold, *, decision, user, note="", today=None, now=None)
     if decision in (HoldDecision.MODIFY, HoldDecision.STOP) and not note:
         what = "how the plan is modified" if decision == HoldDecision.MODIFY else "why the course is stopped"
         raise RuleViolation(f"Say {what}.", field="note")
-    from .delivery import stop_course
+    from ..delivery import stop_course
 
     with transaction.atomic():
         hold = CourseHold.objects.select_for_update().get(pk=hold.pk)
@@ -383,7 +384,7 @@ def reviews_due(*, today=None, user=None, mine=False, courses=None):
 
     ``mine=True`` keeps the courses ``user`` cleared for treatment (the responsible oncologist).
     """
-    from .models import Course
+    from ..models import Course
 
     today = today or timezone.localdate()
     qs = courses if courses is not None else Course.objects.active()
@@ -439,7 +440,7 @@ def complete_review(course, *, number, findings, user=None, review_date=None, we
     return review
 
 
-# --- analysis -----------------------------------------------------------------------------------------------------
+# --- per-course worst grades (the cohort analysis: outcomes.toxicity_analysis) --------------------------------------
 
 
 def worst_grades(course):
@@ -452,149 +453,3 @@ def worst_grades(course):
         if key not in out or ev.worst_grade > out[key][0]:
             out[key] = (ev.worst_grade, ev.worst_grade_date)
     return out
-
-
-EVENT_COLUMNS = [
-    "event_id", "course_id", "patient_id", "term", "meddra_code", "soc", "grade", "worst_grade", "worst_grade_date",
-    "onset_date", "resolved_date", "baseline", "attribution", "serious", "action_taken", "phase",
-]
-COURSE_COLUMNS = [
-    "course_id", "patient_id", "technique", "treated_site", "site", "intent", "status", "termination_reason",
-    "rt_start", "rt_end", "death_date", "last_followup_date",
-]
-
-
-def _cohort_facts(courses_qs):
-    """Everything ``_course_row`` reads, for the whole cohort in a few queries (not five per course): per course its
-    fraction days, events, latest weekly review and done follow-up visit; per patient the first recorded death
-    and the latest assessment (outcomes app, when installed)."""
-    from django.apps import apps
-    from django.db.models import Max, Min, Q
-
-    from .models import Course, FollowUpVisit
-
-    booked = Q(fractions__status__in=[AppointmentStatus.SCHEDULED, AppointmentStatus.DELIVERED])
-    courses = list(
-        Course.objects.filter(pk__in=courses_qs.values("pk")).select_related("diagnosis").annotate(
-            _first=Min("fractions__starts_at", filter=booked), _last=Max("fractions__starts_at", filter=booked),
-            _last_delivered=Max("fractions__starts_at", filter=Q(fractions__status=AppointmentStatus.DELIVERED)),
-        ).order_by(*(courses_qs.query.order_by or Course._meta.ordering))
-    )
-    ids = [c.pk for c in courses]
-    patients = {c.patient_id for c in courses}
-    events = {}
-    for ev in ToxicityEvent.objects.active().filter(course_id__in=ids):
-        events.setdefault(ev.course_id, []).append(ev)
-    reviews = dict(WeeklyReview.objects.filter(course_id__in=ids, voided_at__isnull=True).values("course_id")
-                   .annotate(m=Max("review_date")).values_list("course_id", "m"))
-    visits = dict(FollowUpVisit.objects.filter(course_id__in=ids, status="done").values("course_id")
-                  .annotate(m=Max("due_date")).values_list("course_id", "m"))
-    deaths, seen = {}, {}
-    if apps.is_installed("outcomes"):
-        Death, Assessment = apps.get_model("outcomes", "Death"), apps.get_model("outcomes", "FollowUpAssessment")
-        for patient_id, date in Death.objects.filter(patient_id__in=patients, voided_at__isnull=True).order_by("date", "pk").values_list("patient_id", "date"):
-            deaths.setdefault(patient_id, date)
-        seen = dict(Assessment.objects.filter(patient_id__in=patients, voided_at__isnull=True).values("patient_id")
-                    .annotate(m=Max("date")).values_list("patient_id", "m"))
-    return courses, events, reviews, visits, deaths, seen
-
-
-def _course_row(course, events, review, visit, death, seen):
-    """One course of the cohort (see ``toxicity_frame``); the RT days follow ``course_start`` / ``course_end``."""
-    start = local_day(course._first) if course._first else None
-    if course.completed_on:
-        end = course.completed_on
-    else:
-        last = course._last_delivered if course.status == CourseStatus.STOPPED else course._last
-        end = local_day(last) if last else None
-    fatal = [e.worst_grade_date for e in events if e.worst_grade == 5]
-    if fatal:
-        death = min([d for d in [death, *fatal] if d])
-    if death is None and course.termination_reason == TerminationReason.DEATH and course.stopped_on:
-        death = course.stopped_on
-    contact = [d for d in [end, death, seen, review, visit] if d]
-    for e in events:
-        contact += [d for d in (e.onset_date, e.grade_date, e.resolved_date) if d]
-    return {
-        "course_id": course.pk,
-        "patient_id": course.patient_id,
-        "technique": course.technique,
-        "treated_site": course.treated_site,
-        "site": course.diagnosis.site if course.diagnosis_id else "",
-        "intent": course.intent,
-        "status": course.status,
-        "termination_reason": course.termination_reason,
-        "rt_start": start,
-        "rt_end": end,
-        "death_date": death,
-        "last_followup_date": max(contact) if contact else start,
-    }
-
-
-def toxicity_frame(courses_qs):
-    """One row per (non-voided) toxicity event of ``courses_qs``, with its course's RT dates and outcome dates.
-
-    Columns: EVENT_COLUMNS + rt_start, rt_end, death_date, last_followup_date (dates as pandas datetimes). The
-    course-level frame (every course, with or without events: the denominator) is in ``frame.attrs["courses"]``.
-    This is the input of ``outcomes.toxicity_stats`` (events: course_id, term, grade, onset_date; courses:
-    course_id, rt_start, rt_end, death_date, last_followup_date). ``grade`` is the event's worst grade.
-    The cohort is read in a fixed number of queries whatever its size (``_cohort_facts``).
-    """
-    import pandas as pd
-
-    course_rows, event_rows = [], []
-    cohort, all_events, reviews, visits, deaths, seen = _cohort_facts(courses_qs)
-    for course in cohort:
-        events = all_events.get(course.pk, [])
-        row = _course_row(course, events, reviews.get(course.pk), visits.get(course.pk), deaths.get(course.patient_id),
-                          seen.get(course.patient_id))
-        if row["rt_start"] is None:
-            continue  # never treated: not part of a toxicity cohort
-        course_rows.append(row)
-        for e in events:
-            event_rows.append({
-                "event_id": e.pk,
-                "course_id": course.pk,
-                "patient_id": course.patient_id,
-                "term": e.term,
-                "meddra_code": e.meddra_code,
-                "soc": e.soc,
-                "grade": e.worst_grade,
-                "worst_grade": e.worst_grade,
-                "worst_grade_date": e.worst_grade_date,
-                "onset_date": e.onset_date,
-                "resolved_date": e.resolved_date,
-                "baseline": e.baseline,
-                "attribution": e.attribution,
-                "serious": e.serious,
-                "action_taken": e.action_taken,
-                "phase": "baseline" if e.baseline else phase(e.onset_date, row["rt_start"], row["rt_end"]),
-            })
-    courses = pd.DataFrame(course_rows, columns=COURSE_COLUMNS)
-    events = pd.DataFrame(event_rows, columns=EVENT_COLUMNS)
-    frame = events.merge(courses[["course_id", "rt_start", "rt_end", "death_date", "last_followup_date"]], on="course_id", how="left")
-    for col in ("onset_date", "resolved_date", "worst_grade_date", "rt_start", "rt_end", "death_date", "last_followup_date"):
-        frame[col] = pd.to_datetime(frame[col])
-    for col in ("rt_start", "rt_end", "death_date", "last_followup_date"):
-        courses[col] = pd.to_datetime(courses[col])
-    frame["grade"] = frame["grade"].astype(int)
-    frame.attrs["courses"] = courses
-    return frame
-
-
-def toxicity_summary(courses_qs, *, acute_days=ACUTE_WINDOW_DAYS):
-    """Cohort analysis with ``outcomes.toxicity_stats``: worst grade per course/term/phase, rates of grade >= 2 and
-    >= 3 (acute, late, any) and the Aalen-Johansen cumulative incidence of grade >= 3 with death competing."""
-    from outcomes import toxicity_stats as ts
-
-    frame = toxicity_frame(courses_qs)
-    courses = frame.attrs["courses"]
-    n = len(courses)
-    events = frame.loc[~frame["baseline"].astype(bool), ["course_id", "term", "grade", "onset_date"]]
-    worst = ts.worst_grade_per_course(events, courses, acute_days=acute_days)
-    rates = {p: ts.cohort_rates(worst, n, phase=p) for p in ("acute", "late", "any")} if n else {}
-    cif = None
-    if n:
-        cr = ts.competing_risk_data(courses, events, min_grade=3)
-        cif = ts.aalen_johansen(cr["time_days"], cr["event_code"])
-    return {"n_courses": n, "worst": worst, "rates": rates, "cumulative_incidence": cif}
