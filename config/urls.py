@@ -25,10 +25,10 @@ urlpatterns = [
     path("api/outcomes/", include("outcomes.api_urls")),
     path("outcomes/", include("outcomes.urls")),
     path("api/", include("workflow.toxicity.api_urls")),
-    path("api/", include("workflow.carepath_api_urls")),
+    path("api/", include("workflow.carepaths.api_urls")),
     path("api/", include("workflow.api_urls")),
     path("", include("workflow.toxicity.urls")),
-    path("", include("workflow.carepath_urls")),
+    path("", include("workflow.carepaths.urls")),
     path("", include("workflow.urls")),
 ]
 

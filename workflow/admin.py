@@ -299,4 +299,6 @@ def _register_remaining():
         admin.site.register(model, type(f"{model.__name__}Admin", (base,), extra))
 
 
+from .carepaths import admin as _carepaths_admin  # noqa: E402,F401  (its own registrations first)
+
 _register_remaining()

@@ -14,4 +14,4 @@ class WorkflowConfig(AppConfig):
         post_migrate.connect(roles.sync_role_groups, dispatch_uid="radpath-sync-role-groups")
 
         from .toxicity import services as toxicity  # noqa: F401
-        from . import carepaths  # noqa: F401
+        from .carepaths import services as carepaths  # noqa: F401

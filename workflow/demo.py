@@ -24,8 +24,9 @@ What it holds (default ``patients=60``):
 Everything is made through the pathway services (``book_course(..., allow_past=True)``, ``book_simulation``,
 ``complete_simulation``, ``clear_for_treatment``, ``mark_missed``, ``add_downtime``, ``deliver_fraction(...,
 now=...)``, ``stop_course``, ``propose_followups``), so every rule holds and every change is in the audit history.
-Each course's care path (``workflow.carepaths``, when installed) is dated through ``replay_path`` and
-``complete_task``, so the worklists and the board show a plausible state and no blocking step stops delivery.
+Each course's care path (``workflow.carepaths``, when installed) is dated through the :data:`DEMO_PATH_STEPS`
+module's ``replay_path`` and ``complete_steps``, so the worklists and the board show a plausible state and no
+blocking step stops delivery (named by a dotted path like the extensions: the pathway imports no care-path code).
 The whole seed is one transaction: it lands completely or not at all.
 
 Idempotent: a database that already holds the demo (a patient whose MRN starts with :data:`DEMO_MRN_PREFIX`) is
@@ -117,8 +118,12 @@ ADMIN_USERNAME = "admin"
 DELIVERED_TODAY_BEFORE = dt.time(10, 0)
 """Today's fractions that start before this time are recorded as delivered (fixed, so the demo is reproducible)."""
 
-DEMO_EXTENSIONS = ["workflow.toxicity.demo.seed", "outcomes.demo.seed", "planning.demo.seed", "workflow.carepath_demo.seed",
+DEMO_EXTENSIONS = ["workflow.toxicity.demo.seed", "outcomes.demo.seed", "planning.demo.seed", "workflow.carepaths.demo.seed",
                    "outcomes.ntcp_demo.seed"]
+
+DEMO_PATH_STEPS = "workflow.carepaths.demo"
+"""Module that dates each course's care path while the stories are seeded: ``replay_path(course, *, started_on,
+completions, users, today)`` and ``complete_steps(course, completions, *, users, today)``; skipped when missing."""
 
 MACHINES = [
     {"name": "TrueBeam 1", "kind": MachineKind.LINAC, "techniques": ["IMRT", "VMAT", "3DCRT", "SBRT"]},
@@ -449,7 +454,7 @@ class _Seeder:
         self.n = n_patients
         self.stories = []  # one dict per course, in creation order
         self.sim_taken = set()
-        self.carepaths = None if _module_missing("workflow.carepaths") else importlib.import_module("workflow.carepaths")
+        self.path_steps = None if _module_missing(DEMO_PATH_STEPS) else importlib.import_module(DEMO_PATH_STEPS)
         self.mrn_numbers = set()
 
     # -- clinic ------------------------------------------------------------------------------------------------
@@ -576,34 +581,16 @@ class _Seeder:
                 user=self.users[roles.SCHEDULER], allow_past=True,
             )
 
-    # -- care paths (workflow.carepaths, when installed) -------------------------------------------------------------
-    def _path(self, course):
-        if self.carepaths is None:
-            return None
-        return self.carepaths.CarePath.objects.filter(course=course, voided_at__isnull=True).first()
-
+    # -- care paths (DEMO_PATH_STEPS, when installed) -----------------------------------------------------------
     def _replay_path(self, course, started_on, completions):
         """Date the course's care path: started at the consult, each step done on its day (events included)."""
-        path = self._path(course)
-        if path is not None:
-            self.carepaths.replay_path(path, started_on=started_on, completions=completions, users=self.users, today=self.today)
+        if self.path_steps is not None:
+            self.path_steps.replay_path(course, started_on=started_on, completions=completions, users=self.users, today=self.today)
 
     def _complete_steps(self, course, completions):
         """Complete the open manual steps in ``completions`` ({code: date}) that are due by today, in order."""
-        path = self._path(course)
-        if path is None:
-            return
-        cp = self.carepaths
-        for _ in range(len(completions) + 1):
-            progressed = False
-            for task in path.tasks.active().filter(status=cp.TaskStatus.OPEN).order_by("order"):
-                when = completions.get(task.code)
-                if when is None or when > self.today:
-                    continue
-                cp.complete_task(task, self.users[task.role], on=max(when, task.opened_on or when))
-                progressed = True
-            if not progressed:
-                break
+        if self.path_steps is not None:
+            self.path_steps.complete_steps(course, completions, users=self.users, today=self.today)
 
     # -- stories -----------------------------------------------------------------------------------------------
     def _new_story(self, phase_hint, scenario, spec, start, name="", patient=None, diagnosis=None, previous=None):

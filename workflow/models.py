@@ -500,5 +500,5 @@ class FollowUpVisit(ClinicalRecord):
 
 
 from .toxicity.models import *  # noqa: E402,F401,F403
-from .carepath_models import *  # noqa: E402,F401,F403
+from .carepaths.models import *  # noqa: E402,F401,F403
 from .prescription_models import *  # noqa: E402,F401,F403

@@ -8,7 +8,7 @@ from django.core.exceptions import PermissionDenied
 
 from tests.carepaths.conftest import MONDAY, restart, task
 from tests.carepaths.conftest import make_course
-from workflow import carepaths
+from workflow.carepaths import services as carepaths
 from workflow.delivery import clear_for_treatment, deliver_fraction
 from workflow.errors import RuleViolation
 from workflow.models import CarePath, CarePathTemplate, TemplateStep

@@ -9,7 +9,7 @@ from django.core.exceptions import PermissionDenied
 from tests.carepaths.conftest import MONDAY, restart, task
 from tests.carepaths.conftest import make_course
 from tests.conftest import make_user
-from workflow import carepaths
+from workflow.carepaths import services as carepaths
 from workflow.delivery import clear_for_treatment, deliver_fraction, stop_course
 from workflow.errors import RuleViolation
 from workflow.models import CarePath, Closure, TaskStatus

@@ -133,7 +133,7 @@ def _physics_check(course):
 
 def test_approval_is_refused_while_the_blocking_physics_check_is_open(clinic, cshape_course, users, client):
     """The care path's physics plan check blocks approval: 409 naming the step, the page says so, nothing changes."""
-    from workflow import carepaths
+    from workflow.carepaths import services as carepaths
 
     course = make_course(cshape_course.patient, cshape_course.diagnosis, fractions=5, dose=Decimal("4.00"), checks_done=False)
     plan = make_done_plan(course, users["physicist"])

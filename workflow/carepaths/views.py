@@ -18,11 +18,12 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from . import carepaths, params
-from .errors import RuleViolation
-from .forms import service_error_text
-from .models import CarePath, CareTask
-from .roles import user_roles
+from . import services as carepaths
+from .. import params
+from ..errors import RuleViolation
+from ..forms import service_error_text
+from ..models import CarePath, CareTask
+from ..roles import user_roles
 
 ERRORS = (RuleViolation, DjangoValidationError, PermissionDenied)
 guard = permission_required(("workflow.view_identified", "workflow.view_caretask"), raise_exception=True)

@@ -1,8 +1,8 @@
-"""Care-path API routes; include under /api/: ``path("api/", include("workflow.carepath_api_urls"))``."""
+"""Care-path API routes; include under /api/: ``path("api/", include("workflow.carepaths.api_urls"))``."""
 
 from rest_framework.routers import SimpleRouter
 
-from . import carepath_api
+from . import api as carepath_api
 
 router = SimpleRouter()
 router.register("carepaths", carepath_api.CarePathViewSet, basename="carepath")

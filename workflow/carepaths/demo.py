@@ -12,9 +12,40 @@ from collections import Counter
 
 from django.utils import timezone
 
-from . import carepaths
-from .calendar import ClinicCalendar
-from .models import AppointmentStatus, CarePath, CourseStatus, TaskStatus
+from . import services as carepaths
+from ..calendar import ClinicCalendar
+from ..models import AppointmentStatus, CarePath, CourseStatus, TaskStatus
+
+
+def _path(course):
+    return CarePath.objects.filter(course=course, voided_at__isnull=True).first()
+
+
+def replay_path(course, *, started_on, completions, users, today):
+    """``workflow.demo.DEMO_PATH_STEPS`` hook: date the course's care path while its story is seeded (started at the
+    consult, each step done on its day, events included)."""
+    path = _path(course)
+    if path is not None:
+        carepaths.replay_path(path, started_on=started_on, completions=completions, users=users, today=today)
+
+
+def complete_steps(course, completions, *, users, today):
+    """``workflow.demo.DEMO_PATH_STEPS`` hook: complete the open manual steps in ``completions`` ({code: date}) that
+    are due by today, in order."""
+    path = _path(course)
+    if path is None:
+        return
+    for _ in range(len(completions) + 1):
+        progressed = False
+        for task in path.tasks.active().filter(status=TaskStatus.OPEN).order_by("order"):
+            when = completions.get(task.code)
+            if when is None or when > today:
+                continue
+            carepaths.complete_task(task, users[task.role], on=max(when, task.opened_on or when))
+            progressed = True
+        if not progressed:
+            break
+
 
 def _wd(calendar, day, n):
     return calendar.add_working_days(day, n) if n >= 0 else _back(calendar, day, -n)

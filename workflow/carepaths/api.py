@@ -1,4 +1,4 @@
-"""Care-path REST API (routed in ``workflow.carepath_api_urls``, mounted under /api/).
+"""Care-path REST API (routed in ``workflow.carepaths.api_urls``, mounted under /api/).
 
 - ``GET /api/carepath-tasks/`` (filters ``role``, ``status``, ``course``, ``path``), ``GET .../{id}/``
 - ``GET /api/carepath-tasks/worklist/?role=physicist&date=YYYY-MM-DD``: open and held tasks of a role (default: the
@@ -23,8 +23,9 @@ from rest_framework import serializers, viewsets
 from rest_framework.decorators import action
 from rest_framework.response import Response
 
-from . import carepaths, params
-from .models import CarePath, CarePathTemplate, CareTask, TemplateStep
+from . import services as carepaths
+from .. import params
+from ..models import CarePath, CarePathTemplate, CareTask, TemplateStep
 
 IDENTIFIED = "workflow.view_identified"
 READ_TASKS = [IDENTIFIED, "workflow.view_caretask"]

@@ -6,8 +6,8 @@ Saving a template bumps its version; running paths keep the copy of the steps th
 from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
-from .errors import RuleViolation
-from .models import CarePath, CarePathTemplate, CareTask, TemplateStep
+from ..errors import RuleViolation
+from ..models import CarePath, CarePathTemplate, CareTask, TemplateStep
 
 # workflow.admin gives every unregistered workflow model a generic admin (autodiscover runs before this module is
 # imported from WorkflowConfig.ready); these specific ones replace it.
@@ -32,7 +32,7 @@ class CarePathTemplateAdmin(SimpleHistoryAdmin):
     def save_related(self, request, form, formsets, change):
         super().save_related(request, form, formsets, change)
         template = form.instance
-        from .carepaths import validate_steps
+        from .services import validate_steps
 
         try:
             validate_steps([s.as_snapshot() for s in template.steps.order_by("order")])

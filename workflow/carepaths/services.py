@@ -32,13 +32,24 @@ from django.db.models import Q
 from django.db.models.signals import post_migrate, post_save
 from django.utils import timezone
 
-from . import gates, signals
-from .calendar import ClinicCalendar
-from .errors import ConflictError, RuleViolation
-from .models import CarePath, CarePathStatus, CarePathTemplate, CareTask, Course, CourseStatus, DueUnit, PathEvent, TaskStatus, TemplateStep
-from .roles import user_roles
+from .. import gates, signals
+from ..calendar import ClinicCalendar
+from ..errors import ConflictError, RuleViolation
+from ..models import (
+    CarePath,
+    CarePathStatus,
+    CarePathTemplate,
+    CareTask,
+    Course,
+    CourseStatus,
+    DueUnit,
+    PathEvent,
+    TaskStatus,
+    TemplateStep,
+)
+from ..roles import user_roles
 
-DEFAULTS_FILE = Path(__file__).resolve().parent / "data" / "carepath_templates.json"
+DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "data" / "carepath_templates.json"  # workflow/data/
 FINISHED = (TaskStatus.DONE, TaskStatus.SKIPPED, TaskStatus.CANCELLED)
 SATISFIED = (TaskStatus.DONE, TaskStatus.SKIPPED)
 LIVE = (TaskStatus.OPEN, TaskStatus.ON_HOLD)
@@ -720,5 +731,3 @@ signals.course_stopped.connect(_on_course_stopped, dispatch_uid="carepaths_cours
 post_migrate.connect(load_default_templates, sender=django_apps.get_app_config("workflow"), dispatch_uid="carepaths_default_templates")
 gates.register_gate(carepath_gate)
 gates.register_approval_gate(approval_gate)
-
-from . import carepath_admin  # noqa: E402,F401  (admin registration for templates and paths)

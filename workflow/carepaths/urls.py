@@ -1,8 +1,8 @@
-"""Care-path pages; include at the site root: ``path("", include("workflow.carepath_urls"))``."""
+"""Care-path pages; include at the site root: ``path("", include("workflow.carepaths.urls"))``."""
 
 from django.urls import path
 
-from . import carepath_views as views
+from . import views
 
 urlpatterns = [
     path("carepaths/worklist/", views.worklist, name="carepath-worklist"),

@@ -16,9 +16,9 @@ from django.core.exceptions import ValidationError
 from django.db import models
 from simple_history.models import HistoricalRecords
 
-from . import roles as _roles
-from .clinical import ClinicalRecord
-from .models import Course
+from .. import roles as _roles
+from ..clinical import ClinicalRecord
+from ..models import Course
 
 __all__ = [
     "CarePathTemplate",
@@ -73,7 +73,7 @@ class CarePathTemplate(models.Model):
         return (not self.intents or course.intent in self.intents) and (not self.techniques or course.technique in self.techniques)
 
     def clean(self):
-        from .models import Intent, Technique
+        from ..models import Intent, Technique
 
         errors = {}
         bad = [i for i in (self.intents or []) if i not in Intent.values]
