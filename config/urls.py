@@ -26,10 +26,10 @@ urlpatterns = [
     path("outcomes/", include("outcomes.urls")),
     path("api/", include("workflow.toxicity.api_urls")),
     path("api/", include("workflow.carepaths.api_urls")),
-    path("api/", include("workflow.api_urls")),
+    path("api/", include("workflow.pathway.api_urls")),
     path("", include("workflow.toxicity.urls")),
     path("", include("workflow.carepaths.urls")),
-    path("", include("workflow.urls")),
+    path("", include("workflow.pathway.urls")),
 ]
 
 # Under /api/ an unmatched URL (or an unforeseen error) answers JSON, as the OpenAPI schema documents.

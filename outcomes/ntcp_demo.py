@@ -1,4 +1,4 @@
-"""Demo pneumonitis that follows a dose-response (a ``workflow.demo`` extension: ``seed(rng=, today=, users=, courses=)``).
+"""Demo pneumonitis that follows a dose-response (a ``workflow.pathway.demo`` extension: ``seed(rng=, today=, users=, courses=)``).
 
 Runs after the planning extension, so every demo course has its approved plan and stored DVH. For each thoracic
 course (the QUANTEC model's sites) that finished radiotherapy at least 40 days ago and has no pneumonitis yet, the
@@ -13,7 +13,7 @@ import datetime as dt
 
 from workflow import roles
 from workflow.toxicity import services as tox
-from workflow.scheduling import local_datetime
+from workflow.pathway.scheduling import local_datetime
 from workflow.toxicity.models import ToxicityEvent
 
 from . import ntcp_services

@@ -38,7 +38,7 @@ from django.utils import timezone
 
 from workflow.errors import RuleViolation
 from workflow.models import AppointmentStatus, Course, Fraction, Treatment, TreatmentKind
-from workflow.scheduling import local_day
+from workflow.pathway.scheduling import local_day
 
 from . import disclosure
 from . import endpoints as ep

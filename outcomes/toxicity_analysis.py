@@ -10,7 +10,7 @@ toxicity domain's (``workflow.toxicity.services.phase`` / ``course_start`` / ``c
 from django.db.models import Max, Min, Q
 
 from workflow.models import AppointmentStatus, Course, CourseStatus, FollowUpVisit, TerminationReason
-from workflow.scheduling import local_day
+from workflow.pathway.scheduling import local_day
 from workflow.toxicity.models import ToxicityEvent, WeeklyReview
 from workflow.toxicity.services import ACUTE_WINDOW_DAYS, phase
 

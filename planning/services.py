@@ -38,7 +38,7 @@ from django.db import close_old_connections, connection, transaction
 from django.db.models import Q
 from django.utils import timezone
 
-from workflow import delivery, gates
+from workflow.pathway import delivery, gates
 from workflow.errors import ConflictError, RuleViolation
 from workflow.models import AppointmentStatus, CourseStatus
 

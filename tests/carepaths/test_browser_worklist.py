@@ -9,7 +9,7 @@ from django.utils import timezone
 from tests.browser.support import launch, login
 from tests.carepaths.conftest import make_course
 from workflow.carepaths import services as carepaths
-from workflow.calendar import ClinicCalendar
+from workflow.pathway.calendar import ClinicCalendar
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
 SCREENSHOT = "/tmp/radpath-carepath-board.png"

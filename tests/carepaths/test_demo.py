@@ -6,7 +6,7 @@ import random
 import pytest
 
 from workflow.carepaths import demo as carepath_demo, services as carepaths
-from workflow import demo
+from workflow.pathway import demo
 from workflow.models import CarePath, CareTask
 
 pytestmark = pytest.mark.django_db

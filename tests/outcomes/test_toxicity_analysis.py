@@ -11,7 +11,7 @@ from outcomes import services, toxicity_analysis
 from tests.conftest import make_course
 from workflow.toxicity import services as toxicity
 from workflow.models import Patient
-from workflow.scheduling import book_course
+from workflow.pathway.scheduling import book_course
 
 pytestmark = pytest.mark.django_db
 START = dt.date(2025, 3, 3)  # a Monday in the past: onsets must not be in the future

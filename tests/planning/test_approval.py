@@ -9,9 +9,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from planning import services
 from planning.models import Plan, PlanStatus
 from tests.conftest import make_course
-from workflow.delivery import clear_for_treatment, deliver_fraction, delivery_blockers
+from workflow.pathway.delivery import clear_for_treatment, deliver_fraction, delivery_blockers
 from workflow.errors import ConflictError, RuleViolation
-from workflow.scheduling import book_course, local_datetime
+from workflow.pathway.scheduling import book_course, local_datetime
 
 from .conftest import make_done_plan
 

@@ -78,7 +78,7 @@ def test_grade_3_hold_blocks_delivery_until_decision(api, booked_course):
 
 
 def test_review_worklist_and_complete(api, booked_course, therapist):
-    from workflow.delivery import deliver_fraction
+    from workflow.pathway.delivery import deliver_fraction
 
     today = timezone.localdate()
     for f in booked_course.fractions.filter(status="scheduled").order_by("number")[:6]:

@@ -7,7 +7,7 @@ import pytest
 from outcomes import toxicity_analysis as analysis
 from tests.toxicity.conftest import LATER, START
 from workflow.toxicity import services as tox
-from workflow.delivery import deliver_fraction, delivery_blockers
+from workflow.pathway.delivery import deliver_fraction, delivery_blockers
 from workflow.errors import ConflictError, RuleViolation
 from workflow.models import CourseHold, ToxicityEvent
 

@@ -7,7 +7,7 @@ from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
 from ..errors import RuleViolation
-from ..models import CarePath, CarePathTemplate, CareTask, TemplateStep
+from .models import CarePath, CarePathTemplate, CareTask, TemplateStep
 
 # workflow.admin gives every unregistered workflow model a generic admin (autodiscover runs before this module is
 # imported from WorkflowConfig.ready); these specific ones replace it.

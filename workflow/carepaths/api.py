@@ -25,7 +25,7 @@ from rest_framework.response import Response
 
 from . import services as carepaths
 from .. import params
-from ..models import CarePath, CarePathTemplate, CareTask, TemplateStep
+from .models import CarePath, CarePathTemplate, CareTask, TemplateStep
 
 IDENTIFIED = "workflow.view_identified"
 READ_TASKS = [IDENTIFIED, "workflow.view_caretask"]

@@ -1,6 +1,6 @@
 """Demo extension: every seeded course's care path, dated from what happened to the course.
 
-``seed(rng=, today=, users=, courses=)`` (``workflow.demo`` extension contract). Each course already has its path
+``seed(rng=, today=, users=, courses=)`` (``workflow.pathway.demo`` extension contract). Each course already has its path
 (started when the course was created) and the pathway events completed their steps; here each path is replayed from
 the course's real dates (``carepaths.replay_path``) with the manual steps (consult, contouring, planning, physics
 check, reviews, summaries) done at plausible times between them, mostly on time and some late. Courses before
@@ -13,8 +13,9 @@ from collections import Counter
 from django.utils import timezone
 
 from . import services as carepaths
-from ..calendar import ClinicCalendar
-from ..models import AppointmentStatus, CarePath, CourseStatus, TaskStatus
+from ..pathway.calendar import ClinicCalendar
+from ..pathway.models import AppointmentStatus, CourseStatus
+from .models import CarePath, TaskStatus
 
 
 def _path(course):
@@ -22,7 +23,7 @@ def _path(course):
 
 
 def replay_path(course, *, started_on, completions, users, today):
-    """``workflow.demo.DEMO_PATH_STEPS`` hook: date the course's care path while its story is seeded (started at the
+    """``workflow.pathway.demo.DEMO_PATH_STEPS`` hook: date the course's care path while its story is seeded (started at the
     consult, each step done on its day, events included)."""
     path = _path(course)
     if path is not None:
@@ -30,7 +31,7 @@ def replay_path(course, *, started_on, completions, users, today):
 
 
 def complete_steps(course, completions, *, users, today):
-    """``workflow.demo.DEMO_PATH_STEPS`` hook: complete the open manual steps in ``completions`` ({code: date}) that
+    """``workflow.pathway.demo.DEMO_PATH_STEPS`` hook: complete the open manual steps in ``completions`` ({code: date}) that
     are due by today, in order."""
     path = _path(course)
     if path is None:

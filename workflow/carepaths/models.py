@@ -18,7 +18,7 @@ from simple_history.models import HistoricalRecords
 
 from .. import roles as _roles
 from ..clinical import ClinicalRecord
-from ..models import Course
+from ..pathway.models import Course
 
 __all__ = [
     "CarePathTemplate",
@@ -35,7 +35,7 @@ ROLE_CHOICES = [(r, r.title()) for r in _roles.ROLES if r != _roles.RESEARCHER]
 
 
 class PathEvent(models.TextChoices):
-    """Pathway events (``workflow.signals``) that complete a step automatically."""
+    """Pathway events (``workflow.pathway.signals``) that complete a step automatically."""
 
     SIMULATION_COMPLETED = "simulation_completed", "Simulation visit recorded"
     COURSE_CLEARED = "course_cleared", "Plan approved (course cleared)"
@@ -73,7 +73,7 @@ class CarePathTemplate(models.Model):
         return (not self.intents or course.intent in self.intents) and (not self.techniques or course.technique in self.techniques)
 
     def clean(self):
-        from ..models import Intent, Technique
+        from ..pathway.models import Intent, Technique
 
         errors = {}
         bad = [i for i in (self.intents or []) if i not in Intent.values]

@@ -8,7 +8,7 @@ Rules:
 - A task opens when every step in its ``after`` list is done or skipped; its due date is ``due_days`` working days
   (clinic calendar: weekends, public holidays and closures skipped) or calendar days (moved to the next open day)
   after it opened, or after the completion of its ``due_anchor`` step.
-- Only a member of the task's role completes it by hand; a pathway event (``workflow.signals``) completes the task
+- Only a member of the task's role completes it by hand; a pathway event (``workflow.pathway.signals``) completes the task
   waiting for it whatever its state, dated the day the event happened. Reassign, hold and skip need the task's role
   or ``workflow.manage_caretask``; hold and skip need a reason. Every change is in the task's history with the user.
 - A task that blocks treatment keeps the course's fractions from being delivered from the day it opens until it is
@@ -32,21 +32,11 @@ from django.db.models import Q
 from django.db.models.signals import post_migrate, post_save
 from django.utils import timezone
 
-from .. import gates, signals
-from ..calendar import ClinicCalendar
+from ..pathway import gates, signals
+from ..pathway.calendar import ClinicCalendar
 from ..errors import ConflictError, RuleViolation
-from ..models import (
-    CarePath,
-    CarePathStatus,
-    CarePathTemplate,
-    CareTask,
-    Course,
-    CourseStatus,
-    DueUnit,
-    PathEvent,
-    TaskStatus,
-    TemplateStep,
-)
+from .models import CarePath, CarePathStatus, CarePathTemplate, CareTask, DueUnit, PathEvent, TaskStatus, TemplateStep
+from ..pathway.models import Course, CourseStatus
 from ..roles import user_roles
 
 DEFAULTS_FILE = Path(__file__).resolve().parents[1] / "data" / "carepath_templates.json"  # workflow/data/

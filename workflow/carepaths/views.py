@@ -22,7 +22,7 @@ from . import services as carepaths
 from .. import params
 from ..errors import RuleViolation
 from ..forms import service_error_text
-from ..models import CarePath, CareTask
+from .models import CarePath, CareTask
 from ..roles import user_roles
 
 ERRORS = (RuleViolation, DjangoValidationError, PermissionDenied)

@@ -14,7 +14,7 @@ from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
 from workflow.toxicity import services as tox
-from workflow.models import Course
+from workflow.pathway.models import Course
 from workflow.toxicity.models import ToxicityEvent
 
 register = template.Library()

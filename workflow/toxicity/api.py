@@ -22,8 +22,8 @@ from rest_framework.response import Response
 
 from . import ctcae
 from . import services as tox
-from ..api import ERRORS, VOID_DOC, PathwayViewSet, VoidOnDeleteMixin, live, truthy
-from ..models import Course
+from ..pathway.api import ERRORS, VOID_DOC, PathwayViewSet, VoidOnDeleteMixin, live, truthy
+from ..pathway.models import Course
 from ..params import query_date, query_id
 from .models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent, WeeklyReview
 

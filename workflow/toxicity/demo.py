@@ -1,4 +1,4 @@
-"""Demo side effects for the demo clinic (a ``workflow.demo`` extension: ``seed(rng=, today=, users=, courses=)``).
+"""Demo side effects for the demo clinic (a ``workflow.pathway.demo`` extension: ``seed(rng=, today=, users=, courses=)``).
 
 Realistic, deterministic from ``rng``:
 - common low-grade effects: fatigue (most courses), radiation dermatitis, nausea / diarrhoea / anorexia after
@@ -19,7 +19,7 @@ import datetime as dt
 
 from .. import roles
 from . import services as tox
-from ..scheduling import local_datetime
+from ..pathway.scheduling import local_datetime
 from .models import ActionTaken, CourseHold, HoldDecision, ToxicityEvent
 
 THORACIC_SITES = {"pleural_mesothelioma", "pericardial_mesothelioma", "lung"}

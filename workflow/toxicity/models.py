@@ -12,7 +12,7 @@ from django.utils import timezone
 
 from .. import roles
 from ..clinical import ClinicalRecord
-from ..models import Course
+from ..pathway.models import Course
 
 
 class Attribution(models.TextChoices):

@@ -10,7 +10,7 @@ Rules:
 - A non-baseline event at or above the hold threshold (``settings.RADPATH_HOLD_GRADE``, default 3, overridable per
   term with ``settings.RADPATH_HOLD_GRADE_BY_TERM``) on a course not yet completed or stopped puts the course on
   hold: a delivery gate blocks its next fractions until an oncologist records a decision — resume, modify (with
-  a note), or stop (with a reason; stops the course via ``workflow.delivery.stop_course``).
+  a note), or stop (with a reason; stops the course via ``workflow.pathway.delivery.stop_course``).
 - Weekly review k is due at the course's (5 x k)-th delivered fraction; its due date is that fraction's day (the
   booked day while it is not yet delivered, so missed fractions push it later). It is due on that day (booked
   or delivered) and overdue on later days once the fraction is delivered.
@@ -25,10 +25,10 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from . import ctcae
-from .. import gates
+from ..pathway import gates
 from ..errors import ConflictError, RuleViolation
-from ..models import AppointmentStatus, CourseStatus, TerminationReason
-from ..scheduling import local_day
+from ..pathway.models import AppointmentStatus, CourseStatus, TerminationReason
+from ..pathway.scheduling import local_day
 from .models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent, WeeklyReview
 
 DEFAULT_HOLD_GRADE = 3
@@ -285,7 +285,7 @@ def record_hold_decision(hold, *, decision, user, note="", today=None, now=None)
     if decision in (HoldDecision.MODIFY, HoldDecision.STOP) and not note:
         what = "how the plan is modified" if decision == HoldDecision.MODIFY else "why the course is stopped"
         raise RuleViolation(f"Say {what}.", field="note")
-    from ..delivery import stop_course
+    from ..pathway.delivery import stop_course
 
     with transaction.atomic():
         hold = CourseHold.objects.select_for_update().get(pk=hold.pk)
@@ -384,7 +384,7 @@ def reviews_due(*, today=None, user=None, mine=False, courses=None):
 
     ``mine=True`` keeps the courses ``user`` cleared for treatment (the responsible oncologist).
     """
-    from ..models import Course
+    from ..pathway.models import Course
 
     today = today or timezone.localdate()
     qs = courses if courses is not None else Course.objects.active()

@@ -20,7 +20,7 @@ from . import services as tox
 from ..errors import RuleViolation
 from ..forms import add_service_error, service_error_text
 from ..widgets import DateInput
-from ..models import Course, CourseStatus, Patient
+from ..pathway.models import Course, CourseStatus, Patient
 from ..params import parse_id
 from .models import ActionTaken, Attribution, CourseHold, HoldDecision, ToxicityEvent
 

@@ -1,7 +1,7 @@
-"""REST API for the care pathway (DRF viewsets, routed in ``workflow.api_urls``).
+"""REST API for the care pathway (DRF viewsets, routed in ``workflow.pathway.api_urls``).
 
 Views stay thin: every state change that carries a clinical or scheduling rule calls the service that owns it
-(``workflow.scheduling``, ``workflow.delivery``, ``workflow.followup``); the viewsets only parse input, check the
+(``workflow.pathway.scheduling``, ``workflow.pathway.delivery``, ``workflow.pathway.followup``); the viewsets only parse input, check the
 role permission (``required_perms``, see ``workflow.permissions``) and serialise the result.
 
 - Clinical records are never hard-deleted: ``DELETE`` voids them (who, when, why) or, for appointments whose
@@ -25,9 +25,9 @@ from rest_framework.response import Response
 
 from . import filters
 from . import serializers as s
-from .clinical import HardDeleteForbidden
-from .errors import ConflictError
-from .downloads import attachment
+from ..clinical import HardDeleteForbidden
+from ..errors import ConflictError
+from ..downloads import attachment
 from .ics import calendar_filename, patient_calendar_bytes
 from .models import (
     AppointmentStatus,
@@ -47,8 +47,8 @@ IDENTIFIED = "workflow.view_identified"
 
 
 def service(name):
-    """The service module ``workflow.<name>``, imported when first needed."""
-    return importlib.import_module(f"workflow.{name}")
+    """The pathway service module ``workflow.pathway.<name>``, imported when first needed."""
+    return importlib.import_module(f"{__package__}.{name}")
 
 
 def read_perms(model_name):

@@ -2,7 +2,7 @@
 
 Rules:
 - A fraction is delivered only if the course is cleared for treatment (plan approved) and no registered gate
-  (``workflow.gates``: toxicity hold, blocking care-path task, ...) blocks it; in order (it must be the lowest
+  (``workflow.pathway.gates``: toxicity hold, blocking care-path task, ...) blocks it; in order (it must be the lowest
   live number not yet delivered); once (a second attempt fails, even from a racing request); and not before its
   day.
 - Delivered dose and fractions remaining are derived from the delivered fractions, never stored twice.
@@ -19,7 +19,7 @@ from django.db.models import Count, Q, Sum
 from django.utils import timezone
 
 from . import gates, signals
-from .errors import RuleViolation
+from ..errors import RuleViolation
 from .models import AppointmentStatus, Course, CourseStatus, Fraction, TerminationReason
 from .scheduling import cancel_scheduled, local_day
 

@@ -16,7 +16,7 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from rest_framework import serializers
 
 from . import locking
-from .params import validate_date_window
+from ..params import validate_date_window
 from .models import (
     AppointmentStatus,
     Closure,

@@ -1,7 +1,7 @@
 """Clinic pages that register and edit the clinical records: patient (front desk / scheduler, oncologist),
 diagnosis, multimodal treatment and radiotherapy course (oncologist), and the prescription amendment.
 
-Views stay thin: the forms collect input, the model, ``workflow.locking`` and ``workflow.prescriptions`` hold the
+Views stay thin: the forms collect input, the model, ``workflow.pathway.locking`` and ``workflow.pathway.prescriptions`` hold the
 rules, and every save is audited with the request user (django-simple-history).
 """
 
@@ -14,8 +14,8 @@ from django.shortcuts import get_object_or_404, redirect, render
 from django.urls import reverse
 
 from . import prescriptions
-from .errors import RuleViolation
-from .forms import add_service_error
+from ..errors import RuleViolation
+from ..forms import add_service_error
 from .models import Course, Diagnosis, Patient, Treatment, TreatmentKind
 from .record_forms import AmendForm, CourseForm, DiagnosisForm, PatientForm, TreatmentForm
 from .views import identified

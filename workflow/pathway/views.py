@@ -1,6 +1,6 @@
 """Clinic pages: today's treatment list, patients and their pathway, course detail, scheduling and downtime forms.
 
-Views stay thin: they read, call the service that owns a rule (``workflow.scheduling``, ``workflow.delivery``),
+Views stay thin: they read, call the service that owns a rule (``workflow.pathway.scheduling``, ``workflow.pathway.delivery``),
 and show its complaint as a message or a form error. Every page needs identified-data access (researchers get 403);
 each action needs the permission its role table grants.
 """
@@ -20,8 +20,9 @@ from django.utils import timezone
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from . import calendar, delivery, params, scheduling
-from .errors import RuleViolation
+from . import calendar, delivery, scheduling
+from .. import params
+from ..errors import RuleViolation
 from .forms import (
     DowntimeForm,
     MissForm,
@@ -29,11 +30,10 @@ from .forms import (
     ScheduleForm,
     SimulationForm,
     StopCourseForm,
-    add_service_error,
-    service_error_text,
     treatment_machines,
 )
-from .downloads import attachment
+from ..forms import add_service_error, service_error_text
+from ..downloads import attachment
 from .ics import calendar_filename, patient_calendar_bytes
 from .models import AppointmentStatus, Course, Downtime, Fraction, Patient, SimulationVisit
 

@@ -87,7 +87,7 @@ from django.db import transaction
 from django.utils import timezone
 from simple_history.utils import bulk_update_with_history
 
-from . import roles
+from .. import roles
 from .calendar import ClinicCalendar
 from .delivery import clear_for_treatment, deliver_fraction, stop_course
 from .followup import propose_followups
@@ -107,7 +107,16 @@ from .models import (
     Treatment,
     TreatmentKind,
 )
-from .scheduling import add_downtime, book_course, book_simulation, complete_simulation, daily_list, local_datetime, local_day, mark_missed
+from .scheduling import (
+    add_downtime,
+    book_course,
+    book_simulation,
+    complete_simulation,
+    daily_list,
+    local_datetime,
+    local_day,
+    mark_missed,
+)
 
 DEMO_PASSWORD = "radpath-demo"
 DEMO_MRN_PREFIX = "RPD-"

@@ -2,8 +2,8 @@
 the prescription amendment.
 
 They collect input only. The rules are the model's own ``clean()`` (a surgery needs its type, total = N x d, a
-diagnosis of the same patient), ``workflow.locking`` (identity links never move, a started course's prescription
-is locked) and ``workflow.prescriptions`` (dose per fraction derived, defaults, amendments). Fields a rule locks are
+diagnosis of the same patient), ``workflow.pathway.locking`` (identity links never move, a started course's prescription
+is locked) and ``workflow.pathway.prescriptions`` (dose per fraction derived, defaults, amendments). Fields a rule locks are
 shown disabled, so a tampered POST cannot change them either (Django ignores posted values of disabled fields).
 """
 
@@ -12,10 +12,10 @@ from django.core.exceptions import ValidationError as DjangoValidationError
 from django.urls import reverse
 
 from . import locking, prescriptions
-from .errors import RuleViolation
-from .forms import add_service_error
+from ..errors import RuleViolation
+from ..forms import add_service_error
 from .models import Course, Diagnosis, Patient, Treatment, TreatmentKind
-from .widgets import DateInput
+from ..widgets import DateInput
 
 
 class PatientPicker(forms.Widget):
@@ -61,7 +61,7 @@ class PatientField(forms.ModelChoiceField):
 
 
 class LockedModelForm(forms.ModelForm):
-    """A ModelForm whose ``clean()`` applies ``workflow.locking`` to an edit before the model validates it."""
+    """A ModelForm whose ``clean()`` applies ``workflow.pathway.locking`` to an edit before the model validates it."""
 
     def clean(self):
         data = super().clean()

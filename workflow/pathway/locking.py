@@ -7,7 +7,7 @@ Rules (issue #13):
   A record entered for the wrong patient is voided and recorded again for the right one.
 - A course's prescription (dose, fractions, dose per fraction, technique, BID, intent, treated site) is locked once
   the course has started (any delivered fraction), is on treatment, completed or stopped. It then changes only
-  through an explicit, audited prescription amendment (``workflow.prescriptions.amend_prescription``); a plain
+  through an explicit, audited prescription amendment (``workflow.pathway.prescriptions.amend_prescription``); a plain
   edit is refused naming the field (409, code ``prescription_locked``).
 
 The API serializers and the clinic forms both call ``check_edit`` before saving, so the rule is the same whatever
@@ -16,7 +16,7 @@ the door.
 
 from django.core.exceptions import ValidationError
 
-from .errors import ConflictError
+from ..errors import ConflictError
 
 IDENTITY_FIELDS = ("patient", "course")
 """Links that fix whose record it is; never changed by an edit."""

@@ -10,7 +10,7 @@ import datetime as dt
 
 from django.utils import timezone
 
-from .params import in_window, window_message
+from ..params import in_window, window_message
 
 
 def _day(value):

@@ -25,9 +25,9 @@ from django.db import transaction
 
 from . import scheduling, signals
 from .calendar import ClinicCalendar
-from .errors import ConflictError
+from ..errors import ConflictError
 from .models import AppointmentStatus, Course, CourseStatus, Technique
-from .prescription_models import PrescriptionAmendment
+from .models import PrescriptionAmendment
 
 CENTIGRAY = Decimal("0.01")
 

@@ -2,7 +2,7 @@
 
 Rules (DOMAIN.md section 2):
 
-- One fraction a day on treatment days (Mon-Fri minus holidays and clinic closures, ``workflow.calendar``); a
+- One fraction a day on treatment days (Mon-Fri minus holidays and clinic closures, ``workflow.pathway.calendar``); a
   BID course gets two a day at least 6 h apart. A closed day shifts the course; it never doubles up.
 - A fraction goes on an active machine that supports the course's technique, inside its opening hours, outside its
   downtime, and never overlaps another appointment on that machine. The last rule is the database's: each
@@ -33,8 +33,8 @@ from django.utils import timezone
 from simple_history.utils import bulk_create_with_history
 
 from .calendar import ClinicCalendar
-from .errors import ConflictError, RuleViolation
-from .params import require_in_window
+from ..errors import ConflictError, RuleViolation
+from ..params import require_in_window
 from .models import (
     SLOT_MINUTES,
     AppointmentStatus,
