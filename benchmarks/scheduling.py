@@ -11,7 +11,7 @@ density; a realistic mix of 5 to 39
 fractions, 15/20/30-minute appointments, preferred times across the day) and reports:
 
 - courses and fractions booked per second (each ``book_course`` its own transaction, as in the application);
-- the daily-list query (``workflow.scheduling.daily_list(day)`` fully evaluated, patient and machine read) on the
+- the daily-list query (``workflow.pathway.scheduling.daily_list(day)`` fully evaluated, patient and machine read) on the
   busiest days, median over ``--list-runs`` runs, in ms and as a ratio to a trivial query (``Machine.objects.count()``
   and ``SELECT 1``) timed the same way on the same database in the same run;
 - peak RSS. The last line of output is one JSON object with every figure.
@@ -86,7 +86,7 @@ def setup_clinic(n_linacs, n_courses, rng):
 
 
 def working_days(first, count):
-    from workflow.calendar import ClinicCalendar
+    from workflow.pathway.calendar import ClinicCalendar
 
     calendar = ClinicCalendar()
     days, day = [], first
@@ -99,7 +99,7 @@ def working_days(first, count):
 
 def book_all(courses, rng):
     from workflow.models import Machine
-    from workflow.scheduling import book_course
+    from workflow.pathway.scheduling import book_course
 
     linacs = list(Machine.objects.order_by("name"))
     # A year of treatment days for the full load; a smaller load keeps the same density (courses started per
@@ -128,7 +128,7 @@ def measure_lists(runs):
     from django.utils import timezone
 
     from workflow.models import Fraction, Machine
-    from workflow.scheduling import daily_list
+    from workflow.pathway.scheduling import daily_list
 
     tz = timezone.get_current_timezone()
     busiest = list(

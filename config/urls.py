@@ -24,12 +24,12 @@ urlpatterns = [
     path("planning/", include("planning.urls")),
     path("api/outcomes/", include("outcomes.api_urls")),
     path("outcomes/", include("outcomes.urls")),
-    path("api/", include("workflow.toxicity_api_urls")),
-    path("api/", include("workflow.carepath_api_urls")),
-    path("api/", include("workflow.api_urls")),
-    path("", include("workflow.toxicity_urls")),
-    path("", include("workflow.carepath_urls")),
-    path("", include("workflow.urls")),
+    path("api/", include("workflow.toxicity.api_urls")),
+    path("api/", include("workflow.carepaths.api_urls")),
+    path("api/", include("workflow.pathway.api_urls")),
+    path("", include("workflow.toxicity.urls")),
+    path("", include("workflow.carepaths.urls")),
+    path("", include("workflow.pathway.urls")),
 ]
 
 # Under /api/ an unmatched URL (or an unforeseen error) answers JSON, as the OpenAPI schema documents.

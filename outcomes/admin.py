@@ -9,7 +9,7 @@ Assessments, measurements and deaths are clinical records: no delete permission 
 from django.contrib import admin, messages
 from simple_history.admin import SimpleHistoryAdmin
 
-from workflow.admin import ClinicalAdmin, VOID_FIELDS
+from workflow.pathway.admin import ClinicalAdmin, VOID_FIELDS
 
 from . import services
 from .models import CourseOutcome, CovariateValue, Death, FollowUpAssessment, LesionMeasurement, Registry, RegistryVariable

@@ -1,6 +1,6 @@
 """Demo outcomes: follow-up imaging with measurements, progressions, recurrences, deaths and last-known-alive dates.
 
-Called by the demo seeder (``workflow.demo``, extension contract there) as ``seed(rng=, today=, users=, courses=)``.
+Called by the demo seeder (``workflow.pathway.demo``, extension contract there) as ``seed(rng=, today=, users=, courses=)``.
 
 1. For every seeded course that has finished RT (phase ``completed`` or ``stopped``) it simulates the patient's
    course after RT; patients with a course still running (planned ... on treatment) stay alive.

@@ -159,7 +159,8 @@ TIMING_DATE_COLUMNS = ("consult_on", "sim_on", "plan_approved_on", "first_fracti
 def timing_frame(courses, with_patients=False):
     """Care-path timing of the cohort, de-identified: pseudonymous course IDs, no calendar dates (month kept).
     ``with_patients``: also return the patient ids the rows are about (for the minimum cohort and the ledger)."""
-    from workflow.carepaths import CarePath, carepath_timing_frame
+    from workflow.carepaths.models import CarePath
+    from workflow.carepaths.services import carepath_timing_frame
     from workflow.models import Course
 
     frame = carepath_timing_frame(CarePath.objects.active().filter(course__in=courses))

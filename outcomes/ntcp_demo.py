@@ -1,4 +1,4 @@
-"""Demo pneumonitis that follows a dose-response (a ``workflow.demo`` extension: ``seed(rng=, today=, users=, courses=)``).
+"""Demo pneumonitis that follows a dose-response (a ``workflow.pathway.demo`` extension: ``seed(rng=, today=, users=, courses=)``).
 
 Runs after the planning extension, so every demo course has its approved plan and stored DVH. For each thoracic
 course (the QUANTEC model's sites) that finished radiotherapy at least 40 days ago and has no pneumonitis yet, the
@@ -12,9 +12,9 @@ pneumonitis), a quarter of them worsen to grade 3 a few days later (steroids, ox
 import datetime as dt
 
 from workflow import roles
-from workflow import toxicity as tox
-from workflow.scheduling import local_datetime
-from workflow.toxicity_models import ToxicityEvent
+from workflow.toxicity import services as tox
+from workflow.pathway.scheduling import local_datetime
+from workflow.toxicity.models import ToxicityEvent
 
 from . import ntcp_services
 from .models import Death

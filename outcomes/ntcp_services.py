@@ -31,7 +31,7 @@ from django.utils import timezone
 from planning.models import Plan, PlanStatus, StructureDose
 from workflow.errors import RuleViolation
 from workflow.models import Course, CourseStatus
-from workflow.toxicity_models import ToxicityEvent
+from workflow.toxicity.models import ToxicityEvent
 
 from . import disclosure
 from . import deidentify, ntcp

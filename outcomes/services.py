@@ -38,7 +38,7 @@ from django.utils import timezone
 
 from workflow.errors import RuleViolation
 from workflow.models import AppointmentStatus, Course, Fraction, Treatment, TreatmentKind
-from workflow.scheduling import local_day
+from workflow.pathway.scheduling import local_day
 
 from . import bulk, covariates, disclosure
 from . import endpoints as ep
@@ -1035,7 +1035,7 @@ def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS, user=None)
     CIs; cumulative incidence of grade >= 3 toxicity from the start of RT with death as a competing risk
     (Aalen-Johansen). Aggregates only: no row identifies a patient.
     """
-    from workflow.toxicity import toxicity_summary
+    from .toxicity_analysis import toxicity_summary
 
     patients = cohort_patient_ids(courses)
     disclosure.check_cohort_size(len(patients))

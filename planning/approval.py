@@ -9,7 +9,7 @@ from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.utils import timezone
 
-from workflow import delivery, gates
+from workflow.pathway import delivery, gates
 from workflow.errors import ConflictError, RuleViolation
 from workflow.models import CourseStatus
 

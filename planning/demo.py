@@ -1,4 +1,4 @@
-"""Demo plans for the seeded clinic (extension of ``workflow.demo``; contract there).
+"""Demo plans for the seeded clinic (extension of ``workflow.pathway.demo``; contract there).
 
 - Every course that was cleared for treatment (phase approved, on treatment, completed, or stopped after
   clearance) gets an approved plan v1 (approved by the oncologist who cleared the course, when it was cleared),

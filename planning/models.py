@@ -18,7 +18,8 @@
 from django.conf import settings
 from django.db import models
 
-from workflow import gates, roles
+from workflow.pathway import gates
+from workflow import roles
 from workflow.clinical import ClinicalRecord
 from workflow.errors import RuleViolation
 from workflow.models import Course

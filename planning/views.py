@@ -16,7 +16,7 @@ from django.http import HttpResponse, JsonResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_POST
 
-from workflow import gates
+from workflow.pathway import gates
 from workflow.errors import RuleViolation
 from workflow.models import Course
 

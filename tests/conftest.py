@@ -61,7 +61,7 @@ def pass_blocking_checks(course):
     """Mark the course's pre-approval blocking care-path steps (physics plan check, prior-dose review) skipped, as
     checked outside the test: for tests of other rules (delivery order, dose, holds) that deliver fractions.
     The care-path tests keep them (``make_course(..., checks_done=False)``)."""
-    from workflow import carepaths
+    from workflow.carepaths import services as carepaths
     from workflow.models import CarePath, PathEvent, TaskStatus
 
     path = CarePath.objects.filter(course=course).first()

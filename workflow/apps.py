@@ -13,5 +13,7 @@ class WorkflowConfig(AppConfig):
 
         post_migrate.connect(roles.sync_role_groups, dispatch_uid="radpath-sync-role-groups")
 
-        from . import toxicity  # noqa: F401
-        from . import carepaths  # noqa: F401
+        # The domains on top of the pathway plug into it here: their services register delivery/approval gates and
+        # listen to the pathway's signals (workflow.pathway.gates / .signals).
+        from .toxicity import services as _toxicity  # noqa: F401
+        from .carepaths import services as _carepaths  # noqa: F401

@@ -12,7 +12,8 @@ parameter optimisation" step of commercial systems with the apertures held fixed
 * ``x >= 0`` is optimised with L-BFGS-B against the same dose objectives as the fluence optimisation
   (:class:`planning.engine.optimize.PlanningProblem` on a :class:`SegmentInfluence`, which exposes the
   ``DoseInfluence`` interface the problem needs), starting from the sequenced weights; max/min-dose
-  constraints use the same quadratic-penalty escalation as :func:`planning.engine.optimize.optimize`;
+  constraints use the same quadratic-penalty escalation as :func:`planning.engine.optimize.optimize` (one
+  loop for both, :class:`planning.engine.optimize.BoundedLBFGSB`);
 * by default the objective is that of the plan *as delivered*, i.e. renormalised to the prescription
   (:class:`NormalisedProblem`, ``F(x) = f(s(x) x)`` with ``s(x) = Rx / D95(x)``): the fluence optimiser
   minimises ``f`` and normalises afterwards, which trades target coverage for organ sparing in a way the
@@ -35,10 +36,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import scipy.sparse as sp
-from scipy.optimize import minimize
 
-from .optimize import (DoseCorrection, OptimizationCancelled, PlanningProblem, corrected_dose, normalise,
-                       single_threaded_blas)
+from .optimize import BoundedLBFGSB, DoseCorrection, PlanningProblem, corrected_dose, normalise
 from .pencilbeam import DEFAULT_MACHINE, DoseInfluence, InfluenceShape, mu_per_unit_weight
 from .sequencing import BeamSequence, Segment, sequence_plan
 
@@ -263,64 +262,25 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
     seg = segment_influence(dij, S)
     objs = [copy.copy(o) for o in objectives]
     normalised = bool(normalise_to) and target is not None and rx is not None
-    state = {"it": 0, "x": x0.copy()}
+    loop = BoundedLBFGSB(tol=tol, callback=callback, should_cancel=should_cancel)
 
     def problem(window=0.0):
         prob = PlanningProblem(seg, rows, objs, 0.0, correction)
         return NormalisedProblem(prob, seg, rows[target], rx, normalise_to, window) if normalised else prob
 
-    def cb(intermediate_result):
-        state["it"] += 1
-        state["x"] = np.asarray(intermediate_result.x).copy()
-        if callback is not None:
-            callback(state["it"], float(intermediate_result.fun))
-        if should_cancel is not None and should_cancel():
-            raise OptimizationCancelled()
+    def constraint_dose(prob, x):  # the constraints hold on the plan as it will be delivered (normalised)
+        return corrected_dose(seg, x * (prob.scale(x) if normalised else 1.0), correction)
 
-    def run(prob, x, free, iters):
-        """L-BFGS-B on the free segments (others held at zero); returns (x, message, cancelled)."""
-        idx = np.flatnonzero(free)
-
-        def fg(xf):
-            full = np.zeros(n_seg)
-            full[idx] = xf
-            f, g = prob.value_and_grad(full)
-            return f, g[idx]
-
-        state["x"] = x[idx].copy()
-        try:
-            with single_threaded_blas():  # see optimize.single_threaded_blas
-                res = minimize(fg, x[idx], jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * idx.size,
-                               callback=cb, options={"maxiter": iters, "ftol": tol, "gtol": 1e-10, "maxcor": 20})
-            xf, msg, cancelled = res.x, str(res.message), False
-        except OptimizationCancelled:
-            xf, msg, cancelled = state["x"], "cancelled", True
-        out = np.zeros(n_seg)
-        out[idx] = np.maximum(xf, 0.0)
-        return out, msg, cancelled
-
-    candidates = [x0]
-    x = x0.copy()
-    free = np.ones(n_seg, bool)
-    msg, cancelled = "", False
-    for rnd in range(constraint_rounds + 1):
-        prob = problem(window_pct)
-        x, msg, cancelled = run(prob, x, free, max_iter if rnd == 0 else max(max_iter // 2, 20))
-        candidates.append(x)
-        if cancelled:
-            break
-        d = np.asarray(corrected_dose(seg, x * (prob.scale(x) if normalised else 1.0), correction), np.float64)
-        broken = [o for o in objs if getattr(o, "constraint", False) and o.violated(d[rows[o.structure]])]
-        if not broken or rnd == constraint_rounds:
-            break
-        for o in broken:
-            o.weight *= penalty_growth
+    x, msg, cancelled, rounds = loop.solve(lambda: problem(window_pct), x0.copy(), objs, rows, constraint_dose,
+                                           max_iter=max_iter, constraint_rounds=constraint_rounds,
+                                           penalty_growth=penalty_growth, free=np.ones(n_seg, bool))
+    candidates = [x0, *rounds]
     # drop the segments the optimiser switched off (about zero MU) and re-polish the rest
     if not cancelled and x.max() > 0:
         keep = x > drop_rel * x.max()
         if not keep.all():
             x = np.where(keep, x, 0.0)
-            x, msg2, cancelled = run(problem(window_pct), x, keep, max(max_iter // 4, 20))
+            x, msg2, cancelled = loop.run(problem(window_pct), x, max(max_iter // 4, 20), keep)
             candidates.append(x)
             msg = f"{msg}; {int((~keep).sum())} segments dropped, re-polished: {msg2}"
     prob = problem()  # the exact objective (exact Dx) with the penalty weights in force at the end
@@ -337,7 +297,7 @@ def optimize_segment_weights(dij: DoseInfluence, seqs: list[BeamSequence], rows:
     new, w = _rebuild(seqs, x_best, keep, mu_units, S)
     return SegmentWeightResult(
         new, w, x_best[keep], f_start, values[best], objs, n_seg, int(keep.sum()), mu_before,
-        float(sum(s.mu for s in new)), state["it"], time.perf_counter() - t0, improved, cancelled, msg,
+        float(sum(s.mu for s in new)), loop.iterations, time.perf_counter() - t0, improved, cancelled, msg,
         normalised)
 
 

@@ -15,6 +15,8 @@
 * Progress: ``callback(iteration, objective)`` after each iteration; cancellation: ``should_cancel()``
   returning True (or the callback raising :class:`OptimizationCancelled`) stops the run and
   :class:`PlanResult` keeps the last iterate with ``cancelled=True``.
+* The loop (L-BFGS-B on ``w >= 0``, penalty continuation, progress, cancellation) is :class:`BoundedLBFGSB`; the
+  segment-weight optimisation of :mod:`planning.engine.aperture` runs the same loop on segment weights.
 * Normalisation to the prescription (:func:`normalise`): scale w so the primary target's D95 (or mean)
   equals Rx, the TG-119 convention.
 """
@@ -274,6 +276,90 @@ def normalise(dij: DoseInfluence, w: np.ndarray, target_rows: np.ndarray, rx: fl
     return float(rx / v) if v > 0 else 1.0
 
 
+class BoundedLBFGSB:
+    """The engine's optimisation loop, serving beamlet weights (:func:`optimize`) and segment weights
+    (:func:`planning.engine.aperture.optimize_segment_weights`) alike: L-BFGS-B on ``x >= 0`` with the problem's
+    analytic gradient (``problem.value_and_grad``), optionally with some entries held at zero, and the
+    quadratic-penalty continuation for constraints (:meth:`solve`). Progress: ``callback(iteration, objective)``
+    after each iteration, counted over every run of the loop (also kept in ``history``); cancellation:
+    ``should_cancel()`` returning True, or the callback raising :class:`OptimizationCancelled`, ends the run with
+    its last iterate."""
+
+    def __init__(self, *, tol: float = 1e-9, callback=None, should_cancel=None):
+        self.tol = tol
+        self.callback = callback
+        self.should_cancel = should_cancel
+        self.iterations = 0
+        self.history: list = []  # (iteration, objective)
+        self._last = None
+
+    def _iterate(self, intermediate_result):
+        self.iterations += 1
+        self._last = np.asarray(intermediate_result.x).copy()
+        fun = float(intermediate_result.fun)
+        self.history.append((self.iterations, fun))
+        if self.callback is not None:
+            self.callback(self.iterations, fun)
+        if self.should_cancel is not None and self.should_cancel():
+            raise OptimizationCancelled()
+
+    def run(self, problem, x, iters: int, free=None):
+        """One L-BFGS-B run from ``x`` of at most ``iters`` iterations over the entries where ``free`` is True (all
+        when None; the others are held at zero). Returns (x, message, cancelled)."""
+        x = np.asarray(x, np.float64)
+        if free is None:
+            idx, fg, start = None, problem.value_and_grad, x.copy()
+        else:
+            idx, n = np.flatnonzero(free), x.size
+
+            def fg(xf):
+                full = np.zeros(n)
+                full[idx] = xf
+                f, g = problem.value_and_grad(full)
+                return f, g[idx]
+
+            start = x[idx].copy()
+        self._last = start
+        try:
+            with single_threaded_blas():
+                res = minimize(fg, start, jac=True, method="L-BFGS-B", bounds=[(0.0, None)] * start.size,
+                               callback=self._iterate,
+                               options={"maxiter": iters, "ftol": self.tol, "gtol": 1e-10, "maxcor": 20})
+            xf, msg, cancelled = res.x, str(res.message), False
+        except OptimizationCancelled:
+            xf, msg, cancelled = self._last, "cancelled", True
+        xf = np.maximum(xf, 0.0)
+        if idx is None:
+            return xf, msg, cancelled
+        out = np.zeros(x.size)
+        out[idx] = xf
+        return out, msg, cancelled
+
+    def solve(self, make_problem, x, objectives: list, rows: dict, constraint_dose, *, max_iter: int,
+              constraint_rounds: int, penalty_growth: float, free=None):
+        """Runs with the penalty continuation: while a constraint of ``objectives`` (``Objective.constraint``) is
+        broken on ``constraint_dose(problem, x)``, its weight is multiplied by ``penalty_growth`` and the run
+        warm-starts (at most ``constraint_rounds`` further rounds of ``max_iter // 2``, at least 20, iterations).
+        ``make_problem()`` gives each round's problem (after the escalation of the round before). Returns
+        (x, message, cancelled, the x at the end of every round)."""
+        rounds: list = []
+        msg, cancelled = "", False
+        for rnd in range(constraint_rounds + 1):
+            prob = make_problem()
+            x, msg, cancelled = self.run(prob, x, max_iter if rnd == 0 else max(max_iter // 2, 20), free)
+            rounds.append(x)
+            if cancelled:
+                break
+            d = constraint_dose(prob, x)
+            broken = [o for o in objectives if getattr(o, "constraint", False)
+                      and o.violated(np.asarray(d[rows[o.structure]], np.float64))]
+            if not broken or rnd == constraint_rounds:
+                break
+            for o in broken:
+                o.weight *= penalty_growth
+        return x, msg, cancelled, rounds
+
+
 def optimize(dij: DoseInfluence, rows: dict[str, np.ndarray], objectives: list[Objective], *,
              target: str | None = None, rx: float | None = None, x0=None, max_iter: int = 300,
              smoothing: float = 0.0, callback=None, should_cancel=None, constraint_rounds: int = 4,
@@ -289,46 +375,16 @@ def optimize(dij: DoseInfluence, rows: dict[str, np.ndarray], objectives: list[O
             x0 = np.ones(dij.n_beamlets)
         else:
             x0 = initial_weights(dij, rows[target], rx)
-    x = np.asarray(x0, np.float64).copy()
-    history: list = []
-    state = {"it": 0, "x": x}
     t0 = time.perf_counter()
-
-    def cb(intermediate_result):
-        state["it"] += 1
-        state["x"] = np.asarray(intermediate_result.x).copy()
-        history.append((state["it"], float(intermediate_result.fun)))
-        if callback is not None:
-            callback(state["it"], float(intermediate_result.fun))
-        if should_cancel is not None and should_cancel():
-            raise OptimizationCancelled()
-
-    cancelled = False
-    msg = ""
-    bounds = [(0.0, None)] * dij.n_beamlets
-    for rnd in range(constraint_rounds + 1):
-        try:
-            with single_threaded_blas():
-                res = minimize(prob.value_and_grad, x, jac=True, method="L-BFGS-B", bounds=bounds, callback=cb,
-                               options={"maxiter": max_iter if rnd == 0 else max(max_iter // 2, 20), "ftol": tol,
-                                        "gtol": 1e-10, "maxcor": 20})
-            x = res.x
-            msg = str(res.message)
-        except OptimizationCancelled:
-            x = state["x"]
-            cancelled = True
-            msg = "cancelled"
-            break
-        d = prob.dose(x)
-        broken = [o for o in prob.objectives if o.constraint and o.violated(d[rows[o.structure]].astype(float))]
-        if not broken or rnd == constraint_rounds:
-            break
-        for o in broken:
-            o.weight *= penalty_growth
+    loop = BoundedLBFGSB(tol=tol, callback=callback, should_cancel=should_cancel)
+    x, msg, cancelled, _ = loop.solve(lambda: prob, np.asarray(x0, np.float64).copy(), prob.objectives, rows,
+                                      lambda p, w: p.dose(w), max_iter=max_iter, constraint_rounds=constraint_rounds,
+                                      penalty_growth=penalty_growth)
     f = prob.value(x)
     scale = 1.0
     if normalise_to and target is not None and rx is not None:
         scale = normalise(dij, x, rows[target], rx, normalise_to, correction)
         x = x * scale
-    return PlanResult(weights=x, dose=corrected_dose(dij, x, correction), objective=f, history=history, iterations=state["it"],
-                      seconds=time.perf_counter() - t0, cancelled=cancelled, message=msg, scale=scale)
+    return PlanResult(weights=x, dose=corrected_dose(dij, x, correction), objective=f, history=loop.history,
+                      iterations=loop.iterations, seconds=time.perf_counter() - t0, cancelled=cancelled, message=msg,
+                      scale=scale)

@@ -5,7 +5,7 @@ import datetime as dt
 from django.utils import timezone
 
 from tests.conftest import PASSWORD
-from workflow import calendar
+from workflow.pathway import calendar
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",

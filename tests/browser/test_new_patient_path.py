@@ -15,7 +15,7 @@ from django.utils import timezone
 from planning.models import Plan
 from tests.browser.support import launch, login
 from tests.planning.conftest import media_root, workers  # noqa: F401 (fixtures)
-from workflow import calendar, scheduling
+from workflow.pathway import calendar, scheduling
 from workflow.models import Course, Patient
 
 SCREENSHOT = "/tmp/radpath-new-patient-course.png"

@@ -7,7 +7,7 @@ import pytest
 from django.utils import timezone
 
 from tests.browser.support import last_treatment_day, launch, login
-from workflow import delivery, scheduling
+from workflow.pathway import delivery, scheduling
 
 SCREENSHOT = "/tmp/radpath-treatment-list.png"
 

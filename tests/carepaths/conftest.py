@@ -6,7 +6,7 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import make_course as _make_course
-from workflow.carepaths import replay_path
+from workflow.carepaths.services import replay_path
 from workflow.models import CarePathTemplate
 
 MONDAY = dt.date(2027, 3, 1)  # a plain fortnight: no US federal holiday between 1 and 12 March 2027

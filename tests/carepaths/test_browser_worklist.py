@@ -8,8 +8,8 @@ from django.utils import timezone
 
 from tests.browser.support import launch, login
 from tests.carepaths.conftest import make_course
-from workflow import carepaths
-from workflow.calendar import ClinicCalendar
+from workflow.carepaths import services as carepaths
+from workflow.pathway.calendar import ClinicCalendar
 
 os.environ["DJANGO_ALLOW_ASYNC_UNSAFE"] = "true"  # Playwright's sync API runs an event loop in this thread
 SCREENSHOT = "/tmp/radpath-carepath-board.png"

@@ -5,7 +5,8 @@ import random
 
 import pytest
 
-from workflow import carepath_demo, carepaths, demo
+from workflow.carepaths import demo as carepath_demo, services as carepaths
+from workflow.pathway import demo
 from workflow.models import CarePath, CareTask
 
 pytestmark = pytest.mark.django_db

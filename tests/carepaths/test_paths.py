@@ -9,11 +9,11 @@ from django.core.exceptions import PermissionDenied
 from tests.carepaths.conftest import MONDAY, restart, task
 from tests.carepaths.conftest import make_course
 from tests.conftest import make_user
-from workflow import carepaths
-from workflow.delivery import clear_for_treatment, deliver_fraction, stop_course
+from workflow.carepaths import services as carepaths
+from workflow.pathway.delivery import clear_for_treatment, deliver_fraction, stop_course
 from workflow.errors import RuleViolation
 from workflow.models import CarePath, Closure, TaskStatus
-from workflow.scheduling import book_course, book_simulation, complete_simulation, local_datetime
+from workflow.pathway.scheduling import book_course, book_simulation, complete_simulation, local_datetime
 
 pytestmark = pytest.mark.django_db
 LATER = local_datetime(dt.date(2027, 6, 1), dt.time(12))

@@ -7,7 +7,7 @@ import pytest
 
 from tests.carepaths.conftest import restart
 from tests.carepaths.conftest import make_course
-from workflow import carepaths
+from workflow.carepaths import services as carepaths
 from workflow.models import Patient
 
 pytestmark = pytest.mark.django_db

@@ -5,6 +5,6 @@ from django.urls import include, path
 from config.urls import urlpatterns as site_urlpatterns
 
 urlpatterns = [
-    path("api/", include("workflow.carepath_api_urls")),
-    path("", include("workflow.carepath_urls")),
+    path("api/", include("workflow.carepaths.api_urls")),
+    path("", include("workflow.carepaths.urls")),
 ] + list(site_urlpatterns)

@@ -216,7 +216,7 @@ def test_registry_upload_page_reports_lines(oncologist):
 
 
 def test_grade3_toxicity_column_and_cohort_filter(cohort, researcher):
-    """Toxicity events come from ``workflow.toxicity_models`` (installed): a grade >= 3 column and a cohort filter."""
+    """Toxicity events come from ``workflow.toxicity.models`` (installed): a grade >= 3 column and a cohort filter."""
     from outcomes.cohorts import CohortFilter
     from workflow.models import ToxicityEvent
 

@@ -17,7 +17,7 @@ from planning import services as plan_services
 from planning.models import GeometrySource, Plan, PlanMethod, PlanStatus, StructureDose
 from tests.conftest import PASSWORD, make_course
 from workflow.models import Course, Diagnosis, Patient, ToxicityEvent
-from workflow.scheduling import book_course
+from workflow.pathway.scheduling import book_course
 
 pytestmark = pytest.mark.django_db
 TODAY = dt.date(2027, 6, 2)

@@ -7,11 +7,11 @@ import io
 import pytest
 from django.contrib.auth.models import Group, User
 
-from outcomes import services
+from outcomes import services, toxicity_analysis
 from tests.conftest import make_course
-from workflow import toxicity
+from workflow.toxicity import services as toxicity
 from workflow.models import Patient
-from workflow.scheduling import book_course
+from workflow.pathway.scheduling import book_course
 
 pytestmark = pytest.mark.django_db
 START = dt.date(2025, 3, 3)  # a Monday in the past: onsets must not be in the future
@@ -89,7 +89,7 @@ def test_toxicity_frame_reads_the_cohort_in_a_fixed_number_of_queries(cohort, on
         p = Patient.objects.create(mrn=f"TOX{i}", given_name="T", family_name=f"Case{i}", birth_date=dt.date(1950, 1, 1))
         book_course(make_course(p, fractions=5), START, allow_past=True)
     with django_assert_max_num_queries(8):
-        frame = toxicity.toxicity_frame(Course.objects.all())
+        frame = toxicity_analysis.toxicity_frame(Course.objects.all())
     courses = frame.attrs["courses"].set_index("course_id")
     assert len(courses) == 8
     a, b = cohort[0], cohort[1]

@@ -9,9 +9,9 @@ from django.core.exceptions import PermissionDenied, ValidationError
 from planning import services
 from planning.models import Plan, PlanStatus
 from tests.conftest import make_course
-from workflow.delivery import clear_for_treatment, deliver_fraction, delivery_blockers
+from workflow.pathway.delivery import clear_for_treatment, deliver_fraction, delivery_blockers
 from workflow.errors import ConflictError, RuleViolation
-from workflow.scheduling import book_course, local_datetime
+from workflow.pathway.scheduling import book_course, local_datetime
 
 from .conftest import make_done_plan
 
@@ -133,7 +133,7 @@ def _physics_check(course):
 
 def test_approval_is_refused_while_the_blocking_physics_check_is_open(clinic, cshape_course, users, client):
     """The care path's physics plan check blocks approval: 409 naming the step, the page says so, nothing changes."""
-    from workflow import carepaths
+    from workflow.carepaths import services as carepaths
 
     course = make_course(cshape_course.patient, cshape_course.diagnosis, fractions=5, dose=Decimal("4.00"), checks_done=False)
     plan = make_done_plan(course, users["physicist"])

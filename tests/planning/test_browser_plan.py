@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from planning.models import Plan
 from tests.browser.support import launch, last_treatment_day, login
-from workflow import scheduling
+from workflow.pathway import scheduling
 
 SCREENSHOT = "/tmp/radpath-plan-review.png"
 

@@ -14,8 +14,8 @@ import pytest
 
 from planning import services
 from tests.conftest import make_course
-from workflow.delivery import deliver_fraction
-from workflow.scheduling import book_course, local_datetime
+from workflow.pathway.delivery import deliver_fraction
+from workflow.pathway.scheduling import book_course, local_datetime
 
 from .conftest import make_done_plan
 

@@ -4,8 +4,8 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import make_course
-from workflow.delivery import clear_for_treatment
-from workflow.scheduling import book_course, local_datetime
+from workflow.pathway.delivery import clear_for_treatment
+from workflow.pathway.scheduling import book_course, local_datetime
 
 START = dt.date(2027, 3, 1)  # a Monday
 LATER = local_datetime(dt.date(2027, 9, 1), dt.time(12, 0))

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 
 from tests.workflow_api.conftest import api, booked_course  # noqa: F401
-from workflow import toxicity as tox
+from workflow.toxicity import services as tox
 from workflow.models import CourseHold, ToxicityEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.toxicity.urls")]
@@ -78,7 +78,7 @@ def test_grade_3_hold_blocks_delivery_until_decision(api, booked_course):
 
 
 def test_review_worklist_and_complete(api, booked_course, therapist):
-    from workflow.delivery import deliver_fraction
+    from workflow.pathway.delivery import deliver_fraction
 
     today = timezone.localdate()
     for f in booked_course.fractions.filter(status="scheduled").order_by("number")[:6]:

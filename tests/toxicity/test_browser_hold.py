@@ -8,7 +8,7 @@ import pytest
 from django.utils import timezone
 
 from tests.browser.support import last_treatment_day, launch, login
-from workflow import delivery, scheduling
+from workflow.pathway import delivery, scheduling
 from workflow.models import CourseHold, ToxicityEvent
 
 SCREENSHOT = "/tmp/radpath-toxicity-hold.png"

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from workflow import ctcae
+from workflow.toxicity import ctcae
 from workflow.errors import RuleViolation
 
 DOMAIN_TERMS = [

@@ -7,11 +7,11 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import make_course
-from workflow import toxicity as tox
-from workflow import toxicity_demo
-from workflow.delivery import clear_for_treatment, deliver_fraction, stop_course
+from workflow.toxicity import services as tox
+from workflow.toxicity import demo as toxicity_demo
+from workflow.pathway.delivery import clear_for_treatment, deliver_fraction, stop_course
 from workflow.models import CourseHold, Patient, ToxicityEvent
-from workflow.scheduling import book_course, local_datetime
+from workflow.pathway.scheduling import book_course, local_datetime
 
 pytestmark = pytest.mark.django_db
 TODAY = dt.date(2027, 6, 2)  # a Wednesday

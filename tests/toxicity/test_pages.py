@@ -8,7 +8,7 @@ from django.test import RequestFactory
 from django.utils import timezone
 
 from tests.workflow_api.conftest import booked_course, web  # noqa: F401
-from workflow import toxicity as tox
+from workflow.toxicity import services as tox
 from workflow.models import CourseHold, ToxicityEvent
 
 pytestmark = [pytest.mark.django_db, pytest.mark.urls("tests.toxicity.urls")]
@@ -81,7 +81,7 @@ def test_regrade_and_resolve_from_the_course_page(web, booked_course, oncologist
 
 
 def test_review_worklist_page_and_completion(web, booked_course, therapist):
-    from workflow.delivery import deliver_fraction
+    from workflow.pathway.delivery import deliver_fraction
 
     for f in booked_course.fractions.filter(status="scheduled").order_by("number")[:5]:
         deliver_fraction(f, user=therapist)

@@ -7,10 +7,10 @@ import pytest
 
 from tests.conftest import make_course
 from tests.toxicity.conftest import LATER, START
-from workflow import toxicity as tox
-from workflow.delivery import clear_for_treatment, deliver_fraction
+from workflow.toxicity import services as tox
+from workflow.pathway.delivery import clear_for_treatment, deliver_fraction
 from workflow.errors import ConflictError, RuleViolation
-from workflow.scheduling import book_course, mark_missed
+from workflow.pathway.scheduling import book_course, mark_missed
 
 pytestmark = pytest.mark.django_db
 
@@ -81,7 +81,7 @@ def test_stopped_course_only_keeps_reviews_of_delivered_fractions(clinic, patien
     book_course(course, START, allow_past=True)
     clear_for_treatment(course, user=oncologist)
     deliver(course, 6, therapist)
-    from workflow.delivery import stop_course
+    from workflow.pathway.delivery import stop_course
 
     stop_course(course, reason="toxicity", user=oncologist, on_date=dt.date(2027, 3, 9))
     rows = tox.reviews_due(today=dt.date(2027, 3, 10))

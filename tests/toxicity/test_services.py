@@ -4,9 +4,10 @@ import datetime as dt
 
 import pytest
 
+from outcomes import toxicity_analysis as analysis
 from tests.toxicity.conftest import LATER, START
-from workflow import toxicity as tox
-from workflow.delivery import deliver_fraction, delivery_blockers
+from workflow.toxicity import services as tox
+from workflow.pathway.delivery import deliver_fraction, delivery_blockers
 from workflow.errors import ConflictError, RuleViolation
 from workflow.models import CourseHold, ToxicityEvent
 
@@ -178,7 +179,7 @@ def test_toxicity_frame_feeds_the_statistics(treated, oncologist, therapist, pat
     ev = log(treated, oncologist, term="Fatigue", grade=1, onset_date=dt.date(2027, 3, 8))
     tox.regrade(ev, grade=2, on_date=dt.date(2027, 3, 10), user=oncologist, today=TODAY)
     log(treated, oncologist, term="Pneumonitis", grade=3, onset_date=dt.date(2027, 7, 1))
-    frame = tox.toxicity_frame(Course.objects.filter(pk__in=[treated.pk, untreated.pk]))
+    frame = analysis.toxicity_frame(Course.objects.filter(pk__in=[treated.pk, untreated.pk]))
     assert len(frame) == 3 and set(frame["course_id"]) == {treated.pk}
     assert sorted(frame["grade"]) == [1, 2, 3]
     assert list(frame.sort_values("onset_date")["phase"]) == ["acute", "acute", "late"]
@@ -186,7 +187,7 @@ def test_toxicity_frame_feeds_the_statistics(treated, oncologist, therapist, pat
     assert list(courses["course_id"]) == [treated.pk]
     assert str(courses["rt_end"].iloc[0].date()) == "2027-03-12"
     assert str(courses["last_followup_date"].iloc[0].date()) == "2027-07-01"
-    summary = tox.toxicity_summary(Course.objects.all())
+    summary = analysis.toxicity_summary(Course.objects.all())
     worst = summary["worst"]
     assert worst[(worst.term == "Fatigue") & (worst.phase == "acute")]["worst_grade"].item() == 2
     rates = summary["rates"]["any"].set_index("term")
@@ -201,8 +202,8 @@ def test_frame_uses_recorded_death_as_competing_risk(treated, oncologist, therap
 
     deliver(treated, 10, therapist)
     Death.objects.create(patient=patient, date=dt.date(2027, 5, 1))
-    frame = tox.toxicity_frame(Course.objects.filter(pk=treated.pk))
+    frame = analysis.toxicity_frame(Course.objects.filter(pk=treated.pk))
     courses = frame.attrs["courses"]
     assert str(courses["death_date"].iloc[0].date()) == "2027-05-01" and frame.empty
-    cif = tox.toxicity_summary(Course.objects.filter(pk=treated.pk))["cumulative_incidence"]
+    cif = analysis.toxicity_summary(Course.objects.filter(pk=treated.pk))["cumulative_incidence"]
     assert cif.cif_competing[-1] == pytest.approx(1.0) and cif.cif[-1] == 0

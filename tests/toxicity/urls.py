@@ -5,7 +5,7 @@ from django.urls import include, path
 from config.urls import urlpatterns as project_urlpatterns
 
 urlpatterns = [
-    path("api/", include("workflow.toxicity_api_urls")),
-    path("", include("workflow.toxicity_urls")),
+    path("api/", include("workflow.toxicity.api_urls")),
+    path("", include("workflow.toxicity.urls")),
     *project_urlpatterns,
 ]

@@ -8,7 +8,7 @@ import datetime as dt
 
 import pytest
 
-from workflow.calendar import ClinicCalendar
+from workflow.pathway.calendar import ClinicCalendar
 
 
 def walk(calendar, start, end):

@@ -6,12 +6,12 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import make_course
-from workflow import gates
-from workflow.delivery import clear_for_treatment, course_progress, deliver_fraction, stop_course
+from workflow.pathway import gates
+from workflow.pathway.delivery import clear_for_treatment, course_progress, deliver_fraction, stop_course
 from workflow.errors import RuleViolation
-from workflow.followup import followup_schedule
+from workflow.pathway.followup import followup_schedule
 from workflow.models import MachineSlot
-from workflow.scheduling import book_course, local_datetime, mark_missed
+from workflow.pathway.scheduling import book_course, local_datetime, mark_missed
 
 pytestmark = pytest.mark.django_db
 LATER = local_datetime(dt.date(2027, 6, 1), dt.time(12, 0))  # "now" after every fraction of these courses

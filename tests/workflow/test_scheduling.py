@@ -11,7 +11,15 @@ from django.utils import timezone
 from tests.conftest import make_course
 from workflow.errors import ConflictError, RuleViolation
 from workflow.models import Closure, Fraction, Machine, MachineSlot, Patient
-from workflow.scheduling import add_downtime, book_course, local_datetime, local_day, mark_missed, move_fraction, treatment_time
+from workflow.pathway.scheduling import (
+    add_downtime,
+    book_course,
+    local_datetime,
+    local_day,
+    mark_missed,
+    move_fraction,
+    treatment_time,
+)
 
 pytestmark = pytest.mark.django_db
 

@@ -11,8 +11,9 @@ from django.contrib.auth.models import User
 from django.core.management import call_command
 from django.utils import timezone
 
-from workflow import demo, roles
-from workflow.calendar import ClinicCalendar, public_holiday
+from workflow.pathway import demo
+from workflow import roles
+from workflow.pathway.calendar import ClinicCalendar, public_holiday
 from workflow.models import (
     AppointmentStatus,
     Closure,
@@ -28,7 +29,7 @@ from workflow.models import (
     SimulationVisit,
     Treatment,
 )
-from workflow.scheduling import daily_list, local_day
+from workflow.pathway.scheduling import daily_list, local_day
 
 pytestmark = pytest.mark.django_db
 WEDNESDAY = dt.date(2027, 3, 10)

@@ -6,7 +6,7 @@ import pytest
 from django.utils import timezone
 from rest_framework.test import APIClient
 
-from workflow import delivery, scheduling
+from workflow.pathway import delivery, scheduling
 
 
 def past_monday(weeks=3):

@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from workflow import scheduling
-from workflow.calendar import is_treatment_day
+from workflow.pathway import scheduling
+from workflow.pathway.calendar import is_treatment_day
 
 from .conftest import first_scheduled, future_monday
 
@@ -131,7 +131,7 @@ def test_simulation_booked_and_completed(api, course, clinic):
 @pytest.mark.django_db
 def test_single_fraction_course_completes_and_proposes_followups(api, patient, clinic, oncologist):
     from tests.conftest import make_course
-    from workflow import delivery
+    from workflow.pathway import delivery
 
     from .conftest import past_monday
 

@@ -122,7 +122,7 @@ def test_delivery_out_of_order_is_refused(api, booked_course):
 
 @pytest.mark.django_db
 def test_delivery_of_an_uncleared_course_is_refused(api, course, clinic):
-    from workflow import scheduling
+    from workflow.pathway import scheduling
 
     scheduling.book_course(course, past_monday(), allow_past=True)
     fraction = first_scheduled(course)
@@ -165,7 +165,7 @@ def test_scheduling_twice_is_a_conflict(api, course, clinic):
 @pytest.mark.django_db
 def test_moving_onto_a_taken_slot_is_a_conflict(api, booked_course, patient, clinic):
     from tests.conftest import make_course
-    from workflow import scheduling
+    from workflow.pathway import scheduling
 
     mine = booked_course.fractions.filter(status="scheduled").order_by("starts_at").last()
     day = scheduling.local_day(mine.starts_at)
@@ -203,7 +203,7 @@ def test_simulation_on_a_linac_is_400_on_machine(api, course, clinic):
 
 @pytest.mark.django_db
 def test_closing_a_day_with_booked_fractions_is_a_conflict(api, booked_course):
-    from workflow import scheduling
+    from workflow.pathway import scheduling
     from workflow.models import Closure
 
     day = scheduling.local_day(booked_course.fractions.filter(status="scheduled").order_by("starts_at").last().starts_at)

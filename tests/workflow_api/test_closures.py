@@ -11,8 +11,8 @@ import pytest
 from django.contrib.auth.models import User
 from django.test import Client
 
-from workflow import scheduling
-from workflow.calendar import ClinicCalendar
+from workflow.pathway import scheduling
+from workflow.pathway.calendar import ClinicCalendar
 from workflow.models import Closure
 
 

@@ -7,7 +7,7 @@ from decimal import Decimal
 import pytest
 
 from tests.conftest import make_course
-from workflow import delivery
+from workflow.pathway import delivery
 from workflow.models import Course, Diagnosis, Patient, PrescriptionAmendment, Treatment
 
 pytestmark = pytest.mark.django_db
@@ -221,7 +221,7 @@ def test_admin_edit_of_a_started_course_is_refused_on_the_field(started):
 
 
 def test_simulation_visit_never_moves_to_another_course(api, course, clinic, other_patient):
-    from workflow import scheduling
+    from workflow.pathway import scheduling
 
     visit = scheduling.book_simulation(course, scheduling.local_datetime(dt.date(2027, 3, 2), dt.time(9, 0)), clinic["ct"])
     elsewhere = make_course(other_patient)

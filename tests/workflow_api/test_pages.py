@@ -8,7 +8,7 @@ from django.test import Client
 from django.urls import reverse
 
 from tests.conftest import make_course
-from workflow import scheduling
+from workflow.pathway import scheduling
 from workflow.models import Closure, Downtime, SimulationVisit, Treatment
 
 from .conftest import first_scheduled, future_monday, past_monday
@@ -161,7 +161,7 @@ def test_patient_page_shows_the_whole_pathway(web, booked_course, patient, diagn
     Treatment.objects.create(patient=patient, diagnosis=diagnosis, kind="surgery", surgery_type="pd", start_date=dt.date(2026, 7, 1))
     Treatment.objects.create(patient=patient, diagnosis=diagnosis, kind="chemotherapy", agent="Cisplatin/pemetrexed", start_date=dt.date(2026, 7, 20))
     scheduling.book_simulation(booked_course, scheduling.local_datetime(future_monday(), dt.time(8)), clinic["ct"])
-    from workflow import delivery
+    from workflow.pathway import delivery
 
     delivery.deliver_fraction(first_scheduled(booked_course), user=booked_course.plan_approved_by)
     scheduling.mark_missed(first_scheduled(booked_course), reason="Unwell")

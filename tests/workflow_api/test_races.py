@@ -1,7 +1,7 @@
 """Booking, downtime and closures raced through the API (issue 13: on PostgreSQL a downtime recorded while bookings
 ran left 2 fractions inside it, and a closure left 4 fractions on a closed day).
 
-Rule (workflow.scheduling): the three serialise on the machines they touch, so whatever order the database picks,
+Rule (workflow.pathway.scheduling): the three serialise on the machines they touch, so whatever order the database picks,
 no scheduled fraction is inside a downtime or on a closed day, no machine holds two overlapping fractions, every
 booking is whole or refused, and a refusal is a clean 409 naming its code. Each round 22 requests (16 bookings, 4
 downtimes, 2 closures) start together from 22 threads on their own database connections; three rounds on
@@ -17,7 +17,7 @@ from rest_framework.test import APIClient
 
 from tests.conftest import make_course
 from workflow.models import Closure, Downtime, Fraction, Patient
-from workflow.scheduling import local_day
+from workflow.pathway.scheduling import local_day
 
 from .conftest import future_monday
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 from django.urls import reverse
 
-from workflow import delivery
+from workflow.pathway import delivery
 from workflow.models import Course, Diagnosis, Patient, PrescriptionAmendment, Treatment
 
 pytestmark = pytest.mark.django_db
@@ -206,9 +206,9 @@ def test_every_date_and_time_widget_renders_iso(settings):
     from django import forms as django_forms
 
     from outcomes.forms import AnalysisForm, AssessmentForm
-    from workflow.forms import DowntimeForm, ScheduleForm, SimulationForm
-    from workflow.record_forms import CourseForm, DiagnosisForm, PatientForm, TreatmentForm
-    from workflow.toxicity_views import HoldDecisionForm, RegradeForm, ResolveForm, ReviewForm, ToxicityForm
+    from workflow.pathway.forms import DowntimeForm, ScheduleForm, SimulationForm
+    from workflow.pathway.record_forms import CourseForm, DiagnosisForm, PatientForm, TreatmentForm
+    from workflow.toxicity.views import HoldDecisionForm, RegradeForm, ResolveForm, ReviewForm, ToxicityForm
 
     day, time = dt.date(2026, 11, 3), dt.time(9, 5)
     checked = 0

@@ -9,7 +9,7 @@ import datetime as dt
 import pytest
 from django.urls import reverse
 
-from workflow import scheduling
+from workflow.pathway import scheduling
 from workflow.models import Fraction
 
 from .conftest import first_scheduled, future_monday

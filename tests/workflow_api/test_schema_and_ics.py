@@ -102,7 +102,7 @@ def test_calendar_includes_simulation_and_followups(api, patient, clinic, oncolo
     from decimal import Decimal
 
     from tests.conftest import make_course
-    from workflow import delivery, scheduling
+    from workflow.pathway import delivery, scheduling
 
     from .conftest import future_monday, past_monday
 

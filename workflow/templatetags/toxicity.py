@@ -13,9 +13,9 @@ from django import template
 from django.urls import NoReverseMatch, reverse
 from django.utils.html import format_html
 
-from workflow import toxicity as tox
-from workflow.models import Course
-from workflow.toxicity_models import ToxicityEvent
+from workflow.toxicity import services as tox
+from workflow.pathway.models import Course
+from workflow.toxicity.models import ToxicityEvent
 
 register = template.Library()
 

@@ -1,4 +1,4 @@
-"""``manage.py seed_demo``: load the demo clinic (see ``workflow.demo``) and print the logins.
+"""``manage.py seed_demo``: load the demo clinic (see ``workflow.pathway.demo``) and print the logins.
 
 Idempotent: on a database that already holds the demo it only ensures the users and prints the logins again.
 """
@@ -9,7 +9,7 @@ import json
 from django.core.management.base import BaseCommand, CommandError
 from django.test.utils import override_settings
 
-from workflow import demo
+from workflow.pathway import demo
 
 
 class Command(BaseCommand):
