@@ -28,7 +28,7 @@ import numpy as np
 import pandas as pd
 from scipy import stats
 
-from .survival import _clean
+from .survival import _clean, split_by_labels
 
 
 def _as_cr(durations, causes):
@@ -143,12 +143,8 @@ def cumulative_incidence_by_group(durations, causes, groups, cause: int = 1,
                                   conf_level: float = 0.95) -> dict[str, CumulativeIncidence]:
     """:func:`cumulative_incidence` per distinct group value (missing groups dropped), keyed ``str(value)``."""
     t, c = np.asarray(durations, dtype=float), np.asarray(causes, dtype=float)
-    g = np.asarray(groups, dtype=object)
-    has = ~pd.isna(g)
-    codes, uniques = pd.factorize(g[has], sort=True)
-    t, c = t[has], c[has]
-    return {str(u): cumulative_incidence(t[codes == i], c[codes == i], cause, conf_level, str(u))
-            for i, u in enumerate(uniques)}
+    return {label: cumulative_incidence(tg, cg, cause, conf_level, label)
+            for label, (tg, cg) in split_by_labels(groups, t, c)}
 
 
 # --------------------------------------------------------------------------------------------

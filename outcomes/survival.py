@@ -354,16 +354,24 @@ def kaplan_meier_by_group(
                                   conf_type, conf_level)
 
 
+def split_by_labels(groups, *arrays):
+    """Yield ``(str(value), [array[value's rows] ...])`` per distinct group value, missing values dropped, in the
+    sorted order of the values: the per-group split every by-group estimator uses."""
+    g = np.asarray(groups, dtype=object)
+    has = ~pd.isna(g)
+    codes, uniques = pd.factorize(g[has], sort=True)
+    kept = [np.asarray(a)[has] for a in arrays]
+    for i, u in enumerate(uniques):
+        rows = codes == i
+        yield str(u), [a[rows] for a in kept]
+
+
 def kaplan_meier_by_labels(durations, events, groups, conf_type: str = "log",
                            conf_level: float = 0.95) -> dict[str, KaplanMeier]:
     """:func:`kaplan_meier_by_group` on plain arrays: one curve per distinct group value (missing dropped), keyed
     ``str(value)`` in the order of the values."""
-    t, e, g = np.asarray(durations), np.asarray(events), np.asarray(groups, dtype=object)
-    has = ~pd.isna(g)
-    codes, uniques = pd.factorize(g[has], sort=True)
-    t, e = t[has], e[has]
-    return {str(u): kaplan_meier(t[codes == i], e[codes == i], conf_type, conf_level, str(u))
-            for i, u in enumerate(uniques)}
+    return {label: kaplan_meier(t, e, conf_type, conf_level, label)
+            for label, (t, e) in split_by_labels(groups, durations, events)}
 
 
 @dataclass

@@ -30,6 +30,7 @@ CHECKS = "not_a_server_error,status_code_conformance,content_type_conformance,re
 # 16 minutes on a shared 2-core machine: opt in with RADPATH_SCHEMATHESIS_PHASES=examples,coverage,fuzzing,stateful.
 PHASES = os.environ.get("RADPATH_SCHEMATHESIS_PHASES", "examples,fuzzing,stateful")
 MAX_EXAMPLES = int(os.environ.get("RADPATH_SCHEMATHESIS_EXAMPLES", "3"))
+WORKERS = os.environ.get("RADPATH_SCHEMATHESIS_WORKERS", "1")  # concurrent requests (the live server is threaded)
 ROLES = ("oncologist", "scheduler")
 CONFIG = Path(__file__).with_name("schemathesis.toml")
 
@@ -44,11 +45,11 @@ def run_schemathesis(base, headers, report):
     st = Path(sys.executable).with_name("st")
     command = [str(st), "--config-file", str(CONFIG), "--no-color", "run", f"{base}/api/schema/?format=json",
                "--checks", CHECKS, "--phases", PHASES, "--max-examples", str(MAX_EXAMPLES), "--seed", "13",
-               "--generation-deterministic", "--workers", "1", "--request-timeout", "120",
+               "--generation-deterministic", "--workers", WORKERS, "--request-timeout", "120",
                "--report", "junit", "--report-junit-path", str(report)]
     for name, value in headers.items():
         command += ["-H", f"{name}: {value}"]
-    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=int(os.environ.get("RADPATH_SCHEMATHESIS_TIMEOUT", "900")))
 
 
 @pytest.mark.parametrize("role", ROLES)
