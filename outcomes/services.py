@@ -900,20 +900,18 @@ def censoring_notes(days, events, endpoint) -> list[str]:
     return notes
 
 
-def _cox(df, dcol, ecol, group_by, terms=None, strata=(), variables=None, group_order=None, labels=None, notes=None):
-    """Cox PH on the chosen ``terms`` (default: the grouping, age and sex), each categorical one dummy-coded
-    against its first level (sex: male = 1; a registry covariate: the first level of its data dictionary present
-    in the cohort; a covariate grouping: its first group), with ``strata`` as separate baselines. A term without
-    variation in the cohort is left out, as before. Numeric covariates enter as they are. ``labels`` receives
-    the covariate terms' display names; ``notes`` how many patients lacked a covariate value (left out)."""
-    data = pd.DataFrame({dcol: df[dcol], ecol: df[ecol]})
-    covs = []
-    terms = list(COX_DEFAULT_TERMS if terms is None else terms)
+def _design(df, group_by, terms, variables=None, group_order=None, labels=None, notes=None):
+    """Numeric model columns for ``terms`` and their names, as every regression here codes them: the grouping and
+    categorical terms dummy-coded against their first level (a registry covariate: the first level of its data
+    dictionary present in the cohort; a covariate grouping: its first group; otherwise the first in sorted order),
+    numeric covariates as their values, age in years, sex as male = 1. A term without variation in the cohort is
+    left out. ``labels`` receives the covariate terms' display names; ``notes`` why age is missing."""
+    data, covs = pd.DataFrame(index=df.index), []
     variables = variables or {}
     labels = {} if labels is None else labels
 
     def dummies(var, order=None):
-        if df[var].nunique() < 2:
+        if var not in df.columns or df[var].nunique() < 2:
             return
         present = set(df[var].dropna().astype(str).unique())
         levels = [lvl for lvl in order if lvl in present] if order else sorted(present)
@@ -925,11 +923,19 @@ def _cox(df, dcol, ecol, group_by, terms=None, strata=(), variables=None, group_
             if var in variables:
                 labels[name] = f"{var}: {lvl} (vs {levels[0]})"
 
+    def numeric(term):
+        v = variables.get(term)
+        if v is not None:
+            return v.kind == "numeric"
+        return covariates.is_key(term) and term in df.columns and pd.api.types.is_float_dtype(df[term])
+
     for term in terms:
         if term == "group":
             if group_by:
                 dummies(group_by, group_order)
         elif term == "age":
+            if "age_years" not in df.columns:
+                continue
             if df["age_years"].notna().any() and df["age_years"].nunique() > 1:
                 data["age_years"] = df["age_years"].astype(float)
                 covs.append("age_years")
@@ -938,20 +944,30 @@ def _cox(df, dcol, ecol, group_by, terms=None, strata=(), variables=None, group_
         elif term == group_by and "group" in terms:
             continue  # already in the model as the grouping
         elif term == "sex":
-            if df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
+            if "sex" in df.columns and df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
                 data["sex=M"] = (df["sex"] == "M").astype(float)
                 covs.append("sex=M")
-        elif term in variables and variables[term].kind == "numeric":
+        elif numeric(term):
             values = df[f"{term}__num"] if f"{term}__num" in df.columns else df[term]
             if values.nunique() > 1:
                 data[term] = values.astype(float)
                 covs.append(term)
-                v = variables[term]
-                labels[term] = f"{term} (per {v.unit})" if v.unit else f"{term} (per unit)"
+                if term in variables:
+                    unit = variables[term].unit
+                    labels[term] = f"{term} (per {unit})" if unit else f"{term} (per unit)"
         elif term in variables:
             dummies(term, variables[term].levels)
         else:
             dummies(term)
+    return data, covs
+
+
+def _cox(df, dcol, ecol, group_by, terms=None, strata=(), variables=None, group_order=None, labels=None, notes=None):
+    """Cox PH on the chosen ``terms`` (default: the grouping, age and sex), coded by :func:`_design`, with
+    ``strata`` as separate baselines. ``notes`` also says how many patients lacked a term's value (left out)."""
+    terms = list(COX_DEFAULT_TERMS if terms is None else terms)
+    design, covs = _design(df, group_by, terms, variables, group_order, labels, notes)
+    data = pd.concat([pd.DataFrame({dcol: df[dcol], ecol: df[ecol]}), design], axis=1)
     for var in strata:
         data[f"strata:{var}"] = df[var].astype(str).where(df[var].notna())
     strata_cols = [f"strata:{v}" for v in strata]
@@ -1122,40 +1138,8 @@ def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covari
 
 
 def _model_design(df, group_by, terms):
-    """Numeric model columns for ``terms`` as the Cox model codes them: the grouping and categorical variables
-    dummy-coded against their first level, numeric covariates as their values, age in years, sex as male = 1.
-    Terms without variation are left out."""
-    data, covs = pd.DataFrame(index=df.index), []
-
-    def dummies(var):
-        if var not in df.columns or df[var].nunique() < 2:
-            return
-        for lvl in sorted(df[var].dropna().astype(str).unique())[1:]:
-            name = f"{var}={lvl}"
-            data[name] = (df[var].astype(str) == lvl).astype(float).where(df[var].notna())
-            covs.append(name)
-
-    for term in terms:
-        if term == "group":
-            if group_by:
-                dummies(group_by)
-        elif term == "age":
-            if "age_years" in df.columns and df["age_years"].nunique() > 1:
-                data["age_years"] = df["age_years"].astype(float)
-                covs.append("age_years")
-        elif term == group_by and "group" in terms:
-            continue
-        elif term == "sex":
-            if "sex" in df.columns and df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
-                data["sex=M"] = (df["sex"] == "M").astype(float)
-                covs.append("sex=M")
-        elif covariates.is_key(term) and term in df.columns and pd.api.types.is_float_dtype(df[term]):
-            if df[term].nunique() > 1:  # a numeric covariate enters as its value, as in the Cox model
-                data[term] = df[term].astype(float)
-                covs.append(term)
-        else:
-            dummies(term)
-    return data, covs
+    """The methods' (Fine-Gray, IPTW) model columns for ``terms``: :func:`_design`, as the Cox model codes them."""
+    return _design(df, group_by, terms)
 
 
 def _competing_causes(df, endpoint, dcol, ecol):
