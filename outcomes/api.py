@@ -67,7 +67,8 @@ ANALYSIS_PARAMS = COHORT_PARAMS + [
                      "a Fine-Gray model on the Cox terms (os: cancer death vs other; pfs: progression vs death; lc/ttr: "
                      "failure vs death without it)"),
     OpenApiParameter("iptw_covariates", str, description="IPTW-weighted KM and marginal HR between the two groups, "
-                     "propensity on these terms (comma-separated, from: " + ", ".join(services.IPTW_TERMS) + ")"),
+                     "propensity on these terms (comma-separated, from: " + ", ".join(services.IPTW_TERMS) + " and "
+                     "covariates <registry>.<variable>, coded as for the Cox model; not the grouping itself)"),
 ]
 
 

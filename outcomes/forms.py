@@ -134,6 +134,7 @@ class AnalysisForm(forms.Form):
         self.fields["group_by"].choices += [(v.key, f"{v.key} ({v.description})") for v in variables]
         self.fields["cox_terms"].choices += [(v.key, v.key) for v in variables]
         self.fields["cox_strata"].choices += [(v.key, v.key) for v in variables if v.kind == "categorical"]
+        self.fields["iptw_covariates"].choices += [(v.key, v.key) for v in variables]
         if services.toxicity_model() is None:
             del self.fields["min_toxicity_grade"]
             self.fields["group_by"].choices = [c for c in self.fields["group_by"].choices if c[0] != "grade3_toxicity"]

@@ -664,6 +664,9 @@ class AnalysisResult:
     extra_sets: list = field(default_factory=list)  # patient sets of further outputs (the landmark's at-risk set)
     covariates: list = field(default_factory=list)  # the data-dictionary entries of the covariates used
     term_labels: dict = field(default_factory=dict)
+    variables: dict = field(default_factory=dict)  # key -> RegistryVariable of every covariate the analysis uses
+    group_order: list | None = None  # a covariate grouping's levels in dictionary order (reference first)
+    cox_strata: list = field(default_factory=list)  # the strata the researcher chose
 
     def released_sets(self):
         """Patient ids each shown result covers: every group shown, or the whole analysed cohort."""
@@ -796,15 +799,20 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
         raise RuleViolation(f"conf_type must be one of {', '.join(CI_METHODS)}.", field="conf_type")
     cox_terms, cox_strata = parse_cox_choice(cox_terms, cox_strata, group_by)
     methods = parse_methods(rmst_tau, landmark_days, competing, iptw_covariates, landmark_by)
+    if group_by and group_by in methods["iptw_covariates"]:
+        raise RuleViolation(f"iptw_covariates: {group_by} is the grouping the weights balance; it cannot also be a "
+                            "propensity term.", field="iptw_covariates")
     with_terms = cox or methods["competing"]  # the Fine-Gray model takes the Cox terms
     cox_vars = ({t for t in (cox_terms or COX_DEFAULT_TERMS) if t not in ("group", "age")} | set(cox_strata)
                 if with_terms else set())
     variables = {k: covariates.resolve(k, "cox_terms") for k in sorted(cox_vars) if covariates.is_key(k)}
     if group_var is not None:
         variables[group_by] = group_var
+    for key, var in methods["iptw_variables"].items():
+        variables.setdefault(key, var)
     method_vars = {t for t in methods["iptw_covariates"] if t != "age"}
     columns = ({group_by} - {""} | ({"sex", "birth_date"} | cox_vars if with_terms else set())) - set(variables)
-    columns |= method_vars | ({"birth_date"} if "age" in methods["iptw_covariates"] else set())
+    columns |= (method_vars - set(variables)) | ({"birth_date"} if "age" in methods["iptw_covariates"] else set())
     if methods["competing"] and endpoint == "os":
         columns.add("death_cause")
     wanted = (endpoint, "os") if methods["competing"] and endpoint in ("lc", "ttr") else (endpoint,)
@@ -862,7 +870,8 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
         curves = {"all": sv.kaplan_meier(t, e, conf_type, label="all")}
     result = AnalysisResult(endpoint, time_zero, conf_type, group_by, len(usable), excluded, curves, usable, notes=notes,
                             suppressed_groups=suppressed,
-                            covariates=[covariates.describe_variable(v) for v in variables.values()])
+                            covariates=[covariates.describe_variable(v) for v in variables.values()],
+                            variables=variables, group_order=group_order, cox_strata=list(cox_strata))
     if group_by and len(curves) >= 2:
         has = ~pd.isna(g)
         result.logrank = sv.logrank_test(t[has], e[has], g[has])
@@ -1091,7 +1100,9 @@ COMPETING_CAUSES = {
     "lc": ("local failure", "death without local failure"),
     "ttr": ("recurrence", "death without recurrence"),
 }
-IPTW_TERMS = COX_TERMS[1:]  # age and the grouping variables (dummy-coded); not the grouping itself
+# IPTW propensity terms: age and the grouping variables (dummy-coded), not the grouping itself; and any registry
+# covariate <registry>.<variable> (numeric as is, categorical as dummies against the dictionary's first level)
+IPTW_TERMS = COX_TERMS[1:]
 
 
 def _positive_days(value, name, allow_zero=False):
@@ -1113,7 +1124,8 @@ LANDMARK_BY = {"": "the grouping (fixed at baseline)",
 
 def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covariates=None, landmark_by=None):
     """The researcher's extra methods, checked (RuleViolation naming the field): RMST horizon and landmark in days,
-    the landmark's grouping, competing risks on/off, IPTW covariates from ``IPTW_TERMS``."""
+    the landmark's grouping, competing risks on/off, IPTW covariates from ``IPTW_TERMS`` or registry covariates
+    ``<registry>.<variable>`` (resolved in ``iptw_variables``)."""
     landmark_by = landmark_by or ""
     if landmark_by not in LANDMARK_BY:
         raise RuleViolation(f"landmark_by must be one of {', '.join(k for k in LANDMARK_BY if k)} (or empty).",
@@ -1126,20 +1138,22 @@ def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covari
     if isinstance(covs, str):
         covs = [c.strip() for c in covs.split(",") if c.strip()]
     covs = list(dict.fromkeys(covs or []))
-    unknown = [c for c in covs if c not in IPTW_TERMS]
+    unknown = [c for c in covs if c not in IPTW_TERMS and not covariates.is_key(c)]
     if unknown:
-        raise RuleViolation(f"unknown iptw_covariates {', '.join(unknown)}: choose from {', '.join(IPTW_TERMS)}.",
-                            field="iptw_covariates")
+        raise RuleViolation(f"unknown iptw_covariates {', '.join(unknown)}: choose from {', '.join(IPTW_TERMS)} or a "
+                            "covariate <registry>.<variable>.", field="iptw_covariates")
+    iptw_variables = {c: covariates.resolve(c, "iptw_covariates") for c in covs if c not in IPTW_TERMS}
     landmark = _positive_days(landmark_days, "landmark_days", allow_zero=True)
     if landmark_by and landmark is None:
         raise RuleViolation("landmark_by needs landmark_days.", field="landmark_by")
     return {"rmst_tau": _positive_days(rmst_tau, "rmst_tau"), "landmark_days": landmark, "landmark_by": landmark_by,
-            "competing": bool(competing), "iptw_covariates": covs}
+            "competing": bool(competing), "iptw_covariates": covs, "iptw_variables": iptw_variables}
 
 
-def _model_design(df, group_by, terms):
-    """The methods' (Fine-Gray, IPTW) model columns for ``terms``: :func:`_design`, as the Cox model codes them."""
-    return _design(df, group_by, terms)
+def _model_design(df, group_by, terms, variables=None, group_order=None, labels=None):
+    """The methods' (Fine-Gray, IPTW) model columns for ``terms``: :func:`_design`, as the Cox model codes them
+    (with the analysis' ``variables`` a categorical covariate's reference is its dictionary's first level)."""
+    return _design(df, group_by, terms, variables, group_order, labels)
 
 
 def _competing_causes(df, endpoint, dcol, ecol):
@@ -1279,7 +1293,9 @@ def _competing_block(result, usable, dcol, ecol, terms):
     if g is not None and len(pd.unique(g[~pd.isna(g)])) >= 2:
         out["gray"] = [dict(cr.gray_test(t, cause, g, code).to_dict(), cause_label=name)
                        for code, name in ((1, names[0]), (2, names[1]))]
-    design, covs = _model_design(usable, result.group_by, list(COX_DEFAULT_TERMS if terms is None else terms))
+    labels = dict(result.term_labels)
+    design, covs = _model_design(usable, result.group_by, list(COX_DEFAULT_TERMS if terms is None else terms),
+                                 result.variables, result.group_order, labels)
     events = int((cause == 1).sum())
     if not covs or events < 5 * len(covs):
         out["fine_gray_error"] = (f"Too few events of {names[0]} ({events}) for a Fine-Gray model with {len(covs)} "
@@ -1292,7 +1308,7 @@ def _competing_block(result, usable, dcol, ecol, terms):
             cs = sv.cox_ph(frame.assign(_cs=(cause == 1).astype(int)), "_t", "_cs", covs)
         out["cause_specific"] = cs.to_dict()
         for term in out["cause_specific"]["terms"]:
-            term["label"] = covariate_label(term["covariate"])
+            term["label"] = labels.get(term["covariate"]) or covariate_label(term["covariate"])
     except Exception as exc:  # noqa: BLE001 - reported, as for the Cox model
         logger.info("cause-specific Cox failed: %s", exc)
         out["cause_specific_error"] = COX_FAILED.replace("Cox model", "cause-specific Cox model")
@@ -1304,18 +1320,21 @@ def _competing_block(result, usable, dcol, ecol, terms):
         return out
     fgd = fg.to_dict()
     for term in fgd["terms"]:
-        term["label"] = covariate_label(term["covariate"])
+        term["label"] = labels.get(term["covariate"]) or covariate_label(term["covariate"])
     out["fine_gray"] = fgd
     return out
 
 
-def _iptw_block(result, usable, dcol, ecol, covariates):
+def _iptw_block(result, usable, dcol, ecol, terms):
+    """IPTW between the two groups shown, the propensity on ``terms`` coded by :func:`_design` as the Cox model codes
+    them (registry covariates: numeric as is, categorical against the dictionary's first level)."""
     from . import iptw
 
     if not result.group_by or len(result.curves) != 2:
         raise RuleViolation("IPTW-weighted curves compare exactly two groups: choose a grouping with two groups "
                             "shown.", field="iptw_covariates")
-    design, covs = _model_design(usable, result.group_by, covariates)
+    labels = {}
+    design, covs = _model_design(usable, result.group_by, terms, result.variables, labels=labels)
     if not covs:
         raise RuleViolation("none of the chosen iptw_covariates varies in this cohort.", field="iptw_covariates")
     frame = design.assign(_t=usable[dcol].to_numpy(dtype=float), _e=usable[ecol].to_numpy(),
@@ -1335,7 +1354,7 @@ def _iptw_block(result, usable, dcol, ecol, covariates):
         grp["median_months"] = {k2: (None if med.get(k2) is None else med[k2] / ep.DAYS_PER_MONTH)
                                 for k2 in ("median", "lower", "upper")}
     out["groups"] = list(out["groups"].values())
-    out["covariate_labels"] = [covariate_label(c) for c in covs]
+    out["covariate_labels"] = [labels.get(c) or covariate_label(c) for c in covs]
     out["covariates"] = covs
     out["method"] = ("propensity by logistic regression, stabilised weights; weighted Kaplan-Meier with "
                      "infinitesimal-jackknife SE (R survfit with weights); marginal HR from the weighted Cox model "
