@@ -77,14 +77,21 @@ def cohort_from(request):
     return CohortFilter.for_user(request.query_params, request.user).queryset()
 
 
+def _terms(q, name):
+    """A list parameter given comma-separated (``cox_terms=group,age``) or repeated, as the analysis page's links
+    write it (``cox_terms=group&cox_terms=age``): all its values, comma-joined; None when absent."""
+    values = q.getlist(name) if hasattr(q, "getlist") else [q[name]] if name in q else []
+    return ",".join(values) if values else None
+
+
 def analysis_from(request):
     q = request.query_params
     return services.analyze(
         cohort_from(request), endpoint=q.get("endpoint", "os"), time_zero=q.get("time_zero", "rt_start"),
         group_by=q.get("group_by", ""), conf_type=q.get("conf_type", "log"), user=request.user,
-        cox_terms=q.get("cox_terms"), cox_strata=q.get("cox_strata"), group_cuts=q.get("group_cuts"),
+        cox_terms=_terms(q, "cox_terms"), cox_strata=_terms(q, "cox_strata"), group_cuts=q.get("group_cuts"),
         rmst_tau=q.get("rmst_tau"), landmark_days=q.get("landmark_days"), competing=q.get("competing"),
-        iptw_covariates=q.get("iptw_covariates"), landmark_by=q.get("landmark_by"),
+        iptw_covariates=_terms(q, "iptw_covariates"), landmark_by=q.get("landmark_by"),
     )
 
 
@@ -259,6 +266,25 @@ class ExportView(APIView):
             cohort_from(request), table=table, fmt=fmt, time_zero=request.query_params.get("time_zero", "rt_start"),
             user=request.user,
         )
+        resp = HttpResponse(data, content_type=content_type)
+        attachment(resp, filename)
+        return resp
+
+
+class AnalysisExportView(APIView):
+    """The analysis as one de-identified ZIP (``outcomes.exports.analysis_bundle``): result JSON, KM and Cox forest
+    figures (PNG + SVG), manifest and README; same parameters as the survival analysis, same disclosure checks."""
+
+    required_perms = {"read": [ANALYSIS, DEIDENTIFIED]}
+
+    @extend_schema(parameters=ANALYSIS_PARAMS, responses={(200, "application/zip"): OpenApiTypes.BINARY})
+    def get(self, request):
+        result = analysis_from(request)
+        q = request.query_params
+        params = {p.name: (q.getlist(p.name) if len(q.getlist(p.name)) > 1 else q.get(p.name))
+                  for p in ANALYSIS_PARAMS if p.name in q}
+        data, content_type, filename = exports.analysis_bundle(
+            result, cohort=CohortFilter.for_user(q, request.user).describe(), parameters=params)
         resp = HttpResponse(data, content_type=content_type)
         attachment(resp, filename)
         return resp

@@ -20,6 +20,7 @@ urlpatterns = [
     re_path(r"^survival/plot\.(?P<fmt>png|svg)$", api.SurvivalPlotView.as_view(), name="outcomes-survival-plot"),
     re_path(r"^survival/forest\.(?P<fmt>png|svg)$", api.ForestPlotView.as_view(), name="outcomes-forest-plot"),
     re_path(r"^swimmer\.(?P<fmt>png|svg)$", api.SwimmerPlotView.as_view(), name="outcomes-swimmer-plot"),
+    path("exports/analysis.zip", api.AnalysisExportView.as_view(), name="outcomes-export-analysis"),
     re_path(r"^exports/(?P<table>patients|assessments|toxicity|timing|dvh)\.(?P<fmt>csv|parquet|json)$", api.ExportView.as_view(),
             name="outcomes-export"),
     path("import/", api.RegistryImportView.as_view(), name="outcomes-api-import"),

@@ -18,6 +18,14 @@ Every table covers at least ``RADPATH_MIN_COHORT`` patients and, for researchers
 
 Before any bytes are produced the frames are checked for every identifier value of the cohort's patients (MRNs,
 names, birth dates, as whole cells or word tokens); a hit refuses the export (``ExportLeak``).
+
+The analysis bundle (:func:`analysis_bundle`, ``exports/analysis.zip`` with the survival analysis' parameters) is
+one ZIP of the analysis as run: ``analysis.json`` (the API's result, curve points included), the Kaplan-Meier figure
+(``km.png``, ``km.svg``), the Cox forest plot of the fitted model's terms and strata (``forest.png``,
+``forest.svg``) and ``manifest.json`` + ``README.txt`` saying what each file shows and how it was computed. Without
+a fitted Cox model (too few events, a fit that failed, no finite ratio) there is no forest plot and the manifest and
+README say why. It holds aggregates only (no row per patient) and covers exactly the patient sets the analysis
+released (its minimum cohort and ledger checks: the bundle releases nothing more).
 """
 
 from __future__ import annotations
@@ -25,12 +33,14 @@ from __future__ import annotations
 import io
 import json
 import re
+import zipfile
 
 import numpy as np
 import pandas as pd
 from django.conf import settings
 from django.utils import timezone
 
+from workflow.errors import RuleViolation
 from workflow.models import Patient
 
 from . import covariates, deidentify, disclosure
@@ -264,3 +274,128 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start", user=N
     meta = {**meta, "table": table}
     stamp = timezone.localdate().strftime("%Y%m%d")
     return render(frame, meta, fmt), FORMATS[fmt], f"radpath-{table}-{time_zero}-{stamp}.{fmt}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Analysis bundle: the analysis as run, its figures and what they show
+# ---------------------------------------------------------------------------------------------------------------
+
+FIGURE_FORMATS = ("png", "svg")
+
+
+def _forest_section(result, body):
+    """The manifest entry of the forest plot: the model it shows, or why there is none."""
+    from .services import forest_title
+
+    if not result.cox:
+        return {"included": False, "files": [], "reason": result.cox_error or "No Cox model was fitted."}
+    cox = body["cox"]
+    return {
+        "included": True,
+        "files": [f"forest.{fmt}" for fmt in FIGURE_FORMATS],
+        "title": forest_title(result),
+        "shows": ("Hazard ratio of each term of the fitted Cox model (Efron ties) as a square on its 95 % Wald "
+                  "confidence interval, log x axis, dashed no-effect line at 1; written right of each line: "
+                  "HR (lower-upper) to 2 decimals and the Wald p value (p < 0.001 below that). First term on top. "
+                  "Categorical terms are dummies against their reference level, numeric ones per unit."),
+        "terms": [{k: t.get(k) for k in ("covariate", "label", "hazard_ratio", "hr_lower", "hr_upper", "p_value")}
+                  for t in cox["terms"]],
+        "strata": list(result.cox_strata),
+        "n": cox["n"], "events": cox["events"],
+    }
+
+
+def _readme(body, manifest):
+    forest = manifest["forest_plot"]
+    lines = [
+        "RadPath analysis bundle (de-identified aggregates; no row per patient)",
+        f"Generated {manifest['generated_at']}; {body['endpoint_label']}, time zero "
+        f"{'start of radiotherapy' if body['time_zero'] == 'rt_start' else 'date of diagnosis'}, "
+        f"{body['n_patients']} patient(s) analysed.",
+        "",
+        "Files",
+    ]
+    lines += [f"- {name}: {desc}" for name, desc in manifest["files"].items()]
+    lines += ["", "Forest plot"]
+    if forest["included"]:
+        lines.append(f"- {forest['title']}.")
+        lines.append(f"- {forest['shows']}")
+        lines += [f"  {t['label']}: HR {t['hazard_ratio']:.2f} ({t['hr_lower']:.2f}-{t['hr_upper']:.2f})"
+                  for t in forest["terms"]]
+    else:
+        lines.append(f"- Not included: {forest['reason']}")
+    lines += ["", "Methods",
+              f"- Kaplan-Meier, 95 % CI: {body['ci_method']}.",
+              f"- Median: {body['median_method']}."]
+    if body.get("cox"):
+        lines.append(f"- Cox proportional hazards ({body['cox']['ties']} ties); proportional-hazards check per term: "
+                     f"Grambsch-Therneau test on scaled Schoenfeld residuals ({body['cox']['ph_transform']} "
+                     "transform, R cox.zph).")
+    for name, block in body["methods"].items():
+        if isinstance(block, dict) and block.get("method"):
+            lines.append(f"- {name}: {block['method']}.")
+    if body["notes"]:
+        lines += ["", "Notes"] + [f"- {n}" for n in body["notes"]]
+    lines += ["", f"Disclosure: {manifest['disclosure']}", ""]
+    return "\n".join(lines)
+
+
+def analysis_bundle(result, *, cohort=None, parameters=None):
+    """(bytes, content_type, filename): ZIP of an ``AnalysisResult`` (module docstring), run by
+    ``services.analyze``, whose minimum cohort and release ledger checks cover everything in it."""
+    from . import services
+
+    body = result.to_dict(include_points=True)
+    if cohort is not None:
+        body["cohort"] = cohort
+    files = {}
+    for fmt in FIGURE_FORMATS:
+        files[f"km.{fmt}"] = services.km_figure(result, fmt=fmt)
+    forest_error = None
+    if result.cox:
+        try:
+            for fmt in FIGURE_FORMATS:
+                files[f"forest.{fmt}"] = services.forest_figure(result, fmt=fmt)
+        except RuleViolation as exc:  # a fitted model without a finite ratio: said, not omitted
+            forest_error = str(exc)
+            files = {k: v for k, v in files.items() if not k.startswith("forest.")}
+    groups = "per group shown" if result.group_by else "of the whole cohort"
+    descriptions = {
+        "analysis.json": "the analysis result as the API returns it (/api/outcomes/survival/), curve points included: "
+                         "times in days, medians, survival at 1, 2 and 5 years, numbers at risk, log-rank, Cox model, "
+                         "the further methods chosen, notes",
+        "km.png": f"Kaplan-Meier curves {groups} with 95 % CI bands and the number at risk (PNG, 150 dpi)",
+        "km.svg": "the same Kaplan-Meier figure as SVG (text kept as text)",
+    }
+    if "forest.png" in files:
+        descriptions["forest.png"] = "forest plot of the Cox model's hazard ratios with 95 % CIs (PNG, 150 dpi)"
+        descriptions["forest.svg"] = "the same forest plot as SVG (labels and hazard ratios as text)"
+    descriptions["manifest.json"] = "this list, the parameters and what the forest plot shows (or why it is absent)"
+    descriptions["README.txt"] = "the same in words, with the methods"
+    manifest = {
+        "generated_at": timezone.now().isoformat(timespec="seconds"),
+        "kind": "analysis",
+        "endpoint": result.endpoint,
+        "time_zero": result.time_zero,
+        "group_by": result.group_by or None,
+        "parameters": dict(parameters or {}),
+        "cohort": cohort,
+        "n_patients": result.n_patients,
+        "files": descriptions,
+        "forest_plot": _forest_section(result, body),
+        "disclosure": (f"every figure and table covers at least {disclosure.min_cohort()} patients (RADPATH_MIN_COHORT) "
+                       "and the same patient sets as the analysis (groups below the minimum are left out of the "
+                       "curves, log-rank and Cox model); they were checked against and recorded in the release "
+                       "ledger with the analysis."),
+    }
+    if forest_error:
+        manifest["forest_plot"] = {"included": False, "files": [], "reason": forest_error}
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("README.txt", _readme(body, manifest))
+        zf.writestr("manifest.json", json.dumps(manifest, indent=2, default=str))
+        zf.writestr("analysis.json", json.dumps(body, default=str))
+        for name, data in files.items():
+            zf.writestr(name, data)
+    stamp = timezone.localdate().strftime("%Y%m%d")
+    return buf.getvalue(), "application/zip", f"radpath-analysis-{result.endpoint}-{result.time_zero}-{stamp}.zip"

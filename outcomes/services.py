@@ -1383,16 +1383,32 @@ def add_methods(result, *, rmst_tau=None, landmark_days=None, competing=False, i
     return result
 
 
-def forest_figure(result, fmt="png"):
-    """Forest plot of the Cox model's hazard ratios with 95 % CIs (log axis) for an ``AnalysisResult``."""
+def forest_rows(result):
+    """The Cox model's terms as forest-plot rows, labelled as in the analysis result (``cox.terms[].label``)."""
     from . import figures
 
     if not result.cox:
         raise RuleViolation(result.cox_error or "No Cox model for this analysis.", field="cox_terms")
-    rows = [figures.ForestRow(covariate_label(t.covariate), t.hazard_ratio, t.hr_lower, t.hr_upper, t.p_value)
-            for t in result.cox.terms]
+    return [figures.ForestRow(result.term_labels.get(t.covariate) or covariate_label(t.covariate), t.hazard_ratio,
+                              t.hr_lower, t.hr_upper, t.p_value) for t in result.cox.terms]
+
+
+def forest_title(result):
+    """``Cox model, Overall survival (n = 686, events = 299), stratified by gbsg2.horth``."""
     title = f"Cox model, {ENDPOINTS[result.endpoint]} (n = {result.cox.n}, events = {result.cox.events})"
+    if result.cox_strata:
+        title += f", stratified by {', '.join(result.cox_strata)}"
+    return title
+
+
+def forest_figure(result, fmt="png"):
+    """Forest plot of the Cox model's hazard ratios with 95 % CIs (log axis) for an ``AnalysisResult``: one row per
+    term of the fitted model (the researcher's ``cox_terms``), labelled as in the result, strata in the title."""
+    from . import figures
+
+    rows = forest_rows(result)
     try:
-        return figures.forest_figure(rows, fmt=fmt, title=title, xlabel="Hazard ratio (95 % CI, log scale)")
+        return figures.forest_figure(rows, fmt=fmt, title=forest_title(result),
+                                     xlabel="Hazard ratio (95 % CI, log scale)")
     except ValueError:
         raise RuleViolation("The Cox model has no finite hazard ratio to plot.", field="cox_terms") from None

@@ -112,3 +112,144 @@ def test_iptw_by_a_registry_covariate_through_the_api(client, users, gbsg2):  # 
     html = page.content.decode()
     assert page.status_code == 200 and 'id="iptw"' in html
     assert "balanced on gbsg2.tsize (per mm), Age (per year)" in html  # the form offers the covariates
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The analysis bundle: the Cox forest plot in the research export
+# ---------------------------------------------------------------------------------------------------------------
+
+BUNDLE_QUERY = {"site": "breast", "endpoint": "os", "time_zero": "diagnosis", "group_by": "gbsg2.tgrade",
+                "cox_terms": "group,gbsg2.pnodes", "cox_strata": "gbsg2.horth"}
+
+
+def _bundle(resp):
+    import io
+    import zipfile
+
+    assert resp.status_code == 200, resp.content[:300]
+    assert resp["Content-Type"] == "application/zip" and "attachment" in resp["Content-Disposition"]
+    with zipfile.ZipFile(io.BytesIO(resp.content)) as zf:
+        return {name: zf.read(name) for name in zf.namelist()}
+
+
+def test_analysis_export_carries_the_forest_plot_of_the_chosen_cox_model(client, users, gbsg2):  # noqa: F811
+    """R: ``coxph(Surv(time, cens) ~ tgrade + pnodes + strata(horTh), data = g)`` (tgrade levels I, II, III):
+    exp(coef) (lower, upper) tgradeII 2.148617205 (1.323923851, 3.487025246), tgradeIII 2.773810827 (1.658030695,
+    4.640460834), pnodes 1.056980823 (1.042962841, 1.071187214); p 1.963e-03, 1.02e-04, 4.1e-16. The bundle's
+    forest plot is the figure of exactly that model: its SVG writes each term's label and HR (CI) as the API result
+    gives them, and it is byte for byte the figure /survival/forest.svg draws for the same parameters."""
+    import json
+
+    client.force_login(users["researcher"])
+    files = _bundle(client.get("/api/outcomes/exports/analysis.zip", BUNDLE_QUERY))
+    assert set(files) == {"README.txt", "manifest.json", "analysis.json", "km.png", "km.svg", "forest.png",
+                          "forest.svg"}
+    api = client.get("/api/outcomes/survival/", BUNDLE_QUERY).json()
+    terms = api["cox"]["terms"]
+    assert [t["covariate"] for t in terms] == ["gbsg2.tgrade=II", "gbsg2.tgrade=III", "gbsg2.pnodes"]
+    r = [(2.148617205, 1.323923851, 3.487025246), (2.773810827, 1.658030695, 4.640460834),
+         (1.056980823, 1.042962841, 1.071187214)]
+    for t, (hr, lo, hi) in zip(terms, r):
+        assert (t["hazard_ratio"], t["hr_lower"], t["hr_upper"]) == (pytest.approx(hr, rel=1e-7),
+                                                                     pytest.approx(lo, rel=1e-7),
+                                                                     pytest.approx(hi, rel=1e-7))
+    svg = files["forest.svg"].decode()
+    assert svg.startswith("<?xml") and "<svg" in svg
+    for t in terms:
+        assert t["label"] in svg, t["label"]
+        assert f"{t['hazard_ratio']:.2f} ({t['hr_lower']:.2f}–{t['hr_upper']:.2f})" in svg
+    assert "2.15 (1.32–3.49), p = 0.002" in svg and "2.77 (1.66–4.64), p &lt; 0.001" in svg
+    assert "gbsg2.tgrade: II (vs I)" in svg and "gbsg2.pnodes (per nodes)" in svg
+    assert "stratified by gbsg2.horth" in svg and "n = 686, events = 299" in svg
+    assert files["forest.png"][:8] == b"\x89PNG\r\n\x1a\n" and files["km.png"][:8] == b"\x89PNG\r\n\x1a\n"
+    assert files["forest.svg"] == client.get("/api/outcomes/survival/forest.svg", BUNDLE_QUERY).content
+    assert files["forest.png"] == client.get("/api/outcomes/survival/forest.png", BUNDLE_QUERY).content
+    assert files["km.svg"] == client.get("/api/outcomes/survival/plot.svg", BUNDLE_QUERY).content
+
+    manifest = json.loads(files["manifest.json"])
+    forest = manifest["forest_plot"]
+    assert forest["included"] and forest["files"] == ["forest.png", "forest.svg"]
+    assert forest["strata"] == ["gbsg2.horth"] and (forest["n"], forest["events"]) == (686, 299)
+    assert [(t["covariate"], t["label"], t["hazard_ratio"]) for t in forest["terms"]] == \
+        [(t["covariate"], t["label"], t["hazard_ratio"]) for t in terms]
+    assert "log x axis" in forest["shows"] and manifest["parameters"]["cox_strata"] == "gbsg2.horth"
+    assert set(manifest["files"]) == set(files)
+    analysis = json.loads(files["analysis.json"])
+    assert analysis["cox"]["terms"] == terms and analysis["cohort"]["sites"] == ["breast"]
+    assert [g["label"] for g in analysis["groups"]] == ["I", "II", "III"] and "curve" in analysis["groups"][0]
+    readme = files["README.txt"].decode()
+    assert "forest.svg" in readme and "gbsg2.tgrade: III (vs I): HR 2.77 (1.66-4.64)" in readme
+    assert "stratified by gbsg2.horth" in readme and "Grambsch-Therneau" in readme
+    assert not any(b"GBSG0001" in data or b"Case1" in data for data in files.values())  # no MRN, no name
+
+
+def test_page_style_repeated_terms_give_the_same_forest_plot(client, users, gbsg2):  # noqa: F811
+    """The analysis page links the forest plot with its form's query, which repeats ``cox_terms``: every term is
+    kept (not only the last one)."""
+    client.force_login(users["researcher"])
+    repeated = {**BUNDLE_QUERY, "cox_terms": ["group", "gbsg2.pnodes"]}
+    assert client.get("/api/outcomes/survival/forest.svg", repeated).content == \
+        client.get("/api/outcomes/survival/forest.svg", BUNDLE_QUERY).content
+    body = client.get("/api/outcomes/survival/", {**repeated, "points": "0"}).json()
+    assert len(body["cox"]["terms"]) == 3
+
+
+def test_analysis_export_without_a_cox_fit_says_why(client, users, gbsg2):  # noqa: F811
+    """18 patients with tumours up to 10 mm have 4 events: too few for a Cox model on age (5 per covariate), so the
+    bundle has no forest plot and its manifest and README say why."""
+    import json
+
+    client.force_login(users["researcher"])
+    q = {"site": "breast", "endpoint": "os", "time_zero": "diagnosis", "covariate": "gbsg2.tsize:..10"}
+    files = _bundle(client.get("/api/outcomes/exports/analysis.zip", q))
+    assert "forest.png" not in files and "forest.svg" not in files and "km.svg" in files
+    manifest = json.loads(files["manifest.json"])
+    reason = "Too few events (4) for a Cox model with 1 covariate(s) (need 5 per covariate)."
+    assert manifest["forest_plot"] == {"included": False, "files": [], "reason": reason}
+    assert manifest["n_patients"] == 18 and set(manifest["files"]) == set(files)
+    assert f"Not included: {reason}" in files["README.txt"].decode()
+    assert json.loads(files["analysis.json"])["cox_error"] == reason
+
+
+def test_analysis_export_releases_what_the_analysis_releases(client, users, gbsg2, settings):  # noqa: F811
+    """The bundle is the analysis: it passes (and records) the same patient sets in the researcher's ledger, so after
+    the analysis it records nothing new; below the minimum cohort it is refused like the analysis; other roles
+    without research access get 403."""
+    from outcomes.models import CohortRelease
+
+    researcher = users["researcher"]
+    client.force_login(researcher)
+    assert client.get("/api/outcomes/survival/", BUNDLE_QUERY).status_code == 200
+    after_analysis = sorted(CohortRelease.objects.filter(user=researcher).values_list("digest", "n_patients"))
+    _, data = gbsg2
+    # one set per tgrade group shown (I 81, II 444, III 161 patients)
+    assert sorted(n for _, n in after_analysis) == sorted(data.tgrade.value_counts().tolist()) == [81, 161, 444]
+    _bundle(client.get("/api/outcomes/exports/analysis.zip", BUNDLE_QUERY))
+    assert sorted(CohortRelease.objects.filter(user=researcher).values_list("digest", "n_patients")) == after_analysis
+
+    settings.RADPATH_MIN_COHORT = 700
+    resp = client.get("/api/outcomes/exports/analysis.zip", BUNDLE_QUERY)
+    assert resp.status_code == 400 and "cohort" in resp.json()
+    client.force_login(users["therapist"])
+    assert client.get("/api/outcomes/exports/analysis.zip", BUNDLE_QUERY).status_code == 403
+
+
+def test_competing_risk_models_code_registry_covariates_as_the_cox_model(gbsg2):  # noqa: F811
+    """Fine-Gray and the cause-specific Cox model take the Cox model's design: menostat against its dictionary's first
+    level (Pre; sorted order would make Post the reference), labelled as in the Cox table. Every GBSG2 death is
+    imported with cause 'disease', so nothing competes and the cause-specific model is the Cox model itself (R:
+    ``coef(coxph(Surv(time, cens) ~ menostat + tsize))`` with levels Pre, Post: menostatPost 0.09374440332, tsize
+    0.01507845952)."""
+    cohort, _ = gbsg2
+    body = services.analyze(cohort, endpoint="os", time_zero="diagnosis", competing=True,
+                            cox_terms="gbsg2.menostat,gbsg2.tsize").to_dict()
+    cox = {t["covariate"]: t for t in body["cox"]["terms"]}
+    cs = {t["covariate"]: t for t in body["methods"]["competing"]["cause_specific"]["terms"]}
+    fg = {t["covariate"]: t for t in body["methods"]["competing"]["fine_gray"]["terms"]}
+    assert list(cox) == list(cs) == list(fg) == ["gbsg2.menostat=Post", "gbsg2.tsize"]
+    for key in cox:
+        assert cs[key]["coef"] == pytest.approx(cox[key]["coef"], abs=1e-9)
+        assert cs[key]["label"] == fg[key]["label"] == cox[key]["label"]
+    assert cox["gbsg2.menostat=Post"]["label"] == "gbsg2.menostat: Post (vs Pre)"
+    assert (cs["gbsg2.menostat=Post"]["coef"], cs["gbsg2.tsize"]["coef"]) == (pytest.approx(0.09374440332, abs=1e-9),
+                                                                            pytest.approx(0.01507845952, abs=1e-9))
