@@ -19,6 +19,7 @@ from matplotlib import rc_context  # noqa: E402
 from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FixedLocator, FuncFormatter, NullFormatter  # noqa: E402
 
 from .survival import KaplanMeier, number_at_risk  # noqa: E402
 
@@ -203,6 +204,19 @@ class ForestRow:
     p_value: float | None = None
 
 
+def _ratio_ticks(lo: float, hi: float) -> list[float]:
+    """Ratio-axis ticks inside [lo, hi]: 1, 2, 5 per decade (0.1, 0.2, 0.5, 1, 2, 5, 10 ...); finer steps when that
+    leaves fewer than three (the forest axis always spans at least 0.8 to 1.25), decades only when more than eight."""
+    def inside(mantissas):
+        return [t for t in (round(m * 10.0 ** k, 6) for k in range(-6, 7) for m in mantissas) if lo <= t <= hi]
+
+    for mantissas in ((1, 2, 5), (1, 1.5, 2, 3, 4, 5, 7), (1, 1.1, 1.2, 1.3, 1.4, 1.5, 2, 2.5, 3, 4, 5, 6, 7, 8, 9)):
+        ticks = inside(mantissas)
+        if len(ticks) >= 3:
+            break
+    return ticks if len(ticks) <= 8 else inside((1,))
+
+
 def forest_figure(
     rows: Sequence[ForestRow],
     fmt: str = "png",
@@ -230,6 +244,9 @@ def forest_figure(
     lo = min(min(r.lower for r in rows), 1.0)
     hi = max(max(r.upper for r in rows), 1.0)
     ax.set_xlim(lo / 1.25, hi * 1.25)
+    ax.xaxis.set_major_locator(FixedLocator(_ratio_ticks(lo / 1.25, hi * 1.25)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _pos: f"{v:g}"))  # 0.5, 1, 2 (not 5 x 10^-1, 10^0)
+    ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_yticks(ys)
     ax.set_yticklabels([r.label for r in rows], fontsize=8)
     ax.set_ylim(-0.7, n - 0.3)

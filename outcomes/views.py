@@ -104,9 +104,10 @@ def assessment_override(request, pk):
 def analysis(request):
     form = AnalysisForm(request.GET or None)
     result = body = error = toxicity = None
-    query = ""
+    query = api_query = ""
     if form.is_bound and form.is_valid():
         query = request.GET.urlencode()
+        api_query = _api_query(request.GET, form)
         try:
             cohort = CohortFilter.for_user(request.GET, request.user).queryset()
         except RuleViolation as exc:
@@ -129,9 +130,22 @@ def analysis(request):
             except RuleViolation as exc:
                 toxicity = {"n_courses": 0, "error": str(exc)}
     return render(request, "outcomes/analysis.html", {
-        "form": form, "result": body, "error": error, "query": query, "toxicity": toxicity,
+        "form": form, "result": body, "error": error, "query": query, "api_query": api_query, "toxicity": toxicity,
         "api_base": "/api/outcomes/", "min_cohort": disclosure.min_cohort(),
     })
+
+
+def _api_query(params, form):
+    """The page's query in the API's terms (the page takes months, the API days): links to the JSON result and the
+    analysis bundle then carry the same RMST horizon and landmark as the page shows."""
+    q = params.copy()
+    for name in ("rmst_tau_months", "landmark_months"):
+        q.pop(name, None)
+    methods = form.method_params()
+    for name in ("rmst_tau", "landmark_days"):
+        if methods[name] is not None:
+            q[name] = repr(float(methods[name]))
+    return q.urlencode()
 
 
 @guard(IDENTIFIED, "outcomes.import_registry")

@@ -253,3 +253,24 @@ def test_competing_risk_models_code_registry_covariates_as_the_cox_model(gbsg2):
     assert cox["gbsg2.menostat=Post"]["label"] == "gbsg2.menostat: Post (vs Pre)"
     assert (cs["gbsg2.menostat=Post"]["coef"], cs["gbsg2.tsize"]["coef"]) == (pytest.approx(0.09374440332, abs=1e-9),
                                                                             pytest.approx(0.01507845952, abs=1e-9))
+
+
+def test_analysis_page_links_the_bundle_of_the_analysis_it_shows(client, users, gbsg2):  # noqa: F811
+    """The page takes months and repeats list fields; its bundle link carries the API's days and every Cox term,
+    so the ZIP is the analysis on the page (RMST to 12 months = 365.25 days, three Cox terms, the same forest)."""
+    import html as htmllib
+    import json
+    import re
+
+    client.force_login(users["researcher"])
+    page = client.get("/outcomes/analysis/", {**BUNDLE_QUERY, "cox_terms": ["group", "gbsg2.pnodes"],
+                                              "cox_strata": ["gbsg2.horth"], "rmst_tau_months": "12"})
+    assert page.status_code == 200
+    link = htmllib.unescape(re.search(r'href="([^"]+)" id="analysis-bundle"', page.content.decode())[1])
+    assert link.startswith("/api/outcomes/exports/analysis.zip?")
+    files = _bundle(client.get(link))
+    analysis = json.loads(files["analysis.json"])
+    assert analysis["methods"]["rmst"]["tau_days"] == 365.25
+    assert [t["covariate"] for t in analysis["cox"]["terms"]] == ["gbsg2.tgrade=II", "gbsg2.tgrade=III",
+                                                                   "gbsg2.pnodes"]
+    assert files["forest.svg"] == client.get("/api/outcomes/survival/forest.svg", BUNDLE_QUERY).content

@@ -67,3 +67,14 @@ def test_forest_plot_writes_each_hazard_ratio_of_r_coxph():
     assert forest_figure(rows)[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="no finite ratio"):
         forest_figure([ForestRow("x", float("inf"), 1.0, float("inf"))])
+    # the ratio axis (0.43 / 1.25 to 1.036 * 1.25) is labelled in plain numbers, not 10^0 or 5 x 10^-1
+    assert [t for t in texts if re.fullmatch(r"[0-9.]+", t)] == ["0.4", "0.5", "0.7", "1"]
+
+
+def test_forest_ratio_axis_ticks():
+    from outcomes.figures import _ratio_ticks
+
+    assert _ratio_ticks(0.08, 5.8) == [0.1, 0.2, 0.5, 1, 2, 5]
+    assert _ratio_ticks(0.8, 5.8) == [1, 2, 5]
+    assert _ratio_ticks(0.8, 1.34) == [0.8, 0.9, 1, 1.1, 1.2, 1.3]   # a narrow model: finer steps
+    assert _ratio_ticks(0.001, 300) == [0.001, 0.01, 0.1, 1, 10, 100]  # a wide one: decades only
