@@ -290,16 +290,19 @@ def _forest_section(result, body):
     if not result.cox:
         return {"included": False, "files": [], "reason": result.cox_error or "No Cox model was fitted."}
     cox = body["cox"]
+    drawn = [bool(np.all(np.isfinite([t.hazard_ratio, t.hr_lower, t.hr_upper])) and t.hr_lower > 0)
+             for t in result.cox.terms]  # the rows figures.forest_figure can draw
     return {
         "included": True,
         "files": [f"forest.{fmt}" for fmt in FIGURE_FORMATS],
         "title": forest_title(result),
-        "shows": ("Hazard ratio of each term of the fitted Cox model (Efron ties) as a square on its 95 % Wald "
-                  "confidence interval, log x axis, dashed no-effect line at 1; written right of each line: "
-                  "HR (lower-upper) to 2 decimals and the Wald p value (p < 0.001 below that). First term on top. "
-                  "Categorical terms are dummies against their reference level, numeric ones per unit."),
-        "terms": [{k: t.get(k) for k in ("covariate", "label", "hazard_ratio", "hr_lower", "hr_upper", "p_value")}
-                  for t in cox["terms"]],
+        "shows": (f"Hazard ratio of each term of the fitted Cox model ({cox['ties']} ties) as a square on its 95 % "
+                  "Wald confidence interval, log x axis, dashed no-effect line at 1; written right of each line: "
+                  "HR (lower-upper) to 2 decimals and the Wald p value to 3 (below 0.001: p < 0.001). First term "
+                  "on top. Categorical terms are dummies against their reference level, numeric ones per unit. A "
+                  "term without a finite ratio or CI (drawn: false) is listed here but not drawn."),
+        "terms": [{**{k: t.get(k) for k in ("covariate", "label", "hazard_ratio", "hr_lower", "hr_upper", "p_value")},
+                   "drawn": d} for t, d in zip(cox["terms"], drawn)],
         "strata": list(result.cox_strata),
         "n": cox["n"], "events": cox["events"],
     }
@@ -321,6 +324,7 @@ def _readme(body, manifest):
         lines.append(f"- {forest['title']}.")
         lines.append(f"- {forest['shows']}")
         lines += [f"  {t['label']}: HR {t['hazard_ratio']:.2f} ({t['hr_lower']:.2f}-{t['hr_upper']:.2f})"
+                  if t["drawn"] else f"  {t['label']}: not drawn (no finite hazard ratio or CI)"
                   for t in forest["terms"]]
     else:
         lines.append(f"- Not included: {forest['reason']}")

@@ -274,3 +274,38 @@ def test_analysis_page_links_the_bundle_of_the_analysis_it_shows(client, users, 
     assert [t["covariate"] for t in analysis["cox"]["terms"]] == ["gbsg2.tgrade=II", "gbsg2.tgrade=III",
                                                                    "gbsg2.pnodes"]
     assert files["forest.svg"] == client.get("/api/outcomes/survival/forest.svg", BUNDLE_QUERY).content
+
+
+def test_bundle_says_which_terms_the_forest_plot_cannot_draw(gbsg2):  # noqa: F811
+    """A term whose ratio is not finite (a separated covariate) is listed as not drawn; with no finite term at all
+    there is no forest plot and the manifest says why."""
+    import io
+    import json
+    import zipfile
+
+    from outcomes import exports
+
+    cohort, _ = gbsg2
+
+    def bundle(result):
+        data, ctype, name = exports.analysis_bundle(result)
+        assert ctype == "application/zip" and name.startswith("radpath-analysis-os-diagnosis-")
+        with zipfile.ZipFile(io.BytesIO(data)) as zf:
+            return {n: zf.read(n) for n in zf.namelist()}
+
+    result = services.analyze(cohort, endpoint="os", time_zero="diagnosis", cox_terms=BUNDLE_QUERY["cox_terms"],
+                              group_by="gbsg2.tgrade")
+    result.cox.terms[1].hazard_ratio = result.cox.terms[1].hr_upper = float("inf")
+    files = bundle(result)
+    terms = json.loads(files["manifest.json"])["forest_plot"]["terms"]
+    assert [t["drawn"] for t in terms] == [True, False, True]
+    svg = files["forest.svg"].decode()
+    assert "gbsg2.tgrade: II (vs I)" in svg and "gbsg2.tgrade: III (vs I)" not in svg
+    assert "gbsg2.tgrade: III (vs I): not drawn (no finite hazard ratio or CI)" in files["README.txt"].decode()
+
+    for t in result.cox.terms:
+        t.hazard_ratio = float("inf")
+    files = bundle(result)
+    assert "forest.svg" not in files
+    assert json.loads(files["manifest.json"])["forest_plot"] == {
+        "included": False, "files": [], "reason": "The Cox model has no finite hazard ratio to plot."}
