@@ -404,6 +404,49 @@ def derive_registry_outcomes(new_courses, *, chunk=2000):
             FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
 
 
+def derive_registry_patient_outcomes(patient_ids, *, chunk=2000):
+    """Create the ``PatientOutcome`` rows of patients without radiotherapy a registry import just created, with what
+    :func:`recompute_patient_outcome` would derive, in a few queries per ``chunk``: such a patient has no baseline
+    and no measurement, so the derivation is ``_fallback_derived`` on the follow-ups outside any course (effective
+    = the recorded response) and last contact is the latest assessment or last-known-alive date."""
+    from types import SimpleNamespace
+
+    ids = sorted(patient_ids)
+    now = timezone.now()
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        own = FollowUpAssessment.objects.filter(patient_id__in=part, voided_at__isnull=True)
+        rows = fetch_columns(
+            own.filter(course__isnull=True, kind=AssessmentKind.FOLLOWUP),
+            {"pk": ("pk", "int"), "patient_id": ("patient_id", "int"), "date": ("date", "date"),
+             "override_response": ("override_response", "text"), "failure_site": ("failure_site", "text")})
+        order = np.lexsort((rows["pk"], rows["date"], rows["patient_id"]))
+        by_patient = {}
+        for i in order:
+            by_patient.setdefault(int(rows["patient_id"][i]), []).append(SimpleNamespace(
+                pk=int(rows["pk"][i]), date=rows["date"][i].astype(object), override_response=rows["override_response"][i],
+                failure_site=rows["failure_site"][i]))
+        contact = {}
+        for pid, d, alive in own.order_by().values("patient_id").annotate(d=Max("date"), a=Max("last_known_alive")) \
+                .values_list("patient_id", "d", "a"):
+            dates = [x for x in (d, alive) if x is not None]
+            contact[pid] = max(dates) if dates else None
+        outcomes, recurrences = [], []
+        for pid in part:
+            follow = by_patient.get(pid, [])
+            derived = _fallback_derived(None, follow)
+            recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
+            outcomes.append(PatientOutcome(
+                patient_id=pid, **derived,
+                first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
+                                               and a.failure_site == FailureSite.LOCAL), None),
+                last_assessment_date=follow[-1].date if follow else None, last_contact_date=contact.get(pid),
+                derivation_issue="no baseline assessment" if follow else "", computed_at=now))
+        bulk.insert(PatientOutcome, outcomes)
+        for i in range(0, len(recurrences), 500):
+            FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
+
+
 def _rt_dates(course):
     agg = Fraction.objects.active().filter(course=course, status=AppointmentStatus.DELIVERED).aggregate(
         first=Min("starts_at"), last=Max("starts_at")
