@@ -12,7 +12,16 @@ from simple_history.admin import SimpleHistoryAdmin
 from workflow.pathway.admin import ClinicalAdmin, VOID_FIELDS
 
 from . import services
-from .models import CourseOutcome, CovariateValue, Death, FollowUpAssessment, LesionMeasurement, Registry, RegistryVariable
+from .models import (
+    CourseOutcome,
+    CovariateValue,
+    Death,
+    FollowUpAssessment,
+    LesionMeasurement,
+    PatientOutcome,
+    Registry,
+    RegistryVariable,
+)
 
 
 @admin.action(description="Void selected records (entered in error) and recompute outcomes")
@@ -58,6 +67,19 @@ class DeathAdmin(ClinicalAdmin):
 class CourseOutcomeAdmin(admin.ModelAdmin):
     list_display = ["course", "rt_start", "best_response", "first_progression_date", "recurrence_date", "current_status"]
     list_filter = ["best_response", "current_status"]
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+
+@admin.register(PatientOutcome)
+class PatientOutcomeAdmin(admin.ModelAdmin):
+    """Derived (read-only): a patient's follow-up outside any RT course."""
+
+    list_display = ["patient", "best_response", "first_progression_date", "recurrence_date", "current_status",
+                    "last_contact_date"]
+    list_filter = ["best_response", "current_status"]
+    search_fields = ["patient__mrn"]
 
     def has_change_permission(self, request, obj=None):
         return False

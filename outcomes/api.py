@@ -18,13 +18,13 @@ from rest_framework.views import APIView
 
 from workflow.errors import RuleViolation
 from workflow.downloads import attachment
-from workflow.models import Course
+from workflow.models import Course, Patient
 
 from . import exports, services
 from . import serializers as s
 from .cohorts import CohortFilter
 from .disclosure import DATE_FILTERS
-from .models import Death, FollowUpAssessment, Registry, RegistryVariable
+from .models import Death, FollowUpAssessment, PatientOutcome, Registry, RegistryVariable
 from .registry_import import RegistryImportError, import_registry, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
@@ -39,6 +39,8 @@ COHORT_PARAMS = [
     OpenApiParameter("intent", str), OpenApiParameter("technique", str),
     OpenApiParameter("treatment", str, description="Treatments received (surgery, chemotherapy, immunotherapy, trial)"),
     OpenApiParameter("multimodal", bool, description="Surgery + chemotherapy + RT"),
+    OpenApiParameter("radiotherapy", bool, description="yes: RT courses only; no: only patients without an RT "
+                     "course (analysable from diagnosis); left out: both"),
     OpenApiParameter("trial_arm", str), OpenApiParameter("min_toxicity_grade", int), OpenApiParameter("no_toxicity_grade", int),
     OpenApiParameter("covariate", str, many=True, explode=True, description=(
         "Registry covariate filter, repeatable (all must hold): <registry>.<variable>:low..high (numeric, inclusive; "
@@ -73,8 +75,9 @@ ANALYSIS_PARAMS = COHORT_PARAMS + [
 
 
 def cohort_from(request):
-    """The request's cohort; researchers are held to month-granular date filters (``outcomes.disclosure``)."""
-    return CohortFilter.for_user(request.query_params, request.user).queryset()
+    """The request's cohort (RT courses and patients without radiotherapy); researchers are held to month-granular
+    date filters (``outcomes.disclosure``)."""
+    return CohortFilter.for_user(request.query_params, request.user).cohort()
 
 
 def _terms(q, name):
@@ -119,13 +122,16 @@ class AssessmentViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, mixins
 
     def _save(self, serializer, instance=None):
         data = dict(serializer.validated_data)
-        course = data.pop("course", None) or instance.course
+        course = data.pop("course", None)
+        patient = data.pop("patient", None)
         rows = data.pop("measurement_rows", None)
         death = data.pop("death", None)
         if rows is None and instance is not None:
             rows = [{k: getattr(m, k) for k in services.MEASUREMENT_FIELDS} for m in instance.measurements.active()]
-        obj = services.save_assessment(course=course, user=self.request.user, data=data, measurements=rows or [],
-                                       assessment=instance, death=death)
+        if instance is not None and patient is not None and patient.pk != instance.patient_id:
+            raise RuleViolation("An assessment cannot move to another patient.", field="patient")
+        obj = services.save_assessment(course=course, patient=patient, user=self.request.user, data=data,
+                                       measurements=rows or [], assessment=instance, death=death)
         return Response(s.AssessmentSerializer(obj).data, status=status.HTTP_201_CREATED if instance is None else 200)
 
     def create(self, request, *args, **kwargs):
@@ -184,6 +190,20 @@ class CourseOutcomeView(APIView):
         outcome = course.outcome if hasattr(course, "outcome") else services.recompute_course(course)
         data = s.CourseOutcomeSerializer(outcome).data
         data["timeline"] = s.AssessmentSerializer(services.timeline(course), many=True).data
+        return Response(data)
+
+
+class PatientOutcomeView(APIView):
+    """The derived outcome of a patient's follow-up outside any RT course (a patient without radiotherapy)."""
+
+    required_perms = {"read": [IDENTIFIED, "outcomes.view_patientoutcome"]}
+
+    @extend_schema(responses=s.PatientOutcomeSerializer)
+    def get(self, request, pk):
+        patient = get_object_or_404(Patient.objects.active(), pk=pk)
+        outcome = PatientOutcome.objects.filter(patient=patient).first() or services.recompute_patient_outcome(patient)
+        data = s.PatientOutcomeSerializer(outcome).data
+        data["timeline"] = s.AssessmentSerializer(services.patient_timeline(patient), many=True).data
         return Response(data)
 
 

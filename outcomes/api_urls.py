@@ -14,6 +14,7 @@ router.register(r"registries/(?P<registry_code>[-a-zA-Z0-9_]+)/variables", api.R
 
 urlpatterns = [
     path("courses/<int:pk>/outcome/", api.CourseOutcomeView.as_view(), name="outcomes-course-outcome"),
+    path("patients/<int:pk>/outcome/", api.PatientOutcomeView.as_view(), name="outcomes-patient-outcome"),
     path("survival/", api.SurvivalView.as_view(), name="outcomes-survival"),
     path("toxicity/", api.ToxicityAnalysisView.as_view(), name="outcomes-toxicity"),
     path("ntcp/", api.NTCPView.as_view(), name="outcomes-ntcp-api"),

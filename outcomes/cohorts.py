@@ -1,11 +1,17 @@
-"""Cohort builder: which radiotherapy courses an analysis or export covers.
+"""Cohort builder: which radiotherapy courses, and which patients without radiotherapy, an analysis or export covers.
 
-A cohort is a ``Course`` queryset (active courses, active patients) filtered by diagnosis site, dates (diagnosis and
+A cohort (``Cohort``) is a ``Course`` queryset (active courses, active patients) and a ``PatientOutcome`` queryset of
+the patients without any live RT course (registry patients treated by surgery or chemotherapy alone, followed up
+outside a course); ``radiotherapy=yes|no`` keeps one part. Both are filtered by diagnosis site, dates (diagnosis and
 RT start; by month for researchers, see ``outcomes.disclosure``), intent, technique, treatments received (surgery, chemotherapy, immunotherapy, trial; or the multimodal
 surgery + chemotherapy + RT combination), trial arm, toxicity (any CTCAE grade >= N event, when the toxicity
 module is installed) and registry covariates (``covariate=gbsg2.tsize:20..50``, ``covariate=gbsg2.tgrade:II,III``;
 see ``outcomes.covariates``). ``CohortFilter.from_params`` reads the same names from a query string or form, so the API, the
 analysis page and the exports share one definition.
+
+A filter only a course can meet (intent, technique, RT start dates, a grade >= N toxicity event, a course-level
+covariate, ``radiotherapy=yes``) leaves the patients without radiotherapy out; ``no_toxicity_grade`` keeps them (they
+have no toxicity event). A patient without radiotherapy is taken with their earliest live diagnosis.
 """
 
 from __future__ import annotations
@@ -13,10 +19,10 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass, field, fields
 
-from django.db.models import Exists, OuterRef
+from django.db.models import Exists, OuterRef, Subquery
 
 from workflow.errors import RuleViolation
-from workflow.models import Course, DiseaseSite, Intent, Technique, Treatment, TreatmentKind
+from workflow.models import Course, Diagnosis, DiseaseSite, Intent, Technique, Treatment, TreatmentKind
 
 from .covariates import parse_filter
 from .disclosure import parse_filter_date, restricted
@@ -80,9 +86,11 @@ class CohortFilter:
     min_toxicity_grade: int | None = None  # at least one event of this CTCAE grade or worse
     no_toxicity_grade: int | None = None  # no event of this grade or worse
     covariates: list = field(default_factory=list)  # outcomes.covariates.CovariateFilter, all must hold
+    radiotherapy: bool | None = None  # True: RT courses only; False: patients without RT only; None: both
 
     PARAMS = ("site", "diagnosed_from", "diagnosed_to", "rt_start_from", "rt_start_to", "intent", "technique",
-              "treatment", "multimodal", "trial_arm", "min_toxicity_grade", "no_toxicity_grade", "covariate")
+              "treatment", "multimodal", "trial_arm", "min_toxicity_grade", "no_toxicity_grade", "covariate",
+              "radiotherapy")
 
     @classmethod
     def for_user(cls, params, user):
@@ -119,6 +127,7 @@ class CohortFilter:
             min_toxicity_grade=grade("min_toxicity_grade"),
             no_toxicity_grade=grade("no_toxicity_grade"),
             covariates=[parse_filter(text) for text in _each(params, "covariate")],
+            radiotherapy=_bool(params, "radiotherapy"),
         )
         f.validate()
         return f
@@ -135,6 +144,13 @@ class CohortFilter:
                 raise RuleViolation(f"{name}: unknown value(s) {', '.join(bad)}; use {', '.join(allowed)}.", field=name)
         if (self.min_toxicity_grade or self.no_toxicity_grade) and toxicity_model() is None:
             raise RuleViolation("Toxicity data are not available.", field="min_toxicity_grade")
+        if self.radiotherapy is False:
+            for name, value in (("intent", self.intents), ("technique", self.techniques),
+                                ("rt_start_from", self.rt_start_from), ("rt_start_to", self.rt_start_to),
+                                ("min_toxicity_grade", self.min_toxicity_grade)):
+                if value not in (None, "", []):
+                    raise RuleViolation(f"{name} describes a radiotherapy course; radiotherapy=no selects the "
+                                        "patients without one.", field=name)
 
     def describe(self):
         items = ((f.name, getattr(self, f.name)) for f in fields(self) if f.name != "covariates")
@@ -143,7 +159,47 @@ class CohortFilter:
             out["covariate"] = [c.describe() for c in self.covariates]
         return out
 
+    def cohort(self):
+        """The ``Cohort``: the filtered RT courses and the filtered patients without radiotherapy."""
+        return Cohort(self.queryset() if self.radiotherapy is not False else Course.objects.none(),
+                      self.without_rt_queryset())
+
+    def course_only(self):
+        """True when a filter only a radiotherapy course can meet is set (patients without RT cannot match)."""
+        return bool(self.radiotherapy or self.intents or self.techniques or self.rt_start_from or self.rt_start_to
+                    or self.min_toxicity_grade or any(c.variable.level == "course" for c in self.covariates))
+
+    def without_rt_queryset(self):
+        """``PatientOutcome`` rows of live patients without a live RT course, with their earliest live diagnosis
+        annotated (``dx_id``, ``dx_site``, ``dx_date``), filtered like the courses."""
+        from .models import PatientOutcome
+
+        if self.course_only():
+            return PatientOutcome.objects.none()
+        first_dx = Diagnosis.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True).order_by("diagnosed_on", "pk")
+        qs = (PatientOutcome.objects.filter(patient__voided_at__isnull=True)
+              .exclude(Exists(Course.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)))
+              .annotate(dx_id=Subquery(first_dx.values("pk")[:1]), dx_site=Subquery(first_dx.values("site")[:1]),
+                        dx_date=Subquery(first_dx.values("diagnosed_on")[:1])))
+        if self.sites:
+            qs = qs.filter(dx_site__in=self.sites)
+        if self.diagnosed_from:
+            qs = qs.filter(dx_date__gte=self.diagnosed_from)
+        if self.diagnosed_to:
+            qs = qs.filter(dx_date__lte=self.diagnosed_to)
+        tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
+        for kind in self.treatments:
+            qs = qs.filter(Exists(tx.filter(kind=kind)))
+        if self.multimodal:  # surgery + chemotherapy + RT: never without RT
+            return qs.none()
+        if self.trial_arm:
+            qs = qs.filter(Exists(tx.filter(kind=TreatmentKind.TRIAL, trial_arm=self.trial_arm)))
+        for cov in self.covariates:
+            qs = cov.apply(qs)
+        return qs
+
     def queryset(self, base=None):
+        """The filtered RT courses (``Course`` queryset)."""
         qs = (base if base is not None else Course.objects.all()).filter(voided_at__isnull=True, patient__voided_at__isnull=True)
         if self.sites:
             qs = qs.filter(diagnosis__site__in=self.sites)
@@ -177,6 +233,24 @@ class CohortFilter:
         for cov in self.covariates:
             qs = cov.apply(qs)
         return qs
+
+
+@dataclass(frozen=True)
+class Cohort:
+    """What an analysis or export covers: RT courses (``courses``) and patients without radiotherapy
+    (``without_rt``, ``PatientOutcome`` rows annotated with their diagnosis, see ``CohortFilter.without_rt_queryset``)."""
+
+    courses: object
+    without_rt: object
+
+
+def as_cohort(cohort):
+    """A ``Cohort`` from a ``Cohort`` or a bare ``Course`` queryset (no patients without radiotherapy)."""
+    if isinstance(cohort, Cohort):
+        return cohort
+    from .models import PatientOutcome
+
+    return Cohort(cohort, PatientOutcome.objects.none())
 
 
 def build_cohort(params=None, **kwargs):

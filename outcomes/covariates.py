@@ -239,7 +239,8 @@ def add_columns(df, variables):
         numeric = v.kind == VariableKind.NUMERIC
         rows = fetch_columns(qs, {"owner": ("course_id" if course else "patient_id", "int"),
                                   "value": ("number", "float") if numeric else ("level", "text")})
-        target = df["course_id" if course else "patient_id"].to_numpy(np.int64)
+        # a patient without radiotherapy has no course (<NA>): -1 matches no course-level value
+        target = df["course_id" if course else "patient_id"].fillna(-1).to_numpy(np.int64)
         order = np.argsort(rows["owner"], kind="stable")
         owners, values = rows["owner"][order], rows["value"][order]
         pos = np.searchsorted(owners, target)

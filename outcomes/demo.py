@@ -7,6 +7,10 @@ Called by the demo seeder (``workflow.pathway.demo``, extension contract there) 
 2. It adds a *historical registry cohort* (default 320 pleural mesothelioma patients treated 6 months to 9 years
    ago, about half after P/D or EPP + cisplatin/pemetrexed + IMRT, plus 40 patients with other sites), so the
    analysis page has enough follow-up for 1, 2 and 5-year estimates. RT dates are recorded (no fraction rows).
+3. It adds ``HISTORICAL_NO_RT`` (30) pleural mesothelioma patients treated with cisplatin/pemetrexed alone, without
+   radiotherapy: no course, follow-up recorded for the patient (``PatientOutcome``), analysable from diagnosis
+   (group by "Radiotherapy vs none"). Their survival is drawn from the end of chemotherapy like "other pleural
+   mesothelioma" (median about a year, CheckMate 743's chemotherapy arm 14.1 months from randomisation).
 
 Calibration (DOMAIN.md section 5; seed literature for pleural mesothelioma after IMRT): survival after the end of
 RT is Weibull, S(t) = exp(-(t / lambda)^k) (OS from RT start adds the ~6-week course); the historical cohort draws
@@ -45,7 +49,7 @@ from workflow.models import (
 )
 
 from .models import AssessmentKind, CourseOutcome, Death, FollowUpAssessment, LesionMeasurement
-from .services import recompute_course
+from .services import recompute_course, recompute_patient_outcome
 
 MONTH = 30.4375
 WEIBULL = {  # (k, lambda in months)
@@ -55,6 +59,8 @@ WEIBULL = {  # (k, lambda in months)
 }
 HISTORICAL_MESO = 320
 HISTORICAL_OTHER = 40
+HISTORICAL_NO_RT = 30
+NO_RT_MRN = "RPD-8{:05d}"
 HIST_MRN = "RPD-9{:05d}"
 OTHER_SITES = [("lung", "Right lung"), ("prostate", "Prostate"), ("head_and_neck", "Oropharynx"), ("sarcoma", "Left thigh")]
 GIVEN = ["Alma", "Basil", "Cyrus", "Dora", "Edwin", "Flora", "Gareth", "Hilda", "Ivo", "Jocasta", "Kit", "Lorna",
@@ -88,7 +94,7 @@ class _Sim:
     def __init__(self, rng, today, user):
         self.rng, self.today, self.user = rng, today, user
         self.assessments, self.measurements, self.deaths = [], [], []
-        self.courses = []
+        self.courses, self.patients_without_rt = [], []
 
     def simulate(self, *, patient, course, site, multimodal, rt_start, rt_end, must_live=False, alive_after=None, u=None):
         rng, today = self.rng, self.today
@@ -160,7 +166,10 @@ class _Sim:
             lka = max(last_seen, horizon - dt.timedelta(days=rng.randint(0, 45)))
             self.assessments.append((FollowUpAssessment(patient=patient, course=course, kind=AssessmentKind.CONTACT, date=lka,
                                                         imaging="none", last_known_alive=lka), []))
-        self.courses.append(course)
+        if course is None:
+            self.patients_without_rt.append(patient)
+        else:
+            self.courses.append(course)
 
     def _add(self, patient, course, kind, date, criteria, lesions, factor, new_lesions=False, failure="", regrow=0.0):
         a = FollowUpAssessment(patient=patient, course=course, kind=kind, date=date, imaging="CT", criteria=criteria,
@@ -186,6 +195,8 @@ class _Sim:
         Death.objects.bulk_create(self.deaths)
         for c in self.courses:
             recompute_course(c)
+        for p in self.patients_without_rt:
+            recompute_patient_outcome(p)
 
 
 def _cancel_visits_after_death(deaths, user):
@@ -240,7 +251,33 @@ def _historical_cohort(sim, rng, today, user, n_meso, n_other):
         sim.simulate(patient=p, course=c, site=site, multimodal=multimodal, rt_start=rt_start, rt_end=rt_end, u=u)
 
 
-def seed(*, rng, today, users, courses, historical_meso=HISTORICAL_MESO, historical_other=HISTORICAL_OTHER):
+def _without_radiotherapy(sim, rng, today, user, n):
+    """Pleural mesothelioma treated by chemotherapy alone: no course; the chemotherapy's dates anchor follow-up."""
+    quantiles = stratified_uniforms(rng, n)
+    for i in range(n):
+        diagnosed = today - dt.timedelta(days=rng.randint(200, 6 * 365))
+        age = rng.randint(60, 84)
+        p = Patient(mrn=NO_RT_MRN.format(i + 1), given_name=rng.choice(GIVEN), family_name=rng.choice(FAMILY),
+                    birth_date=diagnosed - dt.timedelta(days=int(age * 365.25) + rng.randint(0, 364)),
+                    sex="M" if rng.random() < 0.78 else "F")
+        p._history_user = user
+        p.save()
+        dx = Diagnosis(patient=p, site="pleural_mesothelioma", histology=rng.choice(["Epithelioid", "Biphasic"]),
+                       stage="", diagnosed_on=diagnosed)
+        dx._history_user = user
+        dx.save()
+        start = diagnosed + dt.timedelta(days=rng.randint(20, 40))
+        end = start + dt.timedelta(days=rng.randint(80, 110))  # four to six 21-day cycles
+        t = Treatment(patient=p, diagnosis=dx, kind=TreatmentKind.CHEMOTHERAPY, agent="Cisplatin + pemetrexed",
+                      start_date=start, end_date=end)
+        t._history_user = user
+        t.save()
+        sim.simulate(patient=p, course=None, site="pleural_mesothelioma", multimodal=False, rt_start=start, rt_end=end,
+                     u=quantiles.pop())
+
+
+def seed(*, rng, today, users, courses, historical_meso=HISTORICAL_MESO, historical_other=HISTORICAL_OTHER,
+         historical_no_rt=HISTORICAL_NO_RT):
     """Add outcomes to the demo clinic (see module docstring). Returns a small summary dict."""
     user = users.get("oncologist") or next(iter(users.values()), None)
     sim = _Sim(rng, today, user)
@@ -260,6 +297,7 @@ def seed(*, rng, today, users, courses, historical_meso=HISTORICAL_MESO, histori
                      rt_start=start, rt_end=end, must_live=patient.pk in running,
                      alive_after=seen.due_date if seen else None)
     _historical_cohort(sim, rng, today, user, historical_meso, historical_other)
+    _without_radiotherapy(sim, rng, today, user, historical_no_rt)
     sim.flush()
     _cancel_visits_after_death(sim.deaths, user)
     # courses still running: record the baseline scan so the follow-up page has a starting point
@@ -276,4 +314,5 @@ def seed(*, rng, today, users, courses, historical_meso=HISTORICAL_MESO, histori
                                                      organ="pleura" if kind == "pleural" else "lung",
                                                      ct_level=lvl if kind == "pleural" else None, value_mm=round(rng.uniform(12, 25), 1))
                 recompute_course(e["course"])
-    return {"courses_followed": len(sim.courses), "assessments": len(sim.assessments), "deaths": len(sim.deaths)}
+    return {"courses_followed": len(sim.courses), "patients_without_rt": len(sim.patients_without_rt),
+            "assessments": len(sim.assessments), "deaths": len(sim.deaths)}

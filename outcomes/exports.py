@@ -44,6 +44,7 @@ from workflow.errors import RuleViolation
 from workflow.models import Patient
 
 from . import covariates, deidentify, disclosure
+from .cohorts import as_cohort
 from .models import FollowUpAssessment
 from .services import cohort_patient_ids, endpoint_frame
 
@@ -51,7 +52,7 @@ FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json
 TABLES = ("patients", "assessments", "toxicity", "timing", "dvh")
 
 PATIENT_COLUMNS = [
-    "mrn", "course_id", "birth_date", "time_zero", "time_zero_date", "sex", "site", "intent", "technique",
+    "mrn", "course_id", "birth_date", "time_zero", "time_zero_date", "sex", "site", "radiotherapy", "intent", "technique",
     "total_dose_gy", "fractions", "surgery", "chemotherapy", "multimodal", "trial_arm", "grade3_toxicity",
     "best_response", "current_status", "diagnosis_date", "rt_start", "rt_end", "first_progression_date",
     "recurrence_date", "death_date", "death_cause", "last_contact_date",
@@ -86,15 +87,27 @@ def identified_frames(courses, time_zero="rt_start"):
         cols += [v.key for v in variables if df[v.key].notna().any()]
     patients = df[[c for c in cols if c in df.columns]].copy() if not df.empty else pd.DataFrame(columns=cols)
     patients["time_zero"] = time_zero
-    t0 = dict(zip(df["course_id"], df["time_zero_date"])) if not df.empty else {}
-    mrn = dict(zip(df["course_id"], df["mrn"])) if not df.empty else {}
+    # a course's assessments; a patient without radiotherapy's assessments outside any course
+    with_rt = df["course_id"].notna() if not df.empty else pd.Series(dtype=bool)
+    courses = df[with_rt] if not df.empty else df
+    others = df[~with_rt] if not df.empty else df
     rows = list(
-        FollowUpAssessment.objects.active().filter(course_id__in=list(t0)).order_by("course_id", "date", "pk")
-        .values_list(*ASSESSMENT_COLUMNS)
+        FollowUpAssessment.objects.active().filter(course_id__in=[int(c) for c in courses["course_id"]])
+        .order_by("course_id", "date", "pk").values_list("patient_id", *ASSESSMENT_COLUMNS)
     )
-    a = pd.DataFrame.from_records(rows, columns=ASSESSMENT_COLUMNS)
-    a.insert(0, "mrn", a["course_id"].map(mrn))
-    a.insert(2, "time_zero_date", pd.to_datetime(a["course_id"].map(t0)))
+    if not others.empty:
+        rows += list(
+            FollowUpAssessment.objects.active().filter(patient_id__in=[int(p) for p in others["patient_id"]],
+                                                      course__isnull=True)
+            .order_by("patient_id", "date", "pk").values_list("patient_id", *ASSESSMENT_COLUMNS)
+        )
+    a = pd.DataFrame.from_records(rows, columns=["patient_id", *ASSESSMENT_COLUMNS])
+    a["course_id"] = a["course_id"].astype("Int64")
+    t0 = dict(zip(df["patient_id"], df["time_zero_date"])) if not df.empty else {}
+    mrn = dict(zip(df["patient_id"], df["mrn"])) if not df.empty else {}
+    a.insert(0, "mrn", a["patient_id"].map(mrn))
+    a.insert(2, "time_zero_date", pd.to_datetime(a["patient_id"].map(t0)))
+    a = a.drop(columns="patient_id")
     for c in ("date", "last_known_alive"):
         a[c] = pd.to_datetime(a[c])
     for c in ("target_response", "derived_response", "override_response", "response", "disease_status", "failure_site"):
@@ -120,7 +133,8 @@ def deidentified_frames(courses, time_zero="rt_start"):
         "dates": "whole days from time zero (<column>_day)",
         "age": "completed years at time zero, 90 = 90 or older",
         "pseudonym": "HMAC-SHA256 keyed by the server secret, 16 hex (RP- patient, RX- course)",
-        "unit": "one row per patient (earliest course in the cohort)",
+        "unit": "one row per patient (earliest course in the cohort; a patient without radiotherapy: no course, "
+                "empty pseudo_course_id and RT columns, radiotherapy = no)",
         "n_patients": int(len(p.frame)),
         "n_assessments": int(len(a.frame)),
         "dropped_columns": sorted(set(p.dropped_columns) | set(a.dropped_columns)),
@@ -236,7 +250,7 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start", user=N
     if table == "toxicity":
         from .services import toxicity_analysis
 
-        result = toxicity_analysis(courses, user=user)
+        result = toxicity_analysis(as_cohort(courses).courses, user=user)
         frame = result["rates"]
         meta = {
             "generated_at": timezone.now().isoformat(timespec="seconds"),
@@ -251,11 +265,11 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start", user=N
     if table == "dvh":
         from .ntcp_services import dvh_export_frame
 
-        frame, meta = dvh_export_frame(courses)
+        frame, meta = dvh_export_frame(as_cohort(courses).courses)
         stamp = timezone.localdate().strftime("%Y%m%d")
         return render(frame, meta, fmt), FORMATS[fmt], f"radpath-dvh-{stamp}.{fmt}"
     if table == "timing":
-        frame, patient_ids = timing_frame(courses, with_patients=True)
+        frame, patient_ids = timing_frame(as_cohort(courses).courses, with_patients=True)
         disclosure.check_cohort_size(len(np.unique(patient_ids)), "The care-path cohort")
         disclosure.record_release(user, [patient_ids], kind="export:timing")
         meta = {
@@ -266,7 +280,7 @@ def export(courses, *, table="patients", fmt="csv", time_zero="rt_start", user=N
         }
         stamp = timezone.localdate().strftime("%Y%m%d")
         return render(frame, meta, fmt), FORMATS[fmt], f"radpath-timing-{stamp}.{fmt}"
-    patient_ids = cohort_patient_ids(courses)
+    patient_ids = cohort_patient_ids(courses, time_zero=time_zero)
     disclosure.check_cohort_size(len(patient_ids))
     patients, assessments, meta = deidentified_frames(courses, time_zero)
     disclosure.record_release(user, [patient_ids], kind=f"export:{table}")

@@ -82,6 +82,9 @@ class AnalysisForm(forms.Form):
                                           widget=forms.SelectMultiple(attrs={"size": 3}))
     multimodal = forms.ChoiceField(choices=[("", "Any"), ("yes", "Surgery + chemo + RT"), ("no", "Not multimodal")], required=False)
     trial_arm = forms.CharField(required=False)
+    radiotherapy = forms.ChoiceField(choices=[("", "Any"), ("yes", "RT courses only"), ("no", "Without radiotherapy")],
+                                     required=False, help_text="Patients without an RT course are analysed from "
+                                                               "diagnosis")
     covariate = forms.CharField(required=False, label="Covariate filter",
                                 help_text="registry.variable:low..high or registry.variable:level1,level2; repeat "
                                           "?covariate= in the URL for several")

@@ -74,10 +74,17 @@ IMAGING_CHOICES = ImagingModality.choices + [("none", "None")]
 
 
 class FollowUpAssessment(ClinicalRecord):
-    """One dated assessment of a patient's course: baseline or follow-up imaging, or a contact (alive on date)."""
+    """One dated assessment of a patient's course: baseline or follow-up imaging, or a contact (alive on date).
+
+    ``course`` is empty for a patient followed without any radiotherapy course (a registry patient treated by
+    surgery or chemotherapy alone): such assessments are derived per patient into ``PatientOutcome``. A patient
+    with an RT course logs follow-up on that course (``outcomes.services.save_assessment``)."""
 
     patient = models.ForeignKey(Patient, on_delete=models.PROTECT, related_name="assessments")
-    course = models.ForeignKey(Course, on_delete=models.PROTECT, related_name="assessments")
+    course = models.ForeignKey(
+        Course, null=True, blank=True, on_delete=models.PROTECT, related_name="assessments",
+        help_text="The RT course followed up; empty for a patient without radiotherapy (patient-level follow-up)",
+    )
     kind = models.CharField(max_length=10, choices=AssessmentKind.choices, default=AssessmentKind.FOLLOWUP)
     date = models.DateField()
     imaging = models.CharField(max_length=10, choices=IMAGING_CHOICES, default=ImagingModality.CT)
@@ -187,20 +194,10 @@ class Death(ClinicalRecord):
         return f"Death {self.date} ({self.get_cause_display()})"
 
 
-class CourseOutcome(models.Model):
-    """Per course: RT dates and every derived outcome, rewritten by ``recompute_course`` (queryable in SQL).
+class DerivedOutcome(models.Model):
+    """The derived response record of one unit of follow-up (an RT course, or a patient without one), rewritten by
+    ``outcomes.services`` from its assessments on every change, so it can be queried in SQL."""
 
-    ``rt_start_recorded`` / ``rt_end_recorded`` hold dates from a historical registry (no fraction records);
-    ``rt_start`` / ``rt_end`` are the delivered fractions' first / last day when there are any, else the recorded.
-    """
-
-    course = models.OneToOneField(Course, on_delete=models.CASCADE, related_name="outcome", primary_key=True)
-    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="course_outcomes")
-    rt_start_recorded = models.DateField(null=True, blank=True)
-    rt_end_recorded = models.DateField(null=True, blank=True)
-    # derived
-    rt_start = models.DateField(null=True, blank=True)
-    rt_end = models.DateField(null=True, blank=True)
     criteria = models.CharField(max_length=12, blank=True)
     baseline_date = models.DateField(null=True, blank=True)
     baseline_sum_mm = models.FloatField(null=True, blank=True)
@@ -218,6 +215,25 @@ class CourseOutcome(models.Model):
     computed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
+        abstract = True
+
+
+class CourseOutcome(DerivedOutcome):
+    """Per course: RT dates and every derived outcome, rewritten by ``recompute_course`` (queryable in SQL).
+
+    ``rt_start_recorded`` / ``rt_end_recorded`` hold dates from a historical registry (no fraction records);
+    ``rt_start`` / ``rt_end`` are the delivered fractions' first / last day when there are any, else the recorded.
+    """
+
+    course = models.OneToOneField(Course, on_delete=models.CASCADE, related_name="outcome", primary_key=True)
+    patient = models.ForeignKey(Patient, on_delete=models.CASCADE, related_name="course_outcomes")
+    rt_start_recorded = models.DateField(null=True, blank=True)
+    rt_end_recorded = models.DateField(null=True, blank=True)
+    # derived
+    rt_start = models.DateField(null=True, blank=True)
+    rt_end = models.DateField(null=True, blank=True)
+
+    class Meta:
         permissions = [
             ("view_deidentified", "Can download de-identified research exports"),
             ("run_analysis", "Can run survival analyses"),
@@ -226,6 +242,17 @@ class CourseOutcome(models.Model):
 
     def __str__(self):
         return f"Outcome of course {self.course_id}: BOR {self.best_response or '-'}"
+
+
+class PatientOutcome(DerivedOutcome):
+    """Per patient: the derived outcome of the patient's follow-up outside any RT course (assessments with no
+    ``course``), rewritten by ``outcomes.services.recompute_patient_outcome``. It is the analysis unit of a patient
+    without radiotherapy (``outcomes.cohorts``): time zero is the diagnosis, there is no RT start."""
+
+    patient = models.OneToOneField(Patient, on_delete=models.CASCADE, related_name="outcome", primary_key=True)
+
+    def __str__(self):
+        return f"Outcome of patient {self.patient_id} (no RT course): BOR {self.best_response or '-'}"
 
 
 FOLLOWUP_PERMS = [
@@ -240,13 +267,15 @@ FOLLOWUP_PERMS = [
     "outcomes.add_death",
     "outcomes.change_death",
     "outcomes.view_courseoutcome",
+    "outcomes.view_patientoutcome",
 ]
 RESEARCH_PERMS = ["outcomes.view_deidentified", "outcomes.run_analysis"]
 
 roles.extend_role(roles.ONCOLOGIST, FOLLOWUP_PERMS + RESEARCH_PERMS + ["outcomes.import_registry"])
 roles.extend_role(roles.RESEARCHER, RESEARCH_PERMS)
 for _role in (roles.THERAPIST, roles.SCHEDULER, roles.PHYSICIST, roles.DOSIMETRIST):
-    roles.extend_role(_role, ["outcomes.view_followupassessment", "outcomes.view_death", "outcomes.view_courseoutcome"])
+    roles.extend_role(_role, ["outcomes.view_followupassessment", "outcomes.view_death", "outcomes.view_courseoutcome",
+                                "outcomes.view_patientoutcome"])
 
 
 class CohortRelease(models.Model):

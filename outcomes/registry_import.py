@@ -11,7 +11,7 @@ patient       mrn*, site*, diagnosed_on*, given_name, family_name, birth_date, s
               chemotherapy_date, trial_arm, and the patient-level covariates of the registry's data dictionary
 course        mrn*, course_ref*, intent*, technique*, treated_site*, total_dose_gy*, fractions*, rt_start*, rt_end,
               and the course-level covariates
-followup      mrn*, course_ref*, date*, imaging (CT/MRI/PET-CT/XRAY; blank = contact only), response
+followup      mrn*, course_ref, date*, imaging (CT/MRI/PET-CT/XRAY; blank = contact only), response
               (CR/PR/SD/PD/NE as recorded by the registry), failure_site (local/regional/distant),
               last_known_alive
 death         mrn*, date*, cause (disease/treatment/other_cancer/other/unknown)
@@ -22,7 +22,9 @@ date (cohort filter; time zero ``diagnosis``); names and birth date are optional
 none: nothing is invented; without a birth date the age is unknown and such patients are left out of a Cox model
 with an age term, which the analysis notes say). A course is a radiotherapy course: ``rt_start`` is time zero
 ``rt_start`` and the prescription (intent, technique, site, dose, fractions) is the course record itself. A
-follow-up needs its course and date, a death its date. Extra columns are refused unless the chosen registry's data
+patient without radiotherapy has no course row: nothing is invented; their follow-up rows leave ``course_ref``
+blank and are the patient's (analysed from diagnosis, ``outcomes.cohorts``). A patient with a course in the file or
+in RadPath must name it on every follow-up row. A follow-up needs its date, a death its date. Extra columns are refused unless the chosen registry's data
 dictionary declares them (``outcomes.covariates``); their values are checked against it (unit range, levels) by
 line and column.
 
@@ -78,7 +80,14 @@ from .models import (
     Registry,
     Response,
 )
-from .services import REGISTRY_REASON, derive_registry_outcomes, recompute_course, registry_followup_fields
+from .services import (
+    REGISTRY_REASON,
+    derive_registry_outcomes,
+    derive_registry_patient_outcomes,
+    recompute_course,
+    recompute_patient_outcome,
+    registry_followup_fields,
+)
 
 RECORD_TYPES = ("patient", "course", "followup", "death")
 REQUIRED = {
@@ -86,7 +95,7 @@ REQUIRED = {
     # date are not invented when a registry has none (no birth date: age unknown, left out of age terms)
     "patient": ("mrn", "site", "diagnosed_on"),
     "course": ("mrn", "course_ref", "intent", "technique", "treated_site", "total_dose_gy", "fractions", "rt_start"),
-    "followup": ("mrn", "course_ref", "date"),
+    "followup": ("mrn", "date"),  # course_ref: blank for a patient without radiotherapy
     "death": ("mrn", "date"),
 }
 COLUMNS = sorted({c for cols in REQUIRED.values() for c in cols} | {
@@ -439,6 +448,9 @@ class _Plan:
         self.existing = set()  # MRNs of patients already in RadPath that rows refer to
         self.existing_courses = {}  # (mrn, ref) -> (course_id, patient_id) or None
         self.registry, self.dictionary = None, {}
+        self.unknown_followup_mrns = {}  # mrn of a course-less follow-up not in the file -> not in RadPath either
+        self.has_course = {}  # mrn -> has an RT course (file or RadPath), for course-less follow-ups
+        self.patient_followups = set()  # MRNs with follow-up rows outside any course
 
 
 def validate(source, registry=None):
@@ -521,6 +533,8 @@ def validate(source, registry=None):
         key = (mrn, ref)
         quiet = _Row(row.line, row.data, [])
         date, alive = quiet.date("date"), quiet.date("last_known_alive")
+        if not ref and mrn:  # the follow-up of a patient without radiotherapy
+            _check_patient_followup(plan, row.line, mrn, courses_of, errors)
         if key not in plan.courses and ref:
             if key not in plan.existing_courses:
                 plan.existing_courses[key] = Course.objects.filter(patient__mrn=mrn, name=f"Registry {ref}").values_list(
@@ -537,6 +551,26 @@ def validate(source, registry=None):
             errors.append(RowError(row.line, "last_known_alive", f"after the patient's death on {d[1]}"))
     errors.raise_if_any()
     return plan
+
+
+def _check_patient_followup(plan, line, mrn, courses_of, errors):
+    """A follow-up row without ``course_ref``: its patient must be in the file or in RadPath and have no RT course
+    (a patient with one is followed up on it); RadPath's courses are asked for once per patient."""
+    if mrn not in plan.patients and mrn not in plan.existing:
+        if mrn not in plan.unknown_followup_mrns:
+            plan.unknown_followup_mrns[mrn] = not Patient.objects.filter(mrn=mrn).exists()
+        if plan.unknown_followup_mrns[mrn]:
+            errors.append(RowError(line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))
+            return
+        plan.existing.add(mrn)
+    if mrn not in plan.has_course:
+        plan.has_course[mrn] = bool(courses_of.get(mrn)) or Course.objects.filter(
+            patient__mrn=mrn, voided_at__isnull=True).exists()
+    if plan.has_course[mrn]:
+        errors.append(RowError(line, "course_ref", f"required: patient {_shown(mrn)} has an RT course; name it "
+                                                   "(a blank course_ref is the follow-up of a patient without radiotherapy)"))
+    else:
+        plan.patient_followups.add(mrn)
 
 
 def _bulk(model, objs, user):
@@ -632,7 +666,10 @@ def import_registry(source, *, user=None, registry=None):
             objs = []
             for row in rows:
                 f = _followup_fields(_Row(row.line, row.data, []))
-                course_id, patient_id = course_ids[(row.get("mrn"), row.get("course_ref"))]
+                if row.get("course_ref"):
+                    course_id, patient_id = course_ids[(row.get("mrn"), row.get("course_ref"))]
+                else:  # a patient without radiotherapy
+                    course_id, patient_id = None, patient_ids[row.get("mrn")]
                 followed.add(patient_id)
                 derived = registry_followup_fields(f["response"]) if f["kind"] == AssessmentKind.FOLLOWUP else {}
                 objs.append(FollowUpAssessment(
@@ -654,6 +691,14 @@ def import_registry(source, *, user=None, registry=None):
             _bulk(Death, objs, user)
             summary.deaths += len(objs)
         derive_registry_outcomes(new_courses)
+        # patients without radiotherapy (no course in the file or in RadPath): their outcome row, new or recomputed
+        with_course = {pid for pid, _s, _e in new_courses.values()}
+        new_patients = [pid for mrn, pid in patient_ids.items() if mrn in plan.patients and pid not in with_course]
+        derive_registry_patient_outcomes(new_patients)
+        for mrn in plan.existing:
+            pid = patient_ids.get(mrn)
+            if pid is not None and pid not in with_course and (pid in followed):
+                recompute_patient_outcome(Patient(pk=pid))
         touched = set(new_courses)
         # courses already in RadPath whose follow-up or last contact this file changed: recomputed one by one
         for chunk in _chunks(followed):

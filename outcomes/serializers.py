@@ -10,6 +10,7 @@ from .models import (
     Death,
     FollowUpAssessment,
     LesionMeasurement,
+    PatientOutcome,
     Registry,
     RegistryVariable,
     Response,
@@ -32,7 +33,12 @@ class DeathInputSerializer(serializers.Serializer):
 class AssessmentSerializer(serializers.ModelSerializer):
     """Write: the clinical input and its measurements. Read: plus every derived value (never writable)."""
 
-    course = serializers.PrimaryKeyRelatedField(queryset=Course.objects.active())
+    course = serializers.PrimaryKeyRelatedField(
+        queryset=Course.objects.active(), required=False, allow_null=True,
+        help_text="The RT course followed up; leave out (with patient) for a patient without radiotherapy")
+    patient = serializers.PrimaryKeyRelatedField(
+        queryset=Patient.objects.active(), required=False,
+        help_text="Only for a patient without an RT course (else it is the course's patient)")
     measurements = serializers.SerializerMethodField()
     measurements_input = MeasurementSerializer(many=True, write_only=True, required=False, source="measurement_rows")
     death = DeathInputSerializer(write_only=True, required=False)
@@ -47,7 +53,7 @@ class AssessmentSerializer(serializers.ModelSerializer):
             "disease_status", "voided_at",
         ]
         read_only_fields = [
-            "patient", "target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct",
+            "target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct",
             "target_response", "derived_response", "override_response", "override_reason", "override_by", "override_at",
             "response", "disease_status", "voided_at",
         ]
@@ -68,6 +74,18 @@ class DeathSerializer(serializers.ModelSerializer):
         model = Death
         fields = ["id", "patient", "date", "cause", "cause_detail", "voided_at"]
         read_only_fields = ["voided_at"]
+
+
+class PatientOutcomeSerializer(serializers.ModelSerializer):
+    class Meta:
+        model = PatientOutcome
+        fields = [
+            "patient", "criteria", "baseline_date", "baseline_sum_mm", "best_response", "best_response_date",
+            "first_response_date", "first_complete_remission_date", "first_progression_date", "recurrence_date",
+            "first_local_failure_date", "current_status", "last_assessment_date", "last_contact_date",
+            "derivation_issue", "computed_at",
+        ]
+        read_only_fields = fields
 
 
 class CourseOutcomeSerializer(serializers.ModelSerializer):

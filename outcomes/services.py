@@ -55,6 +55,7 @@ from .models import (
     FollowUpAssessment,
     LesionMeasurement,
     MeasurementKind,
+    PatientOutcome,
     VitalStatus,
 )
 
@@ -73,6 +74,7 @@ GROUPINGS = {
     "intent": "Intent",
     "technique": "Technique",
     "multimodal": "Surgery + chemotherapy + RT vs not",
+    "radiotherapy": "Radiotherapy vs none",
     "trial_arm": "Trial arm",
     "sex": "Sex",
     "grade3_toxicity": "Grade >= 3 toxicity",
@@ -84,6 +86,10 @@ def group_label(group_by, value):
     if value is None or (isinstance(value, float) and np.isnan(value)):
         return "Unknown"
     text = str(value)
+    if group_by in ("intent", "technique") and text == NO_RT:
+        return "No radiotherapy"
+    if group_by == "radiotherapy":
+        return {"yes": "Radiotherapy", "no": "No radiotherapy"}.get(text, text)
     choices = {"site": DiseaseSite, "intent": Intent, "technique": Technique, "sex": Sex}.get(group_by)
     if choices is not None:
         return dict(choices.choices).get(text, text.replace("_", " ").capitalize())
@@ -146,19 +152,37 @@ def _check_dates(patient, course, date):
 
 
 @transaction.atomic
-def save_assessment(*, course, user, data, measurements=(), assessment=None, death=None):
+def save_assessment(*, course=None, user, data, measurements=(), assessment=None, death=None, patient=None):
     """Create (``assessment=None``) or correct an assessment with its measurements, then recompute the course.
 
     ``data``: assessment fields (``ASSESSMENT_FIELDS``); ``measurements``: dicts of ``MEASUREMENT_FIELDS``. A
     correction voids the previous measurement rows (kept in the database and history) and writes the new set.
     ``death``: optional ``{"date", "cause", "cause_detail"}`` when the follow-up records the patient's death.
+
+    Without a ``course``, the assessment is the ``patient``'s follow-up outside radiotherapy: accepted only while
+    the patient has no live RT course (a patient with one is followed up on that course, so every assessment
+    belongs to exactly one analysis unit), and derived into the patient's ``PatientOutcome``.
     """
-    course = Course.objects.select_related("patient").get(pk=course.pk)
-    patient = course.patient
+    if assessment is not None:
+        course = course if course is not None else assessment.course
+        patient = assessment.patient
+    if course is not None:
+        course = Course.objects.select_related("patient").get(pk=course.pk)
+        if patient is not None and patient.pk != course.patient_id:
+            raise RuleViolation("The course belongs to another patient.", field="course")
+        patient = course.patient
+        if assessment is not None and assessment.course_id != course.pk:
+            raise RuleViolation("The assessment belongs to another course.", field="course")
+    else:
+        if patient is None:
+            raise RuleViolation("Name the course followed up (or, for a patient without radiotherapy, the patient).",
+                                field="course")
+        live = Course.objects.active().filter(patient=patient).order_by("pk").first()
+        if live is not None:
+            raise RuleViolation(f"The patient has an RT course ({live}); log the follow-up on that course.",
+                                field="course")
     if assessment is None:
         assessment = FollowUpAssessment(patient=patient, course=course)
-    elif assessment.course_id != course.pk:
-        raise RuleViolation("The assessment belongs to another course.", field="course")
     for name in ASSESSMENT_FIELDS:
         if name in data:
             setattr(assessment, name, data[name])
@@ -213,7 +237,7 @@ def override_response(assessment, *, user, response, reason):
     assessment.override_at = timezone.now()
     assessment._history_user = user
     assessment.save()
-    recompute_course(assessment.course)
+    recompute_assessment_unit(assessment)
     assessment.refresh_from_db()
     return assessment
 
@@ -226,7 +250,7 @@ def clear_override(assessment, *, user):
     assessment.override_at = None
     assessment._history_user = user
     assessment.save()
-    recompute_course(assessment.course)
+    recompute_assessment_unit(assessment)
     assessment.refresh_from_db()
     return assessment
 
@@ -380,6 +404,49 @@ def derive_registry_outcomes(new_courses, *, chunk=2000):
             FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
 
 
+def derive_registry_patient_outcomes(patient_ids, *, chunk=2000):
+    """Create the ``PatientOutcome`` rows of patients without radiotherapy a registry import just created, with what
+    :func:`recompute_patient_outcome` would derive, in a few queries per ``chunk``: such a patient has no baseline
+    and no measurement, so the derivation is ``_fallback_derived`` on the follow-ups outside any course (effective
+    = the recorded response) and last contact is the latest assessment or last-known-alive date."""
+    from types import SimpleNamespace
+
+    ids = sorted(patient_ids)
+    now = timezone.now()
+    for start in range(0, len(ids), chunk):
+        part = ids[start:start + chunk]
+        own = FollowUpAssessment.objects.filter(patient_id__in=part, voided_at__isnull=True)
+        rows = fetch_columns(
+            own.filter(course__isnull=True, kind=AssessmentKind.FOLLOWUP),
+            {"pk": ("pk", "int"), "patient_id": ("patient_id", "int"), "date": ("date", "date"),
+             "override_response": ("override_response", "text"), "failure_site": ("failure_site", "text")})
+        order = np.lexsort((rows["pk"], rows["date"], rows["patient_id"]))
+        by_patient = {}
+        for i in order:
+            by_patient.setdefault(int(rows["patient_id"][i]), []).append(SimpleNamespace(
+                pk=int(rows["pk"][i]), date=rows["date"][i].astype(object), override_response=rows["override_response"][i],
+                failure_site=rows["failure_site"][i]))
+        contact = {}
+        for pid, d, alive in own.order_by().values("patient_id").annotate(d=Max("date"), a=Max("last_known_alive")) \
+                .values_list("patient_id", "d", "a"):
+            dates = [x for x in (d, alive) if x is not None]
+            contact[pid] = max(dates) if dates else None
+        outcomes, recurrences = [], []
+        for pid in part:
+            follow = by_patient.get(pid, [])
+            derived = _fallback_derived(None, follow)
+            recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
+            outcomes.append(PatientOutcome(
+                patient_id=pid, **derived,
+                first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
+                                               and a.failure_site == FailureSite.LOCAL), None),
+                last_assessment_date=follow[-1].date if follow else None, last_contact_date=contact.get(pid),
+                derivation_issue="no baseline assessment" if follow else "", computed_at=now))
+        bulk.insert(PatientOutcome, outcomes)
+        for i in range(0, len(recurrences), 500):
+            FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
+
+
 def _rt_dates(course):
     agg = Fraction.objects.active().filter(course=course, status=AppointmentStatus.DELIVERED).aggregate(
         first=Min("starts_at"), last=Max("starts_at")
@@ -395,22 +462,17 @@ def _last_contact(patient_id):
     return max(dates) if dates else None
 
 
-def recompute_course(course):
-    """Rewrite every derived value of the course's assessments and its ``CourseOutcome`` row."""
-    course = Course.objects.select_related("patient").get(pk=course.pk)
-    items = list(
-        FollowUpAssessment.objects.active().filter(course=course).exclude(kind=AssessmentKind.CONTACT)
-        .select_related("override_by").order_by("date", "pk")
-    )
+def _derive(assessments):
+    """Derive every value of one unit's active assessments (a course's, or a patient's without a course): write the
+    per-assessment derived fields (one bulk update) and return ``(outcome fields, follow-ups in date order)``."""
+    items = list(assessments.exclude(kind=AssessmentKind.CONTACT).select_related("override_by").order_by("date", "pk"))
     ms_by = {}
     for m in LesionMeasurement.objects.active().filter(assessment__in=[a.pk for a in items]):
         ms_by.setdefault(m.assessment_id, []).append(m)
     baselines = [a for a in items if a.kind == AssessmentKind.BASELINE]
     baseline = baselines[-1] if baselines else None
     follow = [a for a in items if a.kind == AssessmentKind.FOLLOWUP]
-    outcome, _ = CourseOutcome.objects.get_or_create(course=course, defaults={"patient": course.patient})
     issue = ""
-    derived = {}
     summary = None
     if baseline is None:
         issue = "no baseline assessment" if follow else ""
@@ -427,7 +489,6 @@ def recompute_course(course):
                 )
             except rs.ResponseValidationError as exc:
                 issue = "baseline: " + "; ".join(exc.problems)
-    changed = []
     for a in items:
         for f in ("target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct"):
             setattr(a, f, None)
@@ -456,26 +517,55 @@ def recompute_course(course):
         )
     else:
         derived = _fallback_derived(baseline, follow)
-    changed = items
-    if changed:
+    if items:
         FollowUpAssessment.objects.bulk_update(
-            changed,
+            items,
             ["target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct", "target_response",
              "derived_response", "response", "disease_status"],
         )
-    local = next((a.date for a in follow if a.response == rs.PD and a.failure_site == FailureSite.LOCAL), None)
+    derived["first_local_failure_date"] = next(
+        (a.date for a in follow if a.response == rs.PD and a.failure_site == FailureSite.LOCAL), None)
+    derived["last_assessment_date"] = follow[-1].date if follow else None
+    derived["derivation_issue"] = issue[:300]
+    return derived, follow
+
+
+def recompute_course(course):
+    """Rewrite every derived value of the course's assessments and its ``CourseOutcome`` row."""
+    course = Course.objects.select_related("patient").get(pk=course.pk)
+    derived, _follow = _derive(FollowUpAssessment.objects.active().filter(course=course))
+    outcome, _ = CourseOutcome.objects.get_or_create(course=course, defaults={"patient": course.patient})
     rt_start, rt_end = _rt_dates(course)
     for k, v in derived.items():
         setattr(outcome, k, v)
     outcome.rt_start = rt_start or outcome.rt_start_recorded
     outcome.rt_end = rt_end or outcome.rt_end_recorded or course.completed_on or course.stopped_on
-    outcome.first_local_failure_date = local
-    outcome.last_assessment_date = follow[-1].date if follow else None
     outcome.last_contact_date = _last_contact(course.patient_id)
-    outcome.derivation_issue = issue[:300]
     outcome.computed_at = timezone.now()
     outcome.save()
     return outcome
+
+
+def recompute_patient_outcome(patient):
+    """Rewrite the derived values of the patient's follow-up outside any course and the ``PatientOutcome`` row.
+
+    The row exists for every patient whose outcome was ever recomputed; it is the analysis unit only while the
+    patient has no live RT course (``outcomes.cohorts``)."""
+    derived, _follow = _derive(FollowUpAssessment.objects.active().filter(patient=patient, course__isnull=True))
+    outcome = PatientOutcome.objects.filter(patient_id=patient.pk).first() or PatientOutcome(patient_id=patient.pk)
+    for k, v in derived.items():
+        setattr(outcome, k, v)
+    outcome.last_contact_date = _last_contact(patient.pk)
+    outcome.computed_at = timezone.now()
+    outcome.save()
+    return outcome
+
+
+def recompute_assessment_unit(assessment):
+    """Recompute what one assessment feeds: its course, or the patient's course-less outcome."""
+    if assessment.course_id:
+        return recompute_course(assessment.course)
+    return recompute_patient_outcome(assessment.patient)
 
 
 def set_recorded_rt_dates(course, rt_start, rt_end=None):
@@ -487,8 +577,17 @@ def set_recorded_rt_dates(course, rt_start, rt_end=None):
 
 
 def recompute_patient(patient):
-    """Recompute every course of the patient (last contact and death are patient-level)."""
-    return [recompute_course(c) for c in Course.objects.active().filter(patient=patient)]
+    """Recompute every course of the patient and the patient's course-less outcome (last contact and death are
+    patient-level)."""
+    out = [recompute_course(c) for c in Course.objects.active().filter(patient=patient)]
+    recompute_patient_outcome(patient)
+    return out
+
+
+def patient_timeline(patient):
+    """The timeline of a patient's follow-up outside any RT course (as ``timeline`` for a course)."""
+    return list(FollowUpAssessment.objects.active().filter(patient=patient, course__isnull=True)
+                .select_related("override_by").order_by("date", "pk"))
 
 
 def timeline(course):
@@ -575,7 +674,8 @@ def _add_treatments(df, wanted):
     chemo = np.isin(pid, rows["patient_id"][rows["kind"] == TreatmentKind.CHEMOTHERAPY])
     if wanted & {"surgery", "chemotherapy"}:
         df["surgery"], df["chemotherapy"] = surgery, chemo
-    df["multimodal"] = np.where(surgery & chemo, "surgery+chemo+RT", "other")
+    with_rt = (df["radiotherapy"] == "yes").to_numpy() if "radiotherapy" in df.columns else True
+    df["multimodal"] = np.where(surgery & chemo & with_rt, "surgery+chemo+RT", "other")
     if "trial_arm" in wanted:
         on_arm = (rows["kind"] == TreatmentKind.TRIAL) & (rows["trial_arm"] != "")
         arms = pd.DataFrame({k: rows[k][on_arm] for k in ("patient_id", "trial_arm", "start_date", "pk")})
@@ -584,21 +684,47 @@ def _add_treatments(df, wanted):
         df["trial_arm"] = df["patient_id"].map(first).fillna("none")
 
 
-def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
-    """One row per course of the cohort queryset: dates, derived outcomes and covariates.
+# The same columns for a patient without radiotherapy (a ``PatientOutcome`` row of ``CohortFilter.without_rt_queryset``,
+# which annotates the earliest diagnosis): no course, no RT dates, no prescription (NULL / NaN).
+WITHOUT_RT_COLUMNS = {
+    "patient_id": ("patient_id", "int"),
+    "diagnosis_date": ("dx_date", "date"),
+    "first_progression_date": ("first_progression_date", "date"),
+    "first_local_failure_date": ("first_local_failure_date", "date"),
+    "recurrence_date": ("recurrence_date", "date"),
+    "last_assessment_date": ("last_assessment_date", "date"),
+    "last_contact_date": ("last_contact_date", "date"),
+    "mrn": ("patient__mrn", "text"),
+    "birth_date": ("patient__birth_date", "date"),
+    "sex": ("patient__sex", "text"),
+    "site": ("dx_site", "text"),
+    "best_response": ("best_response", "text"),
+    "current_status": ("current_status", "text"),
+}
+NO_RT = "none"  # intent / technique of a patient without radiotherapy, as groups show it ("No radiotherapy")
 
-    One SQL query, fetched column-wise (:mod:`outcomes.columnar`): the courses with their patient, diagnosis,
+
+def cohort_frame(cohort, time_zero="rt_start", columns=None, inputs=None):
+    """One row per course of the cohort, then one per patient without radiotherapy: dates, derived outcomes and
+    covariates. ``cohort``: a ``cohorts.Cohort`` or a ``Course`` queryset.
+
+    One SQL query per part, fetched column-wise (:mod:`outcomes.columnar`): the courses with their patient, diagnosis,
     derived outcome and live death (joins) and any grade >= 3 toxicity (a correlated subquery); a second one for
     the patients' surgery / chemotherapy / trial treatments (:func:`_add_treatments`). ``columns``: the extra columns wanted beyond the endpoint inputs (default:
     all, as the exports need); subqueries that only feed columns not asked for are left out. ``inputs``: the
-    endpoint input dates wanted (default: all of ``ENDPOINT_INPUTS``).
+    endpoint input dates wanted (default: all of ``ENDPOINT_INPUTS``). A patient without radiotherapy has no
+    ``course_id`` (``<NA>``), no RT dates, intent and technique ``"none"``, and is never multimodal
+    (surgery + chemotherapy + RT); ``radiotherapy`` is ``"yes"`` / ``"no"``.
     """
+    from .cohorts import as_cohort
+
+    cohort = as_cohort(cohort)
     wanted = set(COURSE_COLUMNS) | set(TREATMENT_COLUMNS) | {"grade3_toxicity", "death_cause"} if columns is None else set(columns)
     inputs = list(ENDPOINT_INPUTS) if inputs is None else list(inputs)
     names = inputs + [n for n in COURSE_COLUMNS if n in wanted and n not in inputs]
     spec = {n: COURSE_COLUMNS[n] for n in names}
     # the live death (at most one per patient, a constraint) as a LEFT JOIN: PostgreSQL hash-joins it
-    courses = courses.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
+    courses = cohort.courses.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
     spec["death_date"] = ("live_death__date", "date")
     if "death_cause" in wanted:
         spec["death_cause"] = ("live_death__cause", "text")
@@ -607,33 +733,84 @@ def cohort_frame(courses, time_zero="rt_start", columns=None, inputs=None):
         g3 = tox.objects.filter(course=OuterRef("pk"), voided_at__isnull=True, baseline=False, worst_grade__gte=3)
         spec["grade3_toxicity"] = (Exists(g3), "bool")
     df = _frame(fetch_columns(courses, spec), {n: k for n, (_, k) in spec.items()})
+    other = _without_rt_frame(cohort.without_rt, spec)
+    if other is not None:
+        df["radiotherapy"] = "yes"
+        df = pd.concat([df.astype({"course_id": "Int64"}), other], ignore_index=True)
+        for col in ("intent", "technique"):
+            if col in df.columns:
+                df[col] = df[col].astype(object).where(df["radiotherapy"] == "yes", NO_RT)
+    elif "radiotherapy" in wanted:
+        df["radiotherapy"] = "yes"
     if "fractions" in df.columns:
         df["fractions"] = df["fractions"].astype("Int64")
     if wanted & set(TREATMENT_COLUMNS):
         _add_treatments(df, wanted)
     if "grade3_toxicity" in df.columns:
-        df["grade3_toxicity"] = np.where(df["grade3_toxicity"], "yes", "no")
+        df["grade3_toxicity"] = np.where(df["grade3_toxicity"].astype(bool), "yes", "no")
     return df
 
 
-def endpoint_frame(courses, time_zero="rt_start", per_patient=True, columns=None, endpoints=None):
+def _without_rt_frame(patients, course_spec):
+    """The patients-without-radiotherapy part of :func:`cohort_frame` with the course part's columns (None when
+    there are none): what a course has and they lack is NULL (dates NaT, numbers NaN, text None, no toxicity)."""
+    if patients.query.is_empty():  # none(): no annotations to read either
+        return None
+    spec = {"patient_id": WITHOUT_RT_COLUMNS["patient_id"]}
+    for name, (_expr, kind) in course_spec.items():
+        if name in WITHOUT_RT_COLUMNS:
+            spec[name] = WITHOUT_RT_COLUMNS[name]
+    patients = patients.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
+    if "death_date" in course_spec:
+        spec["death_date"] = ("live_death__date", "date")
+    if "death_cause" in course_spec:
+        spec["death_cause"] = ("live_death__cause", "text")
+    arrays = fetch_columns(patients, spec)
+    n = len(arrays["patient_id"])
+    if n == 0:
+        return None
+    df = _frame(arrays, {k: kind for k, (_e, kind) in spec.items()})
+    nulls = {"date": np.full(n, np.datetime64("NaT"), "datetime64[s]"), "float": np.full(n, np.nan),
+             "text": np.full(n, None, object), "bool": np.zeros(n, bool)}
+    for name, (_expr, kind) in course_spec.items():
+        if name not in df.columns:
+            df[name] = pd.array([pd.NA] * n, dtype="Int64") if kind == "int" else nulls[kind]
+    df = df[list(course_spec)]
+    df["radiotherapy"] = "no"
+    return df
+
+
+def endpoint_frame(cohort, time_zero="rt_start", per_patient=True, columns=None, endpoints=None):
     """Cohort frame + endpoints (days). ``per_patient``: keep each patient's earliest course in the cohort.
     ``endpoints``: compute (and fetch the dates for) only these of os / pfs / lc / ttr (default all).
 
-    Endpoints come from the course's stored derived dates (``CourseOutcome``, kept current by
-    :func:`recompute_course`) through :func:`outcomes.endpoints.endpoints_from_dates`.
+    Endpoints come from the stored derived dates (``CourseOutcome`` / ``PatientOutcome``, kept current by
+    :func:`recompute_course` / :func:`recompute_patient_outcome`) through
+    :func:`outcomes.endpoints.endpoints_from_dates`. Patients without radiotherapy have no RT start: from
+    ``rt_start`` they are left out, and ``frame.attrs["without_rt_left_out"]`` says how many.
     """
+    from .cohorts import as_cohort
+
     if time_zero not in ep.TIME_ZERO_CHOICES:
         raise RuleViolation(f"time_zero must be one of {', '.join(ep.TIME_ZERO_CHOICES)}.", field="time_zero")
     endpoints = tuple(endpoints) if endpoints is not None else ep.ENDPOINT_NAMES
-    df = cohort_frame(courses, time_zero, columns, inputs=_endpoint_inputs(time_zero, endpoints))
+    cohort = as_cohort(cohort)
+    left_out = 0
+    if time_zero == "rt_start":
+        left_out = cohort.without_rt.count()
+        cohort = as_cohort(cohort.courses)
+    df = cohort_frame(cohort, time_zero, columns, inputs=_endpoint_inputs(time_zero, endpoints))
     if per_patient and not df.empty and df["patient_id"].duplicated().any():
         df = df.sort_values(["patient_id", "rt_start", "course_id"], na_position="last", kind="mergesort")
         df = df.drop_duplicates("patient_id", keep="first").reset_index(drop=True)
     if df.empty:
-        return df.assign(**{f"{k}_{c}": pd.Series(dtype=float) for k in endpoints for c in ("days", "event")})
-    names = {"course_id": "patient_id", "last_contact_date": "last_alive_date"}
-    inputs = df[[c for c in ENDPOINT_INPUTS if c in df.columns and c != "patient_id"] + ["death_date"]].rename(columns=names)
+        out = df.assign(**{f"{k}_{c}": pd.Series(dtype=float) for k in endpoints for c in ("days", "event")})
+        out.attrs["without_rt_left_out"] = left_out
+        return out
+    names = {"last_contact_date": "last_alive_date"}
+    inputs = df[[c for c in ENDPOINT_INPUTS if c in df.columns and c not in ("patient_id", "course_id")]
+                + ["death_date"]].rename(columns=names)
+    inputs.insert(0, "patient_id", np.arange(len(df)))  # the row, as the endpoint function's key
     ends = ep.endpoints_from_dates(inputs, time_zero=time_zero, endpoints=endpoints)
     # one output row per input row, in order: columns side by side, no join needed
     out = pd.concat([df.reset_index(drop=True), ends.drop(columns="patient_id")], axis=1)
@@ -642,6 +819,7 @@ def endpoint_frame(courses, time_zero="rt_start", per_patient=True, columns=None
         out["age_years"] = (t0.dt.year - born.dt.year) - (
             (t0.dt.month < born.dt.month) | ((t0.dt.month == born.dt.month) & (t0.dt.day < born.dt.day))
         ).astype(int)
+    out.attrs["without_rt_left_out"] = left_out
     return out
 
 
@@ -817,6 +995,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
         columns.add("death_cause")
     wanted = (endpoint, "os") if methods["competing"] and endpoint in ("lc", "ttr") else (endpoint,)
     df = endpoint_frame(courses, time_zero, columns=columns, endpoints=wanted)
+    left_out = df.attrs.get("without_rt_left_out", 0)
     if group_by == "grade3_toxicity" and "grade3_toxicity" not in df.columns:
         raise RuleViolation("Toxicity data are not available.", field="group_by")
     covariates.add_columns(df, variables.values())
@@ -827,6 +1006,9 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     df = df[list(dict.fromkeys(keep))]  # what the statistics read; not the whole cohort frame, copied twice
     usable = df.dropna(subset=[dcol, ecol]) if not df.empty else df
     notes = []
+    if left_out:
+        notes.append(f"{left_out} patient(s) of the cohort had no radiotherapy course, so no start of RT: they are "
+                     "not in this analysis from the start of RT (analyse from diagnosis to include them).")
     excluded = len(df) - len(usable)
     if excluded:
         notes.append(f"{excluded} patient(s) without a {time_zero} date (or with death before it) excluded.")
@@ -1022,20 +1204,25 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=N
     disclosure.check_cohort_size(len(df))
     disclosure.record_release(user, [df["patient_id"].to_numpy()], kind="swimmer")
     df = df.sort_values("os_days", ascending=False).head(limit)
-    t0 = dict(zip(df["course_id"], df["time_zero_date"]))
+    # each lane's assessments: its course's, or (no radiotherapy) the patient's outside any course
+    t0 = dict(zip(df["patient_id"], df["time_zero_date"]))
+    with_rt = df["course_id"].notna()
+    units = Q(course_id__in=[int(c) for c in df["course_id"][with_rt]])
+    if (~with_rt).any():
+        units |= Q(patient_id__in=[int(p) for p in df["patient_id"][~with_rt]], course__isnull=True)
     events = {}
-    for cid, date, resp, status in FollowUpAssessment.objects.active().filter(
-        course_id__in=list(t0), kind=AssessmentKind.FOLLOWUP
-    ).exclude(response="").values_list("course_id", "date", "response", "disease_status"):
+    for pid, date, resp, status in FollowUpAssessment.objects.active().filter(
+        units, kind=AssessmentKind.FOLLOWUP
+    ).exclude(response="").values_list("patient_id", "date", "response", "disease_status"):
         kind = "recurrence" if status == rs.STATUS_RECURRENCE else resp
         if kind not in figures.MARKERS:
             continue
-        months = (pd.Timestamp(date) - t0[cid]).days / ep.DAYS_PER_MONTH
+        months = (pd.Timestamp(date) - t0[pid]).days / ep.DAYS_PER_MONTH
         if months >= 0:
-            events.setdefault(cid, []).append((months, kind))
+            events.setdefault(pid, []).append((months, kind))
     lanes = []
     for row in df.itertuples():
-        ev = list(events.get(row.course_id, []))
+        ev = list(events.get(row.patient_id, []))
         if row.os_event == 1:
             ev.append((row.os_days / ep.DAYS_PER_MONTH, "death"))
         lanes.append(figures.SwimmerLane(
@@ -1048,9 +1235,16 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=N
 TOXICITY_TIMES_MONTHS = (3, 6, 12, 24)
 
 
-def cohort_patient_ids(courses):
-    """The distinct patient ids of a cohort queryset (the unit of the minimum cohort and the release ledger)."""
-    return np.unique(np.fromiter(courses.order_by().values_list("patient_id", flat=True).distinct(), dtype=np.int64))
+def cohort_patient_ids(cohort, time_zero=None):
+    """The distinct patient ids of a cohort (the unit of the minimum cohort and the release ledger): its courses'
+    patients and, unless the time zero is the start of RT (which they lack), its patients without radiotherapy."""
+    from .cohorts import as_cohort
+
+    cohort = as_cohort(cohort)
+    ids = list(cohort.courses.order_by().values_list("patient_id", flat=True).distinct())
+    if time_zero != "rt_start" and not cohort.without_rt.query.is_empty():
+        ids += list(cohort.without_rt.order_by().values_list("patient_id", flat=True))
+    return np.unique(np.array(ids, dtype=np.int64))
 
 
 def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS, user=None):
@@ -1062,6 +1256,9 @@ def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS, user=None)
     """
     from .toxicity_analysis import toxicity_summary
 
+    from .cohorts import as_cohort
+
+    courses = as_cohort(courses).courses  # toxicity is graded per RT course
     patients = cohort_patient_ids(courses)
     disclosure.check_cohort_size(len(patients))
     summary = toxicity_summary(courses)
@@ -1182,10 +1379,14 @@ def _competing_causes(df, endpoint, dcol, ecol):
 
 def _first_response_days(usable):
     """Days from time zero to each patient's first CR/PR (NaN = none), from the course's derived outcome."""
-    first = dict(CourseOutcome.objects.filter(course_id__in=usable["course_id"].tolist(),
-                                              first_response_date__isnull=False)
-                 .values_list("course_id", "first_response_date"))
-    resp = pd.to_datetime(usable["course_id"].map(first))
+    with_rt = usable["course_id"].notna()
+    by_course = dict(CourseOutcome.objects.filter(course_id__in=[int(c) for c in usable["course_id"][with_rt]],
+                                                  first_response_date__isnull=False)
+                     .values_list("course_id", "first_response_date"))
+    by_patient = dict(PatientOutcome.objects.filter(patient_id__in=[int(p) for p in usable["patient_id"][~with_rt]],
+                                                    first_response_date__isnull=False)
+                      .values_list("patient_id", "first_response_date")) if (~with_rt).any() else {}
+    resp = pd.to_datetime(usable["course_id"].map(by_course).where(with_rt, usable["patient_id"].map(by_patient)))
     return (resp - pd.to_datetime(usable["time_zero_date"])).dt.days.to_numpy(dtype=float)
 
 

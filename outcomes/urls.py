@@ -11,6 +11,8 @@ urlpatterns = [
     re_path(r"^ntcp/(?P<kind>calibration|dose-response)\.png$", views.ntcp_figure, name="outcomes-ntcp-figure"),
     path("courses/<int:pk>/", views.course_followup, name="outcomes-course"),
     path("courses/<int:course_pk>/assessments/new/", views.assessment_form, name="outcomes-assessment-new"),
+    path("patients/<int:pk>/", views.patient_followup, name="outcomes-patient"),
+    path("patients/<int:patient_pk>/assessments/new/", views.assessment_form, name="outcomes-patient-assessment-new"),
     path("assessments/<int:pk>/edit/", views.assessment_form, name="outcomes-assessment-edit"),
     path("assessments/<int:pk>/override/", views.assessment_override, name="outcomes-assessment-override"),
 ]

@@ -10,12 +10,12 @@ from django.urls import reverse
 from django.views.decorators.http import require_POST
 
 from workflow.errors import RuleViolation
-from workflow.models import Course
+from workflow.models import Course, Patient
 
 from . import disclosure, services
 from .cohorts import CohortFilter
 from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
-from .models import CourseOutcome, FollowUpAssessment, Registry
+from .models import CourseOutcome, FollowUpAssessment, PatientOutcome, Registry
 from .registry_import import COLUMNS, RegistryImportError, import_registry, max_upload_bytes, template_csv, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
@@ -46,42 +46,66 @@ def course_followup(request, pk):
     })
 
 
+@guard(IDENTIFIED, "outcomes.view_followupassessment")
+def patient_followup(request, pk):
+    """Follow-up of a patient without radiotherapy (assessments outside any course); with an RT course, that
+    course's follow-up page is the place."""
+    patient = get_object_or_404(Patient.objects.active(), pk=pk)
+    course = Course.objects.active().filter(patient=patient).order_by("pk").first()
+    if course is not None and not FollowUpAssessment.objects.active().filter(patient=patient, course__isnull=True).exists():
+        return redirect("outcomes-course", course.pk)
+    return render(request, "outcomes/course_followup.html", {
+        "course": None, "patient": patient, "outcome": PatientOutcome.objects.filter(patient=patient).first(),
+        "rows": services.patient_timeline(patient), "override_form": OverrideForm(), "has_course": course is not None,
+    })
+
+
 @guard(IDENTIFIED, "outcomes.add_followupassessment")
-def assessment_form(request, pk=None, course_pk=None):
+def assessment_form(request, pk=None, course_pk=None, patient_pk=None):
     instance = get_object_or_404(FollowUpAssessment.objects.active(), pk=pk) if pk else None
     if instance is not None and not request.user.has_perm("outcomes.change_followupassessment"):
         return HttpResponse(status=403)
-    course = instance.course if instance else get_object_or_404(Course, pk=course_pk)
+    if instance is not None:
+        course, patient = instance.course, instance.patient
+    elif course_pk is not None:
+        course = get_object_or_404(Course, pk=course_pk)
+        patient = course.patient
+    else:
+        course, patient = None, get_object_or_404(Patient.objects.active(), pk=patient_pk)
     if request.method == "POST":
         form = AssessmentForm(request.POST, instance=instance)
         formset = MeasurementFormSet(request.POST, prefix="m")
         if form.is_valid() and formset.is_valid():
             data = {k: form.cleaned_data[k] for k in services.ASSESSMENT_FIELDS if k in form.cleaned_data}
             try:
-                services.save_assessment(course=course, user=request.user, data=data, measurements=measurement_rows(formset),
-                                         assessment=instance, death=form.death())
+                services.save_assessment(course=course, patient=patient, user=request.user, data=data,
+                                         measurements=measurement_rows(formset), assessment=instance,
+                                         death=form.death())
             except (RuleViolation, ValidationError) as exc:
                 _service_error(form, exc)
             else:
                 messages.success(request, "Assessment saved; responses recomputed.")
-                return redirect("outcomes-course", course.pk)
+                return redirect("outcomes-course", course.pk) if course else redirect("outcomes-patient", patient.pk)
     else:
         initial = []
         if instance is not None:
             initial = [{k: getattr(m, k) for k in services.MEASUREMENT_FIELDS} for m in instance.measurements.active()]
         else:
-            prev = FollowUpAssessment.objects.active().filter(course=course).exclude(kind="contact").order_by("-date").first()
+            unit = {"course": course} if course is not None else {"patient": patient, "course__isnull": True}
+            prev = FollowUpAssessment.objects.active().filter(**unit).exclude(kind="contact").order_by("-date").first()
             if prev is not None:  # same lesions as last time, values to fill in
                 initial = [{k: getattr(m, k) for k in services.MEASUREMENT_FIELDS if k != "value_mm"} for m in prev.measurements.active()]
-        form = AssessmentForm(instance=instance, initial=None if instance else {"criteria": _default_criteria(course)})
+        form = AssessmentForm(instance=instance, initial=None if instance else {"criteria": _default_criteria(course, patient)})
         formset = MeasurementFormSet(prefix="m", initial=initial)
     return render(request, "outcomes/assessment_form.html", {
-        "course": course, "patient": course.patient, "form": form, "formset": formset, "instance": instance,
+        "course": course, "patient": patient, "form": form, "formset": formset, "instance": instance,
     })
 
 
-def _default_criteria(course):
-    return "mrecist1.1" if course.diagnosis and course.diagnosis.site == "pleural_mesothelioma" else "recist1.1"
+def _default_criteria(course, patient=None):
+    diagnosis = course.diagnosis if course is not None else (
+        patient.diagnoses.filter(voided_at__isnull=True).order_by("diagnosed_on", "pk").first())
+    return "mrecist1.1" if diagnosis and diagnosis.site == "pleural_mesothelioma" else "recist1.1"
 
 
 @require_POST
@@ -97,7 +121,7 @@ def assessment_override(request, pk):
             messages.error(request, str(exc))
     else:
         messages.error(request, "An override needs a response and a reason.")
-    return redirect("outcomes-course", a.course_id)
+    return redirect("outcomes-course", a.course_id) if a.course_id else redirect("outcomes-patient", a.patient_id)
 
 
 @guard("outcomes.run_analysis")
@@ -109,7 +133,7 @@ def analysis(request):
         query = request.GET.urlencode()
         api_query = _api_query(request.GET, form)
         try:
-            cohort = CohortFilter.for_user(request.GET, request.user).queryset()
+            cohort = CohortFilter.for_user(request.GET, request.user).cohort()
         except RuleViolation as exc:
             _service_error(form, exc)
             cohort = None

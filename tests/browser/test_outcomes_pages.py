@@ -145,3 +145,44 @@ def test_researcher_runs_a_survival_analysis_and_exports_the_cohort(transactiona
     assert not any(s in body for s in ("AN000", "Given", "Family", "1952-05-01"))  # no MRN, name or birth date
     assert sorted(export["os_event"].tolist()) == [0, 0, 1, 1, 1, 1, 1, 1, 1, 1]
     assert os.path.getsize("/tmp/radpath-outcomes-analysis.png") > 0
+
+
+@pytest.mark.browser
+def test_oncologist_follows_up_a_patient_without_radiotherapy_from_the_patient_page(transactional_db, live_server, users,
+                                                                                   oncologist, monkeypatch):
+    """A patient treated by surgery alone: Follow-up on the patient page, baseline then a follow-up CT, PR derived."""
+    from playwright.sync_api import expect, sync_playwright
+
+    from outcomes.models import FollowUpAssessment, PatientOutcome
+
+    monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
+    p = Patient.objects.create(mrn="NORT02", given_name="Sole", family_name="Surgery", birth_date=D(1951, 3, 1), sex="M")
+    Diagnosis.objects.create(patient=p, site="lung", diagnosed_on=D(2025, 1, 5))
+    Treatment.objects.create(patient=p, kind="surgery", surgery_type="other", start_date=D(2025, 2, 1))
+    services.save_assessment(patient=p, user=oncologist, data={"kind": "baseline", "date": D(2025, 1, 20)},
+                             measurements=[_target("T1", 40)])
+
+    with sync_playwright() as pw:
+        browser = launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1000})
+            login(page, live_server.url, "oncologist", f"/patients/{p.pk}/")
+            page.get_by_role("link", name="Follow-up", exact=True).click()
+            page.wait_for_url(f"**/outcomes/patients/{p.pk}/")
+            expect(page.get_by_role("heading", name="Follow-up without radiotherapy")).to_be_visible()
+            page.get_by_role("link", name="Log assessment").click()
+            expect(page.locator("#id_m-0-lesion")).to_have_value("T1")
+            page.locator("#id_kind").select_option("followup")
+            page.locator("#id_date").fill("2025-05-05")
+            page.locator("#id_m-0-value_mm").fill("24")  # -40 % from 40 mm: PR
+            page.get_by_role("button", name="Save and recompute").click()
+            page.wait_for_url(f"**/outcomes/patients/{p.pk}/")
+            row = page.locator("tbody tr", has_text="5 May 2025")
+            expect(row.locator("td").nth(5)).to_have_text("PR")
+            expect(page.locator("dl.facts")).to_contain_text("Partial response")
+            expect(page.locator("dl.facts")).not_to_contain_text("RT")
+        finally:
+            browser.close()
+    a = FollowUpAssessment.objects.get(patient=p, kind="followup")
+    assert a.course_id is None and a.derived_response == "PR"
+    assert PatientOutcome.objects.get(patient=p).best_response == "PR"

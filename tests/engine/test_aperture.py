@@ -155,7 +155,9 @@ def test_reoptimised_sequenced_plan_is_closer_to_the_optimised_plan(plan):
     err_plain = np.abs(v_plain - opt_vals)[1:]
     err_swo = np.abs(v_swo - opt_vals)[1:]
     assert err_swo.sum() < err_plain.sum(), (opt_vals, v_plain, v_swo)
-    assert err_swo[0] < err_plain[0]  # PTV D10, the C-shape's goal that plain sequencing misses
+    # PTV D10, the C-shape's upper-bound goal that plain sequencing misses: segment weights bring it down (on some
+    # CPUs below the optimised plan's own, so the test is on the goal's direction, not on distance)
+    assert v_swo[1] < v_plain[1]
     # the plan objective (same objective functions, at the prescription scale) improves too
     prob = opt.PlanningProblem(dij, rows, objs)
     assert prob.value(swo.weights) < prob.value(plain.weights)

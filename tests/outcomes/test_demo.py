@@ -49,3 +49,19 @@ def test_demo_outcomes_match_the_seed_literature(seeded):
         assert not FollowUpAssessment.objects.filter(patient=d.patient, date__gt=d.date).exists()
     print(f"multimodal meso: median OS {median_months:.1f} mo, 5-y OS {five_year:.1%}, median PFS {pfs_months:.1f} mo; "
           f"all meso 5-y OS {overall['at_times'][2]['survival']:.1%}")
+
+
+def test_demo_patients_without_radiotherapy_are_analysed_from_diagnosis(seeded):
+    from outcomes.models import PatientOutcome
+
+    assert seeded["patients_without_rt"] == demo.HISTORICAL_NO_RT == 30
+    assert FollowUpAssessment.objects.filter(course__isnull=True, kind="followup").count() > 60
+    assert PatientOutcome.objects.exclude(first_progression_date=None).count() >= 20  # ~90 % progress
+    cohort = CohortFilter.from_params({"site": "pleural_mesothelioma"}).cohort()
+    body = services.analyze(cohort, endpoint="os", time_zero="diagnosis", group_by="radiotherapy", cox=False).to_dict()
+    groups = {g["label"]: g for g in body["groups"]}
+    assert groups["no"]["n"] == 30 and groups["no"]["display"] == "No radiotherapy"
+    median_months = groups["no"]["median"]["median"] / DAYS_PER_MONTH
+    # chemotherapy alone: median OS about a year (CheckMate 743 chemotherapy arm 14.1 months)
+    assert 9 <= median_months <= 22, median_months
+    assert groups["yes"]["n"] == demo.HISTORICAL_MESO

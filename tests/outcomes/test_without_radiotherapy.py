@@ -1,0 +1,110 @@
+"""Patients without radiotherapy: follow-up recorded for the patient (no course), derived into ``PatientOutcome``,
+and analysed from diagnosis with the RT courses of the same cohort.
+
+RECIST 1.1 numbers used below: baseline sum 50 mm; 30 mm is -40 % (PR, <= -30 %); 40 mm after the 30 mm nadir
+is +33 % and +10 mm (PD: >= +20 % and >= 5 mm absolute over the nadir).
+"""
+
+import datetime as dt
+
+import pytest
+
+from outcomes import services
+from outcomes.cohorts import CohortFilter
+from outcomes.models import FollowUpAssessment, PatientOutcome
+from workflow.errors import RuleViolation
+from workflow.models import Diagnosis, Patient
+
+from .conftest import target
+
+D = dt.date
+
+
+@pytest.fixture
+def no_rt_patient(db):
+    p = Patient.objects.create(mrn="NORT01", given_name="Nora", family_name="Surgery", birth_date=D(1950, 5, 2), sex="F")
+    Diagnosis.objects.create(patient=p, site="breast", diagnosed_on=D(2025, 1, 10))
+    return p
+
+
+def log_patient(patient, user, date, values, kind="followup", **data):
+    ms = [target(f"T{i + 1}", v) for i, v in enumerate(values)]
+    return services.save_assessment(patient=patient, user=user, data={"kind": kind, "date": date, **data},
+                                    measurements=ms)
+
+
+def test_patient_level_follow_up_is_derived_by_recist_into_the_patient_outcome(no_rt_patient, oncologist):
+    log_patient(no_rt_patient, oncologist, D(2025, 1, 20), [30, 20], kind="baseline")
+    a1 = log_patient(no_rt_patient, oncologist, D(2025, 4, 20), [18, 12])
+    a2 = log_patient(no_rt_patient, oncologist, D(2025, 7, 20), [24, 16])
+    a1.refresh_from_db()
+    a2.refresh_from_db()
+    assert a1.course_id is None
+    assert (a1.target_sum_mm, a1.change_from_baseline_pct, a1.response) == (30, -40, "PR")
+    assert (a2.target_sum_mm, round(a2.change_from_nadir_pct, 1), a2.response) == (40, 33.3, "PD")
+    out = PatientOutcome.objects.get(patient=no_rt_patient)
+    assert (out.best_response, out.first_response_date, out.first_progression_date) == ("PR", D(2025, 4, 20), D(2025, 7, 20))
+    assert out.last_contact_date == D(2025, 7, 20)
+    # audited like every clinical record
+    assert a1.history.count() >= 1 and a1.history.first().history_user == oncologist
+    # a death ends follow-up and is the patient's: the outcome row keeps its dates, OS reads the death
+    services.record_death(no_rt_patient, user=oncologist, date=D(2025, 9, 1), cause="disease")
+    assert PatientOutcome.objects.get(patient=no_rt_patient).first_progression_date == D(2025, 7, 20)
+
+
+def test_a_patient_with_an_rt_course_is_followed_up_on_that_course(course, oncologist):
+    with pytest.raises(RuleViolation) as exc:
+        services.save_assessment(patient=course.patient, user=oncologist, data={"kind": "followup", "date": D(2026, 9, 1)})
+    assert exc.value.field == "course"
+    assert "log the follow-up on that course" in str(exc.value)
+    with pytest.raises(RuleViolation) as exc:
+        services.save_assessment(user=oncologist, data={"kind": "followup", "date": D(2026, 9, 1)})
+    assert exc.value.field == "course"
+    assert not FollowUpAssessment.objects.exists()
+
+
+def test_api_logs_a_patient_level_follow_up_and_refuses_one_for_a_patient_with_a_course(client, oncologist, no_rt_patient,
+                                                                                          course):
+    client.force_login(oncologist)
+    base = {"kind": "followup", "date": "2025-03-01", "imaging": "CT", "measurements_input": [target("T1", 20)]}
+    resp = client.post("/api/outcomes/assessments/", {**base, "patient": no_rt_patient.pk}, content_type="application/json")
+    assert resp.status_code == 201, resp.content
+    assert resp.json()["course"] is None and resp.json()["patient"] == no_rt_patient.pk
+    body = client.get(f"/api/outcomes/patients/{no_rt_patient.pk}/outcome/").json()
+    assert body["derivation_issue"] == "no baseline assessment" and len(body["timeline"]) == 1
+    # the course's patient: refused, naming the field, nothing written
+    before = FollowUpAssessment.objects.count()
+    resp = client.post("/api/outcomes/assessments/", {**base, "patient": course.patient.pk}, content_type="application/json")
+    assert resp.status_code == 400 and "course" in resp.json()
+    resp = client.post("/api/outcomes/assessments/", base, content_type="application/json")
+    assert resp.status_code == 400 and "course" in resp.json()
+    assert FollowUpAssessment.objects.count() == before
+
+
+def test_follow_up_page_of_a_patient_without_radiotherapy(client, oncologist, no_rt_patient):
+    client.force_login(oncologist)
+    page = client.get(f"/outcomes/patients/{no_rt_patient.pk}/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Follow-up without radiotherapy" in html and f"/outcomes/patients/{no_rt_patient.pk}/assessments/new/" in html
+    resp = client.post(f"/outcomes/patients/{no_rt_patient.pk}/assessments/new/", {
+        "kind": "followup", "date": "2025-03-01", "imaging": "CT", "criteria": "recist1.1", "non_target": "none",
+        "vital_status": "alive", "m-TOTAL_FORMS": "1", "m-INITIAL_FORMS": "0", "m-0-kind": "target", "m-0-lesion": "T1",
+        "m-0-organ": "breast", "m-0-value_mm": "21"})
+    assert resp.status_code == 302 and resp["Location"] == f"/outcomes/patients/{no_rt_patient.pk}/"
+    a = FollowUpAssessment.objects.get(patient=no_rt_patient)
+    assert a.course_id is None and a.measurements.get().value_mm == 21
+
+
+def test_cohort_filters_that_need_a_course_leave_patients_without_rt_out(no_rt_patient, oncologist, course):
+    services.recompute_patient(no_rt_patient)
+    assert list(CohortFilter.from_params({}).cohort().without_rt.values_list("patient_id", flat=True)) == [no_rt_patient.pk]
+    for params in ({"intent": "curative"}, {"technique": "IMRT"}, {"rt_start_from": "2020-01"}, {"radiotherapy": "yes"},
+                   {"multimodal": "yes"}, {"site": "pleural_mesothelioma"}, {"diagnosed_from": "2025-02"}):
+        assert not CohortFilter.from_params(params).cohort().without_rt.exists(), params
+    for params in ({"site": "breast"}, {"radiotherapy": "no"}, {"multimodal": "no"}, {"diagnosed_to": "2025-01"}):
+        assert CohortFilter.from_params(params).cohort().without_rt.exists(), params
+    assert not CohortFilter.from_params({"radiotherapy": "no"}).cohort().courses.exists()
+    with pytest.raises(RuleViolation) as exc:
+        CohortFilter.from_params({"radiotherapy": "no", "technique": "IMRT"})
+    assert exc.value.field == "technique"
