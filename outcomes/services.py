@@ -866,6 +866,7 @@ class AnalysisResult:
         if not self.cox:
             return None
         cox = self.cox.to_dict()
+        cox["strata"] = list(self.cox_strata)  # the model as fitted: without them a stratified fit reads as plain
         for term in cox.get("terms", []):
             term["label"] = self.term_labels.get(term["covariate"]) or covariate_label(term["covariate"])
         return cox
