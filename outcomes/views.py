@@ -124,6 +124,22 @@ def assessment_override(request, pk):
     return redirect("outcomes-course", a.course_id) if a.course_id else redirect("outcomes-patient", a.patient_id)
 
 
+# the service's names for the page's fields where they differ (the page takes months, the service days)
+PAGE_FIELDS = {"rmst_tau": "rmst_tau_months", "landmark_days": "landmark_months"}
+
+
+def _analysis_error(form, exc):
+    """A refused analysis: on the page's field the service names (without the API's ``field:`` prefix, the label
+    says it), so the researcher sees which choice to change; else (cohort too small, ledger) for the whole page."""
+    field = PAGE_FIELDS.get(exc.field, exc.field)
+    if field not in form.fields:
+        return str(exc)
+    message = str(exc)
+    prefix = f"{exc.field}: "
+    form.add_error(field, message[len(prefix):] if message.startswith(prefix) else message)
+    return None
+
+
 @guard("outcomes.run_analysis")
 def analysis(request):
     form = AnalysisForm(request.GET or None)
@@ -132,31 +148,34 @@ def analysis(request):
     if form.is_bound and form.is_valid():
         query = request.GET.urlencode()
         api_query = _api_query(request.GET, form)
+        params = dict(form.cleaned_data)
         try:
             cohort = CohortFilter.for_user(request.GET, request.user).cohort()
         except RuleViolation as exc:
-            _service_error(form, exc)
+            error = _analysis_error(form, exc)
             cohort = None
         if cohort is not None:
             try:
                 result = services.analyze(
-                    cohort, endpoint=form.cleaned_data["endpoint"], time_zero=form.cleaned_data["time_zero"],
-                    group_by=form.cleaned_data.get("group_by") or "", conf_type=form.cleaned_data["conf_type"],
-                    user=request.user, cox_terms=form.cleaned_data.get("cox_terms") or None,
-                    cox_strata=form.cleaned_data.get("cox_strata") or None,
-                    group_cuts=form.cleaned_data.get("group_cuts") or None, **form.method_params(),
+                    cohort, endpoint=params["endpoint"], time_zero=params["time_zero"],
+                    group_by=params.get("group_by") or "", conf_type=params["conf_type"],
+                    user=request.user, cox_terms=params.get("cox_terms") or None,
+                    cox_strata=params.get("cox_strata") or None,
+                    group_cuts=params.get("group_cuts") or None, **form.method_params(),
                 )
                 body = result.to_dict(include_points=False)
             except RuleViolation as exc:
-                error = str(exc)
+                error = _analysis_error(form, exc)
             try:
                 toxicity = services.toxicity_analysis_dict(cohort, user=request.user)
             except RuleViolation as exc:
                 toxicity = {"n_courses": 0, "error": str(exc)}
+    group_by = body and body.get("group_by")
     return render(request, "outcomes/analysis.html", {
         "form": form, "result": body, "error": error, "query": query, "api_query": api_query, "toxicity": toxicity,
         "api_base": "/api/outcomes/", "min_cohort": disclosure.min_cohort(),
-    })
+        "group_label": dict(form.fields["group_by"].choices).get(group_by, group_by) if group_by else "",
+    }, status=400 if (form.errors or error) else 200)
 
 
 def _api_query(params, form):
