@@ -15,7 +15,7 @@ from workflow.models import Course, Patient
 from . import disclosure, services
 from .cohorts import CohortFilter
 from .forms import AnalysisForm, AssessmentForm, MeasurementFormSet, OverrideForm, RegistryUploadForm, measurement_rows
-from .models import CourseOutcome, FollowUpAssessment, PatientOutcome, Registry
+from .models import CourseOutcome, Death, FollowUpAssessment, PatientOutcome, Registry
 from .registry_import import COLUMNS, RegistryImportError, import_registry, max_upload_bytes, template_csv, upload_too_large
 
 IDENTIFIED = "workflow.view_identified"
@@ -43,6 +43,7 @@ def course_followup(request, pk):
     rows = services.timeline(course)
     return render(request, "outcomes/course_followup.html", {
         "course": course, "patient": course.patient, "outcome": outcome, "rows": rows, "override_form": OverrideForm(),
+        "death": Death.objects.active().filter(patient=course.patient).first(),
     })
 
 
@@ -57,6 +58,7 @@ def patient_followup(request, pk):
     return render(request, "outcomes/course_followup.html", {
         "course": None, "patient": patient, "outcome": PatientOutcome.objects.filter(patient=patient).first(),
         "rows": services.patient_timeline(patient), "override_form": OverrideForm(), "has_course": course is not None,
+        "death": Death.objects.active().filter(patient=patient).first(),
     })
 
 
