@@ -216,7 +216,9 @@ def registry_upload(request):
                 summary = import_registry(form.cleaned_data["file"], user=request.user,
                                           registry=form.cleaned_data.get("registry")).to_dict()
                 messages.success(request, "Registry imported: {patients} patients, {courses} courses, {followups} follow-ups, "
-                                          "{deaths} deaths.".format(**summary))
+                                          "{deaths} deaths".format(**summary)
+                                 + (", {covariate_values} covariate values.".format(**summary)
+                                    if summary.get("covariate_values") else "."))
             except RegistryImportError as exc:
                 errors, error_count = exc.errors, exc.total
     else:
