@@ -177,7 +177,7 @@ def analysis(request):
         "form": form, "result": body, "error": error, "query": query, "api_query": api_query, "toxicity": toxicity,
         "api_base": "/api/outcomes/", "min_cohort": disclosure.min_cohort(),
         "group_label": dict(form.fields["group_by"].choices).get(group_by, group_by) if group_by else "",
-    }, status=400 if (form.errors or error) else 200)
+    }, status=400 if form.errors else 200)  # bad input: 400 naming the field; a refused cohort: said, 200
 
 
 def _api_query(params, form):

@@ -209,8 +209,9 @@ def test_analysis_page_filters_by_month(registry, researcher):
     base = {"endpoint": "os", "time_zero": "rt_start", "conf_type": "log"}
     page = c.get("/outcomes/analysis/", {**base, "rt_start_to": "2020-08"})
     assert page.status_code == 200 and b'type="month"' in page.content and b"24 patient(s)" in page.content
-    page = c.get("/outcomes/analysis/", {**base, "rt_start_to": "2020-08-14"})
-    assert page.status_code == 200 and b"researchers filter dates by month" in page.content and b"patient(s)" not in page.content
+    page = c.get("/outcomes/analysis/", {**base, "rt_start_to": "2020-08-14"})  # a day: refused under its field
+    assert page.status_code == 400 and b"patient(s)" not in page.content
+    assert b"RT start to (month): researchers filter dates by month" in page.content
 
 
 def test_month_and_year_filters_cover_whole_periods():

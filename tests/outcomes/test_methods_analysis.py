@@ -203,7 +203,8 @@ def test_analysis_page_shows_the_methods_in_months(lung_cohort, users, client):
     assert f"<th scope=\"row\">Male</th><td>138</td><td>{male['rmst_months']:.2f}</td>" in html
     assert "Gray&#x27;s test" in html or "Gray's test" in html
     bad = client.get("/outcomes/analysis/", {"site": "lung", "rmst_tau_months": "500"})
-    assert bad.status_code == 200 and "rmst_tau" in bad.content.decode()  # beyond follow-up: said, not a 500
+    # beyond follow-up: said under the RMST field (the page's months, not the API's rmst_tau), a 400, not a 500
+    assert bad.status_code == 400 and "RMST up to (months): " in bad.content.decode()
 
 
 def jasa_registry_csv():
