@@ -1449,8 +1449,10 @@ def _rmst_block(result, usable, dcol, ecol, tau):
     g = usable[result.group_by].to_numpy(dtype=object) if result.group_by else None
     limit = rm.max_tau(t, g)
     if tau > limit + 1e-9:
-        raise RuleViolation(f"rmst_tau ({tau:g} days) is beyond the last follow-up of {'a group' if g is not None else 'the cohort'} "
-                            f"({limit:g} days); choose at most {limit:g}.", field="rmst_tau")
+        months = lambda d: f"{int(d / ep.DAYS_PER_MONTH * 10) / 10:.1f} months"  # noqa: E731 -- page in months, rounded down
+        raise RuleViolation(f"rmst_tau ({tau:g} days = {months(tau)}) is beyond the last follow-up of "
+                            f"{'a group' if g is not None else 'the cohort'} ({limit:g} days = {months(limit)}); choose "
+                            f"at most {limit:g} days ({months(limit)}).", field="rmst_tau")
     per = rm.rmst_by_group(t, e, g, tau) if g is not None else {"all": rm.rmst(t, e, tau, label="all")}
     labels = list(per)
     groups = []
