@@ -177,7 +177,17 @@ def analysis(request):
         "form": form, "result": body, "error": error, "query": query, "api_query": api_query, "toxicity": toxicity,
         "api_base": "/api/outcomes/", "min_cohort": disclosure.min_cohort(),
         "group_label": dict(form.fields["group_by"].choices).get(group_by, group_by) if group_by else "",
+        "iptw_contrast": _iptw_contrast(body),
     }, status=400 if form.errors else 200)  # bad input: 400 naming the field; a refused cohort: said, 200
+
+
+def _iptw_contrast(body):
+    """The IPTW contrast ("yes vs no", treated first) in the groups' labels as the tables show them."""
+    iptw = ((body or {}).get("methods") or {}).get("iptw")
+    if not iptw:
+        return ""
+    shown = {g["label"]: g.get("display") or g["label"] for g in iptw.get("groups", [])}
+    return " vs ".join(shown.get(side, side) for side in iptw["treatment"].split(" vs "))
 
 
 def _api_query(params, form):
