@@ -168,6 +168,7 @@ def analysis(request):
                 body = result.to_dict(include_points=False)
             except RuleViolation as exc:
                 error = _analysis_error(form, exc)
+        if cohort is not None and not form.errors:  # bad input runs nothing: no toxicity release in the ledger either
             try:
                 toxicity = services.toxicity_analysis_dict(cohort, user=request.user)
             except RuleViolation as exc:
