@@ -162,9 +162,11 @@ def test_oncologist_imports_a_registry_through_the_page_and_follows_up_a_patient
 def test_researcher_groups_by_a_covariate_with_cut_points_picks_cox_terms_and_strata_and_downloads_the_bundle(
         transactional_db, live_server, users, oncologist, monkeypatch):
     """Bad cut-points: named under their field, HTTP 400, nothing run. pnodes cut at 4: R's medians. The Cox terms and
-    strata ticked on the page: the table says stratified, its ratios are the API's; RMST to 60 months is the API's;
-    the bundle downloaded from the page holds that model (strata in its JSON) and its forest plot."""
+    strata ticked on the page: the table says stratified, its ratios are the API's; RMST to 60 months, the landmark at
+    12 months (in months, p < 0.0001 not "= 0.0000") and Gray's test are the API's; the bundle downloaded from the page holds that model (strata in its JSON) and its forest plot."""
     from playwright.sync_api import expect, sync_playwright
+
+    from outcomes.models import CohortRelease
 
     monkeypatch.setenv("DJANGO_ALLOW_ASYNC_UNSAFE", "true")
     _gbsg2_imported(oncologist)
@@ -184,12 +186,16 @@ def test_researcher_groups_by_a_covariate_with_cut_points_picks_cox_terms_and_st
             expect(field.locator(".field-error")).to_have_text("'4,abc' is not 'median' or comma-separated numbers.")
             expect(page.locator("#analysis-errors")).to_contain_text("Cut-points (numeric covariate): '4,abc'")
             expect(page.get_by_role("heading", name="Overall survival")).to_have_count(0)
+            expect(page.get_by_role("heading", name="Toxicity")).to_have_count(0)
+            assert not CohortRelease.objects.exists()  # bad input releases nothing to the researcher's ledger
 
             page.get_by_label("Cut-points (numeric covariate)").fill("4")
             for term in ("group", "age", "gbsg2.tsize"):
                 page.locator(f"input[name=cox_terms][value='{term}']").check()
             page.locator("input[name=cox_strata][value='gbsg2.tgrade']").check()
             page.get_by_label("RMST up to (months)").fill("60")
+            page.get_by_label("Landmark at (months)").fill("12")
+            page.get_by_label("Competing risks").check()
             assert _run(page) == 200
 
             caption = "Median and landmark survival"
@@ -216,6 +222,17 @@ def test_researcher_groups_by_a_covariate_with_cut_points_picks_cox_terms_and_st
             diff = rmst["comparisons"][0]["difference_months"]
             expect(page.locator("#rmst")).to_contain_text(
                 f"{diff['estimate']:.2f} ({diff['lower']:.2f} to {diff['upper']:.2f})")
+            landmark = body["methods"]["landmark"]
+            assert (landmark["n_at_risk"], landmark["n_total"]) == (602, 686)  # 56 deaths, 28 censored before day 365
+            expect(page.locator("#landmark h2")).to_have_text(
+                "Landmark analysis at 12.0 months (day 365): 602 of 686 patients still at risk")
+            expect(page.locator("#landmark")).to_contain_text(
+                f"Landmark log-rank: χ² = {landmark['logrank']['chisq']:.2f} on 1 df, p < 0.0001")
+            gray = body["methods"]["competing"]["gray"]  # GBSG2's deaths are all of the disease: nothing competes
+            assert gray[0]["p_value"] < 1e-4
+            expect(page.locator("#competing")).to_contain_text(
+                f"Gray's test, death from this cancer: χ² = {gray[0]['statistic']:.2f} on 1 df, p < 0.0001")
+            expect(page.locator("#competing")).to_contain_text(f"not computed: {gray[1]['note']}")
             forest = page.get_by_role("img", name="Forest plot of the Cox model's hazard ratios")
             assert forest.evaluate("img => img.complete && img.naturalWidth > 400")
 
