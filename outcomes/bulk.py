@@ -13,32 +13,26 @@ foreign-key column, a ``float`` for a float column, a ``bool`` for a boolean one
 prepared once per distinct date). ``insert(model, objs)`` does the same for instances and sets their pks."""
 
 import datetime as dt
-import os
 
 from django.db import DEFAULT_DB_ALIAS, connections
 from django.db import models
 from django.db.models import DateField, DateTimeField
 from django.utils import timezone
 
-STATEMENT_ROWS = int(os.environ.get("SR", 256))  # rows per INSERT statement (at most)
+STATEMENT_ROWS = 1000  # rows per INSERT statement (at most)
 HISTORY_FIELDS = ("history_date", "history_change_reason", "history_type", "history_user_id")
 _NONE = type(None)
 
 
-def _statement_sizes(n, size):
-    """Rows per INSERT for ``n`` rows: ``size`` each, the rest in powers of two (256, 128, ...). The database
-    driver caches each distinct statement text it prepares (SQLite: 128 of them, each holding its compiled
-    program): batches of every length would fill that cache with large one-off statements, so only these few
-    lengths are ever sent."""
-    sizes = [size] * (n // size)
-    rest = n % size
-    bit = 1 << (size.bit_length() - 1)
-    while rest:
-        if rest >= bit:
-            sizes.append(bit)
-            rest -= bit
-        bit >>= 1
-    return sizes
+def _statement_sizes(n, limit):
+    """Rows per INSERT for ``n`` rows at most ``limit`` each, in as few statements as can be, of (at most) two
+    lengths: the driver caches each distinct statement text it prepares (SQLite: 128, each with its compiled
+    program), so callers that insert batches of one size send the same few statements again and again."""
+    if n <= 0:
+        return []
+    k = -(-n // limit)
+    q, r = divmod(n, k)
+    return [q + 1] * r + [q] * (k - r)
 
 
 def _execute(connection, table, columns, rows, returning=None, batch=STATEMENT_ROWS):
@@ -85,8 +79,13 @@ def _prepare(field, column, connection):
         return [v if type(v) in ok else prep(v, connection) for v in column]
     if isinstance(field, DateField) and not isinstance(field, DateTimeField):
         adapt = connection.ops.adapt_datefield_value  # what get_db_prep_save does with a date
-        return [adapt(v) if type(v) is dt.date else prep(v, connection) for v in column]
-    return [prep(v, connection) for v in column]
+        return [None if v is None else adapt(v) if type(v) is dt.date else prep(v, connection) for v in column]
+    out, last, done = [], _NONE, None  # a value repeated (the same object: one time stamp) is prepared once
+    for v in column:
+        if v is not last:
+            last, done = v, prep(v, connection)
+        out.append(done)
+    return out
 
 
 def insert_rows(model, attnames, rows, *, history_user=None, history=True, batch=STATEMENT_ROWS, now=None, _instance=None):

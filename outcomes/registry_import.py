@@ -378,10 +378,11 @@ def _text(source):
         wrapper.detach()  # leave the caller's file open for the next pass
 
 
-def _rows(source, errors, check_header=False, dictionary=None, registry_code=None):
+def _rows(source, errors, check_header=False, dictionary=None, registry_code=None, types=None):
     """``_Row`` per record, streamed; unreadable text or CSV becomes one error on the line where it happened.
-    ``dictionary``: the registry's variables by column name (extra columns it declares are accepted). Read as
-    ``csv.DictReader`` would (blank lines skipped; a repeated column name: its last cell), without a dict per row."""
+    ``dictionary``: the registry's variables by column name (extra columns it declares are accepted); ``types``:
+    only the records of these types. Read as ``csv.DictReader`` would (blank lines skipped; a repeated column
+    name: its last cell), without a dict per row."""
     with _text(source) as stream:
         reader = csv.reader(stream)
         try:
@@ -406,6 +407,7 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
         elif "record_type" not in header:
             return
         index = _Index((h, i) for i, h in enumerate(header))
+        at = index["record_type"]
         while True:
             try:
                 cells = next(reader)
@@ -417,7 +419,7 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
             except csv.Error as exc:
                 errors.append(RowError(reader.line_num, "file", f"unreadable CSV: {exc}"))
                 return
-            if cells:
+            if cells and (types is None or (at < len(cells) and cells[at].strip() in types)):
                 yield _Row(reader.line_num, cells, index, errors)
 
 
@@ -538,10 +540,6 @@ class _Plan:
         self.existing = set()  # MRNs of patients already in RadPath that rows refer to
         self.existing_courses = {}  # (mrn, ref) -> (course_id, patient_id) or None
         self.registry, self.dictionary = None, {}
-        # True while every row comes after the patient or course row it refers to (or refers to RadPath's): the
-        # import then reads the file once; otherwise once for patients, once for courses, once for the rest
-        self.ordered = True
-        self.later_patients = set()  # MRNs of death rows before their patient row (if that comes)
         self.followups = _FollowUpPlan()
 
 
@@ -553,7 +551,6 @@ class _FollowUpPlan:
     def __init__(self):
         self.first = {}  # (mrn, ref) -> the earliest follow-up date of that course (None: no valid date)
         self.last = {}  # mrn -> (latest follow-up date, latest last-known-alive date)
-        self.before_course = set()  # (mrn, ref) of follow-ups listed before their course row was read
 
     def note(self, row, plan, today):
         """Check one follow-up row on its own and remember what the whole-file checks need."""
@@ -563,8 +560,6 @@ class _FollowUpPlan:
             row.err("date", "in the future")
         mrn, ref = row.get("mrn"), row.get("course_ref")
         key = (mrn, ref)
-        if key not in plan.courses:
-            self.before_course.add(key)
         first = self.first.get(key)
         if first is None or (date and date < first):
             self.first[key] = date or first
@@ -595,15 +590,10 @@ class _FollowUpPlan:
                 problem = True
         return problem
 
-    def ordered(self, plan):
-        return not (self.before_course & plan.courses.keys())
-
     @staticmethod
     def report(source, plan, errors):
         """Second pass, only when ``any_problem``: each follow-up row failing a whole-file check, by line."""
-        for row in _rows(source, _Errors()):
-            if row.get("record_type") != "followup":
-                continue
+        for row in _rows(source, _Errors(), types=("followup",)):
             mrn, ref = row.get("mrn"), row.get("course_ref")
             key = (mrn, ref)
             quiet = _Row(row.line, row.cells, row.index, [])
@@ -650,8 +640,7 @@ def validate(source, registry=None):
                 continue
             p = _patient_record(row, checks)
             plan.patients[mrn] = (row.line, p[3])
-            if plan.course_mrn_lines.pop(mrn, None) or mrn in plan.later_patients:
-                plan.ordered = False
+            plan.course_mrn_lines.pop(mrn, None)
         elif rtype == "course":
             ref = row.get("course_ref")
             key = (mrn, ref)
@@ -668,14 +657,10 @@ def validate(source, registry=None):
             if mrn in plan.deaths:
                 row.err("mrn", f"second death for {_shown(mrn)} (line {plan.deaths[mrn][0]})")
                 continue
-            if mrn not in plan.patients:
-                plan.later_patients.add(mrn)
             _m, date, _cause = _death_record(row)
             plan.deaths[mrn] = (row.line, date)
     if errors.total and not plan.patients and not plan.courses and errors.on_line(1) & {"record_type", "file"}:
         errors.raise_if_any()  # no header or not a CSV: nothing else to say
-    plan.ordered = plan.ordered and plan.followups.ordered(plan)
-    plan.later_patients = None
     # patients already in RadPath: refused as duplicates, accepted as the owner of other rows
     referred = set(plan.course_mrn_lines) | {m for m in plan.deaths if m not in plan.patients}
     for chunk in _chunks(set(plan.patients) | referred):
@@ -706,10 +691,13 @@ def validate(source, registry=None):
 
 
 class _Import:
-    """The import of a validated file: rows are parsed again (they are valid) into compact tuples, buffered per
-    record type, and written ``BATCH`` rows at a time, patients before courses before follow-ups and deaths, so
-    every row's patient or course id is known when it is written (``outcomes.bulk.insert_rows``: multi-row INSERTs
-    with their audit history rows)."""
+    """The import of a validated file, read once for its patients, once for its courses and once for its
+    follow-ups and deaths (whatever their order in the file, every row's patient or course id is then known when
+    it is written; a pass parses only its own rows). Rows are parsed again (they are valid) into compact tuples,
+    buffered per record type and written ``BATCH`` at a time (``outcomes.bulk.insert_rows``: multi-row INSERTs
+    with their audit history rows), so every INSERT but a type's last has the same length."""
+
+    PASSES = (("patient",), ("course",), ("followup", "death"))
 
     def __init__(self, plan, user):
         self.plan, self.user, self.dictionary = plan, user, plan.dictionary
@@ -727,8 +715,7 @@ class _Import:
         for chunk in _chunks(plan.existing):
             self.patient_ids.update(Patient.objects.filter(mrn__in=chunk).values_list("mrn", "pk"))
         self.course_ids.update({k: v for k, v in plan.existing_courses.items() if v is not None})
-        passes = [RECORD_TYPES] if plan.ordered else [("patient",), ("course",), ("followup", "death")]
-        for types in passes:
+        for types in self.PASSES:
             self._pass(source, types)
         derive_registry_outcomes(self.new_courses)
         touched = set(self.new_courses)
@@ -743,11 +730,11 @@ class _Import:
 
     def _pass(self, source, types):
         dictionary = self.dictionary
-        buffered = 0
-        for row in _rows(source, self.quiet):
+        writers = {"patient": (self.patients, self._write_patients), "course": (self.courses, self._write_courses),
+                   "followup": (self.followups, lambda batch: _write_followups(self, batch)),
+                   "death": (self.deaths, self._write_deaths)}
+        for row in _rows(source, self.quiet, types=types):
             rtype = row.get("record_type")
-            if rtype not in types:
-                continue
             if rtype == "patient":
                 self.patients.append((_patient_record(row),
                                       _covariate_values(row, "patient", dictionary) if dictionary else ()))
@@ -758,22 +745,15 @@ class _Import:
                 self.followups.append(_followup_row(row))
             else:
                 self.deaths.append(_death_record(row))
-            buffered += 1
-            if buffered >= BATCH:
-                self._flush()
-                buffered = 0
-        self._flush()
-
-    def _flush(self):
-        if self.patients:
-            self._write_patients(self.patients)
-        if self.courses:
-            self._write_courses(self.courses)
-        if self.followups:
-            _write_followups(self, self.followups)
-        if self.deaths:
-            self._write_deaths(self.deaths)
-        self.patients, self.courses, self.followups, self.deaths = [], [], [], []
+            buffer, write = writers[rtype]
+            if len(buffer) >= BATCH:
+                write(buffer)
+                buffer.clear()
+        for rtype in types:
+            buffer, write = writers[rtype]
+            if buffer:
+                write(buffer)
+                buffer.clear()
 
     def _insert(self, model, attnames, rows):
         return insert_rows(model, attnames, rows, history_user=self.user)

@@ -338,7 +338,8 @@ def derive_registry_outcomes(new_courses, *, chunk=2000):
     no lesion measurement and no delivered fraction, so its derivation is ``_fallback_derived`` on its follow-ups
     (effective = the recorded response), RT dates are the recorded ones and last contact is the patient's latest
     assessment or last-known-alive date. Its follow-ups were inserted with ``registry_followup_fields``; the
-    few that turn out to be a recurrence (PD after a CR) are updated in one query."""
+    few that turn out to be a recurrence (PD after a CR) are updated in one query. The rows are written as tuples
+    (``bulk.insert_rows``), not as model instances."""
     from types import SimpleNamespace
 
     ids = sorted(new_courses)
@@ -350,11 +351,14 @@ def derive_registry_outcomes(new_courses, *, chunk=2000):
             {"pk": ("pk", "int"), "course_id": ("course_id", "int"), "date": ("date", "date"),
              "override_response": ("override_response", "text"), "failure_site": ("failure_site", "text")})
         order = np.lexsort((rows["pk"], rows["date"], rows["course_id"]))
+        # whole columns to Python values at once (datetime64[D] -> datetime.date), in the courses' order
+        pks, course_ids = rows["pk"][order].tolist(), rows["course_id"][order].tolist()
+        dates = rows["date"][order].astype(object).tolist()
+        responses, sites = rows["override_response"][order].tolist(), rows["failure_site"][order].tolist()
         by_course = {}
-        for i in order:
-            by_course.setdefault(int(rows["course_id"][i]), []).append(SimpleNamespace(
-                pk=int(rows["pk"][i]), date=rows["date"][i].astype(object), override_response=rows["override_response"][i],
-                failure_site=rows["failure_site"][i]))
+        for pk, cid, date, resp, site in zip(pks, course_ids, dates, responses, sites):
+            by_course.setdefault(cid, []).append(SimpleNamespace(pk=pk, date=date, override_response=resp,
+                                                                 failure_site=site))
         patients = {new_courses[c][0] for c in part}
         contact = {}
         for pid, d, alive in FollowUpAssessment.objects.filter(patient_id__in=patients, voided_at__isnull=True) \
@@ -362,20 +366,22 @@ def derive_registry_outcomes(new_courses, *, chunk=2000):
                 .values_list("patient_id", "d", "a"):
             dates = [x for x in (d, alive) if x is not None]
             contact[pid] = max(dates) if dates else None
-        outcomes, recurrences = [], []
+        names, outcomes, recurrences = None, [], []
         for cid in part:
             patient_id, rt_start, rt_end = new_courses[cid]
             follow = by_course.get(cid, [])
             derived = _fallback_derived(None, follow)
             recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
-            outcomes.append(CourseOutcome(
-                course_id=cid, patient_id=patient_id, rt_start_recorded=rt_start, rt_end_recorded=rt_end,
-                rt_start=rt_start, rt_end=rt_end, **derived,
-                first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
-                                               and a.failure_site == FailureSite.LOCAL), None),
-                last_assessment_date=follow[-1].date if follow else None, last_contact_date=contact.get(patient_id),
-                derivation_issue="no baseline assessment" if follow else "", computed_at=now))
-        bulk.insert(CourseOutcome, outcomes)
+            if names is None:
+                names = list(derived)
+            outcomes.append((
+                cid, patient_id, rt_start, rt_end, rt_start, rt_end, *(derived[k] for k in names),
+                next((a.date for a in follow if a.response == rs.PD and a.failure_site == FailureSite.LOCAL), None),
+                follow[-1].date if follow else None, contact.get(patient_id),
+                "no baseline assessment" if follow else "", now))
+        bulk.insert_rows(CourseOutcome, ["course_id", "patient_id", "rt_start_recorded", "rt_end_recorded", "rt_start",
+                                         "rt_end", *(names or []), "first_local_failure_date", "last_assessment_date",
+                                         "last_contact_date", "derivation_issue", "computed_at"], outcomes)
         for i in range(0, len(recurrences), 500):
             FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
 
