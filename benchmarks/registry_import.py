@@ -52,13 +52,13 @@ def registry_csv(n, seed=7):
     for i in range(1, n + 1):
         mrn = f"B{i:06d}"
         dx = dt.date(2005, 1, 1) + dt.timedelta(days=rng.randrange(3650))
-        tsize = rng.randint(3, 120)
-        expected["tsize_sum"] += tsize
-        w.writerow({"record_type": "patient", "mrn": mrn, "sex": rng.choice("MF"), "site": "breast",
-                    "diagnosed_on": dx.isoformat(), "given_name": "P", "family_name": f"Case{i}",
-                    "birth_date": dt.date(dx.year - rng.randint(30, 80), 6, 1).isoformat(),
-                    "tsize": tsize, "pnodes": rng.randint(0, 30), "tgrade": rng.choice(["I", "II", "III"]),
-                    "menostat": rng.choice(["Pre", "Post"])})
+        patient = {"record_type": "patient", "mrn": mrn, "sex": rng.choice("MF"), "site": "breast",
+                   "diagnosed_on": dx.isoformat(), "given_name": "P", "family_name": f"Case{i}",
+                   "birth_date": dt.date(dx.year - rng.randint(30, 80), 6, 1).isoformat(),
+                   "tsize": rng.randint(3, 120), "pnodes": rng.randint(0, 30), "tgrade": rng.choice(["I", "II", "III"]),
+                   "menostat": rng.choice(["Pre", "Post"])}
+        w.writerow(patient)
+        expected["tsize_sum"] += patient["tsize"]
         start = dx + dt.timedelta(days=40)
         w.writerow({"record_type": "course", "mrn": mrn, "course_ref": "1", "intent": "adjuvant", "technique": "3DCRT",
                     "treated_site": "Breast", "total_dose_gy": "50", "fractions": "25", "rt_start": start.isoformat()})

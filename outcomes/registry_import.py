@@ -671,6 +671,13 @@ def validate(source, registry=None):
         if mrn not in plan.existing:
             for line in lines:
                 errors.append(RowError(line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))
+    # a death for a patient already in RadPath who has one (one live death per patient)
+    dead = [m for m in plan.deaths if m in plan.existing and m not in plan.patients]
+    for chunk in _chunks(dead):
+        for mrn, date in Death.objects.filter(patient__mrn__in=chunk, voided_at__isnull=True).values_list(
+                "patient__mrn", "date"):
+            errors.append(RowError(plan.deaths[mrn][0], "mrn", f"second death for {_shown(mrn)}: RadPath already "
+                                                               f"records one on {date}"))
     courses_of = {}
     for (mrn, _ref), (line, start) in plan.courses.items():
         courses_of.setdefault(mrn, []).append((line, start))
