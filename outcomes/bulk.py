@@ -1,8 +1,9 @@
 """Fast multi-row inserts for bulk imports (registry CSVs): the rows ``bulk_create`` (and simple-history's
 ``bulk_create_with_history``) would write, without their per-value expression machinery, which was most of an
-import's time: one ``INSERT ... VALUES (...), (...)`` per batch, new primary keys read back with ``RETURNING`` in
-row order (as Django's own ``bulk_create`` relies on, SQLite >= 3.35 and PostgreSQL), and the audit rows built
-from the same prepared values.
+import's time: one ``INSERT ... VALUES (...), (...)`` per batch (on PostgreSQL ``INSERT ... SELECT * FROM
+UNNEST(...)``, one array per column, as Django's own ``bulk_create`` there), new primary keys read back with
+``RETURNING`` in row order (as Django's own ``bulk_create`` relies on, SQLite >= 3.35 and PostgreSQL), and the
+audit rows built from the same prepared values.
 
 ``insert_rows(model, attnames, rows)`` takes plain tuples (one value per named field, no model instances: building
 and flattening an instance per row was the next largest cost); every other concrete field gets what
@@ -35,24 +36,52 @@ def _statement_sizes(n, limit):
     return [q + 1] * r + [q] * (k - r)
 
 
-def _execute(connection, table, columns, rows, returning=None, batch=STATEMENT_ROWS):
+def _unnest_types(connection, fields):
+    """PostgreSQL: each field's column type, for ``INSERT ... SELECT * FROM UNNEST(%s::type[], ...)`` (what Django's
+    own ``bulk_create`` sends there since 5.2: one array per column, so the driver neither merges nor the server
+    plans one placeholder per value, which made a VALUES list of a thousand rows slow); None where a field does not
+    allow it (the same conditions as Django's) or on another database."""
+    if connection.vendor != "postgresql":
+        return None
+    types = []
+    for f in fields:
+        base = f.target_field if f.is_relation else f
+        if hasattr(f, "get_placeholder") or base.get_internal_type() not in connection.data_types:
+            return None
+        types.append(f.db_type(connection).split("(")[0])  # varchar[], not varchar(32)[]: nothing truncated
+    return types
+
+
+def _execute(connection, table, fields, columns, returning=None, batch=STATEMENT_ROWS):
+    """Insert the rows given as ``columns`` (one list of prepared values per field of ``fields``); the new values
+    of column ``returning`` in row order when asked."""
     qn = connection.ops.quote_name
-    per_row = "(" + ", ".join(["%s"] * len(columns)) + ")"
-    head = f"INSERT INTO {qn(table)} ({', '.join(qn(c) for c in columns)}) VALUES "
+    head = f"INSERT INTO {qn(table)} ({', '.join(qn(f.column) for f in fields)}) "
     tail = f" RETURNING {qn(returning)}" if returning else ""
-    size = max(1, min(batch, (30000 if connection.vendor == "sqlite" else 60000) // len(columns)))
+    n = len(columns[0])
     keys = []
-    sql = {}
+    types = _unnest_types(connection, fields)
     with connection.cursor() as cursor:
+        if types is not None:
+            sql = head + f"SELECT * FROM UNNEST({', '.join(f'(%s)::{t}[]' for t in types)})" + tail
+            for i in range(0, n, batch):
+                cursor.execute(sql, [column[i:i + batch] for column in columns])
+                if returning:
+                    keys.extend(key for (key,) in cursor.fetchall())
+            return keys
+        rows = list(zip(*columns))
+        per_row = "(" + ", ".join(["%s"] * len(fields)) + ")"
+        size = max(1, min(batch, (30000 if connection.vendor == "sqlite" else 60000) // len(fields)))
+        sql = {}
         i = 0
-        for k in _statement_sizes(len(rows), size):
+        for k in _statement_sizes(n, size):
             chunk = rows[i:i + k]
             i += k
             if k not in sql:
-                sql[k] = head + ", ".join([per_row] * k) + tail
+                sql[k] = head + "VALUES " + ", ".join([per_row] * k) + tail
             cursor.execute(sql[k], [v for row in chunk for v in row])
             if returning:
-                keys.extend(k for (k,) in cursor.fetchall())
+                keys.extend(key for (key,) in cursor.fetchall())
     return keys
 
 
@@ -121,8 +150,8 @@ def insert_rows(model, attnames, rows, *, history_user=None, history=True, batch
             columns.append(_prepare(f, [f.get_default() for _ in range(n)], connection))
         else:
             columns.append([f.get_db_prep_save(f.get_default(), connection)] * n)
-    keys = _execute(connection, meta.db_table, [f.column for f in fields], list(zip(*columns)),
-                    returning=None if given_pk else pk.column, batch=batch)
+    keys = _execute(connection, meta.db_table, fields, columns, returning=None if given_pk else pk.column,
+                    batch=batch)
     if given_pk:
         keys = list(given_cols[given[pk.attname]])
     if history and hasattr(model, "history"):
@@ -171,4 +200,4 @@ def _history(connection, hist, fields, columns, pks, pk_name, now, user, batch, 
     n = len(pks)
     cols = [columns[at[f.attname]] if f.attname in at else pks if f.attname == pk_name else [extra[f.attname]] * n
             for f in hist_fields]
-    _execute(connection, hist._meta.db_table, [f.column for f in hist_fields], list(zip(*cols)), batch=batch)
+    _execute(connection, hist._meta.db_table, hist_fields, cols, batch=batch)
