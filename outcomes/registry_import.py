@@ -31,10 +31,25 @@ field (the first ``MAX_ERRORS_LISTED`` = 100 by line, with the total count); a f
 A valid file is imported in one transaction. Dates are ISO (YYYY-MM-DD); doses are plain decimals (``50.4``: NaN,
 Infinity, signs and exponents such as ``1e309`` are refused), fractions whole numbers.
 
-The file is streamed, never held in memory: validation reads it twice, the import once per record type, inserting
-in batches with their audit history rows (``outcomes.bulk.insert``: multi-row INSERTs; courses in bulk, their
-derived outcomes computed in a few queries per 2,000 courses by ``services.derive_registry_outcomes``). Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no measurements), so they are stored as the assessment's
-override with the reason "recorded in historical registry"; the derived response stays NE.
+The file is streamed, never held in memory (``csv.reader``, one list of cells per row, no dict):
+
+1. Validation reads it once, checking each row on its own (and against the models' own rules: ``_ModelChecks``
+   gives ``full_clean``'s messages without a ``full_clean`` per row) and keeping one small tuple per patient,
+   course and death (``_Plan``); follow-ups are summarised per course and patient (``_FollowUpPlan``) and checked
+   against the courses and deaths of the whole file from that summary. Only a file where some follow-up fails such
+   a check is read a second time, to list each one by line.
+2. The import (one transaction) reads it once for the patients, once for the courses, once for the follow-ups
+   and deaths, whatever the row order; each pass parses only its rows (filtered on ``record_type`` first) into
+   compact tuples and writes them ``BATCH`` at a time with their audit history rows (``outcomes.bulk.insert_rows``:
+   multi-row INSERTs of tuples, no model instances, on PostgreSQL one UNNEST per batch). Follow-up rows are
+   handled apart (``_FollowUpPlan``, ``_followup_row``, ``_write_followups``).
+3. The courses' derived outcomes are computed in a few queries per 2,000 courses
+   (``services.derive_registry_outcomes``); courses already in RadPath that gained a follow-up or death are
+   recomputed one by one.
+
+Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no
+measurements), so they are stored as the assessment's override with the reason "recorded in historical
+registry"; the derived response stays NE. A death for a patient RadPath already records as dead is refused.
 """
 
 from __future__ import annotations
