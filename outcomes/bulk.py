@@ -63,9 +63,18 @@ def _execute(connection, table, fields, columns, returning=None, batch=STATEMENT
     types = _unnest_types(connection, fields)
     with connection.cursor() as cursor:
         if types is not None:
-            sql = head + f"SELECT * FROM UNNEST({', '.join(f'(%s)::{t}[]' for t in types)})" + tail
+            # a column of one value throughout (defaults, time stamps, the history type) is sent once, not as an
+            # array: the driver quotes every array element in Python
+            same = [column.count(column[0]) == n for column in columns]
+            if all(same):
+                same[0] = False
+            select = ", ".join(f"(%s)::{t}" if s else f"u.c{i}" for i, (t, s) in enumerate(zip(types, same)))
+            arrays = ", ".join(f"(%s)::{t}[]" for t, s in zip(types, same) if not s)
+            names = ", ".join(f"c{i}" for i, s in enumerate(same) if not s)
+            sql = head + f"SELECT {select} FROM UNNEST({arrays}) AS u({names})" + tail
+            scalars = [column[0] for column, s in zip(columns, same) if s]
             for i in range(0, n, batch):
-                cursor.execute(sql, [column[i:i + batch] for column in columns])
+                cursor.execute(sql, scalars + [column[i:i + batch] for column, s in zip(columns, same) if not s])
                 if returning:
                     keys.extend(key for (key,) in cursor.fetchall())
             return keys
