@@ -224,7 +224,7 @@ def main():
     finally:
         db.drop()
     peer_best = peer_s
-    run_peak = max(run_peak, peak_rss_mb())
+    run_peak = max(run_peak, peak_rss_mb(), import_peak)
     print(f"{db.vendor}: {n:,} patients ({len(text) / 2**20:.1f} MB, {sum(counts.values()):,} rows + "
           f"{n * len(VARIABLES):,} covariate values): import {import_s:.2f} s in {len(queries):,} queries "
           f"({n / import_s:,.0f} patients/s); peer pandas.read_csv + bulk_create {peer_best:.2f} s "
