@@ -99,7 +99,7 @@ def table_counts():
 def check_import(counts, expected, peer_counts, n):
     """The import's rows equal the file's and the peer's; audit rows; covariate values and derived outcomes as the
     file implies. Raises AssertionError naming what differs."""
-    from django.db.models import F, Sum
+    from django.db.models import Sum
 
     from outcomes.models import CourseOutcome, CovariateValue
 

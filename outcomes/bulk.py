@@ -10,8 +10,10 @@ and flattening an instance per row was the next largest cost); every other concr
 ``Model(**kwargs)`` would give it: its default (a callable default called per row), ``auto_now`` /
 ``auto_now_add`` one time stamp for the whole insert. Values are prepared column by column with the field's own
 ``get_db_prep_save``, except where that is the identity: text for a text column, an ``int`` for an integer or
-foreign-key column, a ``float`` for a float column, a ``bool`` for a boolean one, ``None`` for any (dates are
-prepared once per distinct date). ``insert(model, objs)`` does the same for instances and sets their pks."""
+foreign-key column, a ``float`` for a float column, a ``bool`` for a boolean one, ``None`` for any; a date goes
+straight to the backend's ``adapt_datefield_value`` (what ``get_db_prep_save`` ends in), a value repeated as the
+same object (a time stamp) is prepared once. Statements come in few lengths (``_statement_sizes``) and a column of
+one value is sent once on PostgreSQL. ``insert(model, objs)`` does the same for instances and sets their pks."""
 
 import datetime as dt
 

@@ -85,7 +85,6 @@ from .covariates import parse_value, registry_by_code
 from .models import (
     AssessmentKind,
     CauseOfDeath,
-    CourseOutcome,
     CovariateValue,
     Death,
     FailureSite,
