@@ -80,6 +80,38 @@ def peak_rss_mb():
     return round(rss / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)
 
 
+def _status_mb(key):
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(key + ":"):
+                    return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    return None
+
+
+def current_rss_mb():
+    """This process's resident set size now, in MiB (Linux ``VmRSS``; elsewhere the peak so far)."""
+    return _status_mb("VmRSS") or peak_rss_mb()
+
+
+def reset_peak_rss():
+    """Reset the peak RSS to the current RSS (Linux: ``/proc/self/clear_refs``), so ``current_peak_rss_mb`` then
+    gives the peak of what follows alone. False where that is not possible (use ``peak_rss_mb``)."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def current_peak_rss_mb():
+    """The peak RSS since ``reset_peak_rss`` (Linux ``VmHWM``), in MiB."""
+    return _status_mb("VmHWM") or peak_rss_mb()
+
+
 def median_seconds(fn, runs, warmup=2, clock=time.perf_counter):
     """Median time of ``fn()`` over ``runs`` calls, after ``warmup`` untimed calls.
 

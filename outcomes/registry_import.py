@@ -33,10 +33,25 @@ field (the first ``MAX_ERRORS_LISTED`` = 100 by line, with the total count); a f
 A valid file is imported in one transaction. Dates are ISO (YYYY-MM-DD); doses are plain decimals (``50.4``: NaN,
 Infinity, signs and exponents such as ``1e309`` are refused), fractions whole numbers.
 
-The file is streamed, never held in memory: validation reads it twice, the import once per record type, inserting
-in batches with their audit history rows (``outcomes.bulk.insert``: multi-row INSERTs; courses in bulk, their
-derived outcomes computed in a few queries per 2,000 courses by ``services.derive_registry_outcomes``). Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no measurements), so they are stored as the assessment's
-override with the reason "recorded in historical registry"; the derived response stays NE.
+The file is streamed, never held in memory (``csv.reader``, one list of cells per row, no dict):
+
+1. Validation reads it once, checking each row on its own (and against the models' own rules: ``_ModelChecks``
+   gives ``full_clean``'s messages without a ``full_clean`` per row) and keeping one small tuple per patient,
+   course and death (``_Plan``); follow-ups are summarised per course and patient (``_FollowUpPlan``) and checked
+   against the courses and deaths of the whole file from that summary. Only a file where some follow-up fails such
+   a check is read a second time, to list each one by line.
+2. The import (one transaction) reads it once for the patients, once for the courses, once for the follow-ups
+   and deaths, whatever the row order; each pass parses only its rows (filtered on ``record_type`` first) into
+   compact tuples and writes them ``BATCH`` at a time with their audit history rows (``outcomes.bulk.insert_rows``:
+   multi-row INSERTs of tuples, no model instances, on PostgreSQL one UNNEST per batch). Follow-up rows are
+   handled apart (``_FollowUpPlan``, ``_followup_row``, ``_write_followups``).
+3. The courses' derived outcomes, and those of the new patients without radiotherapy, are computed in a few
+   queries per 2,000 (``services.derive_registry_outcomes``, ``derive_registry_patient_outcomes``); courses and
+   patients already in RadPath that gained a follow-up or death are recomputed one by one.
+
+Uploads above ``RADPATH_MAX_UPLOAD_MB`` are refused (HTTP 413). Registry responses were not derived here (no
+measurements), so they are stored as the assessment's override with the reason "recorded in historical
+registry"; the derived response stays NE. A death for a patient RadPath already records as dead is refused.
 """
 
 from __future__ import annotations
@@ -67,12 +82,11 @@ from workflow.models import (
     TreatmentKind,
 )
 
-from .bulk import insert
+from .bulk import insert_rows
 from .covariates import parse_value, registry_by_code
 from .models import (
     AssessmentKind,
     CauseOfDeath,
-    CourseOutcome,
     CovariateValue,
     Death,
     FailureSite,
@@ -157,9 +171,13 @@ def upload_too_large(content_length=None, upload=None):
     if size > limit:
         return f"The upload is {size / 2**20:.1f} MB; the limit is {limit // 2**20} MB (RADPATH_MAX_UPLOAD_MB)."
     return None
+
+
 BATCH = 1000
 _DECIMAL = re.compile(r"^\d{1,4}(\.\d{1,3})?$")
 _INTEGER = re.compile(r"^\d{1,3}$")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what ``workflow.params.has_control_characters`` refuses
+_MEMO_SIZE = 10_000  # distinct entries a validation memo holds before it starts afresh
 
 
 class _Errors:
@@ -211,15 +229,38 @@ def _shown(v, n=40):
     return v if len(v) <= n else v[:n] + "..."
 
 
+class _Index(dict):
+    """The header: column name -> position (a repeated name: its last position, as ``csv.DictReader``)."""
+
+    __slots__ = ("_covariates",)
+
+    def covariates(self, dictionary):
+        """``[(name, variable, position)]`` of the dictionary's variables the header has, in dictionary order."""
+        got = getattr(self, "_covariates", None)
+        if got is None or got[0] is not dictionary:
+            self._covariates = got = (dictionary, [(n, v, self[n]) for n, v in dictionary.items() if n in self])
+        return got[1]
+
+
 class _Row:
-    def __init__(self, line, data, errors):
-        self.line, self.data, self.errors = line, data, errors
-        self.flagged = set()
+    """One CSV record: its line, its cells (``csv.reader``'s list) and the header's column positions."""
+
+    __slots__ = ("line", "cells", "index", "errors", "flagged")
+
+    def __init__(self, line, cells, index, errors):
+        self.line, self.cells, self.index, self.errors = line, cells, index, errors
+        self.flagged = ()
 
     def get(self, name):
-        return (self.data.get(name) or "").strip()
+        """The stripped cell of column ``name``; "" when the file has no such column or the row is short."""
+        i = self.index.get(name)
+        if i is None or i >= len(self.cells):
+            return ""
+        return self.cells[i].strip()
 
     def err(self, name, msg):
+        if not self.flagged:
+            self.flagged = set()
         self.flagged.add(name)
         self.errors.append(RowError(self.line, name, msg))
 
@@ -269,18 +310,69 @@ class _Row:
         return int(v)
 
 
-def _model_errors(row, obj, exclude, rename=None):
-    """The model's own validation, reported on the row (fields already flagged on this line are skipped)."""
+def _report(row, message_dict, rename=None):
+    """A model's ``ValidationError.message_dict`` reported on the row (fields already flagged on it are skipped)."""
     flagged = set(row.flagged)
+    for f, msgs in message_dict.items():
+        name = (rename or {}).get(f, f)
+        if name in flagged:
+            continue
+        for m in msgs:
+            row.err(name, m)
+
+
+def _full_clean(obj, exclude):
+    """``obj.full_clean``'s problems as ``{field: [messages]}`` (empty when valid)."""
     try:
         obj.full_clean(exclude=exclude, validate_unique=False)
     except ValidationError as exc:
-        for f, msgs in exc.message_dict.items():
-            name = (rename or {}).get(f, f)
-            if name in flagged:
-                continue
-            for m in msgs:
-                row.err(name, m)
+        return exc.message_dict
+    return {}
+
+
+class _ModelChecks:
+    """The models' own validation (``full_clean``: field validators and ``clean()``) of the objects a row becomes,
+    without an instance and a ``full_clean`` per row, which was most of validation's time; the messages are the
+    models' own.
+
+    A course's validation depends only on the values set from its row (no patient, diagnosis or completion date is
+    set when it is checked), so its result is memoised by those values as written (``50.4`` and ``50.40`` are
+    different texts and may get different messages). A patient's checks are per field (``Patient.clean``: no
+    control characters in the MRN and names, the birth-date window; the fields' blank and ``max_length`` rules):
+    birth date and sex are memoised, the MRN and names are taken as valid without ``full_clean`` when non-blank
+    (the MRN), within ``max_length`` and free of control characters; anything else gets the real ``full_clean`` of
+    the row's patient, so its messages are exact."""
+
+    def __init__(self):
+        self.courses, self.patient_dates = {}, {}
+        lengths = {f.name: f.max_length for f in Patient._meta.concrete_fields if f.max_length}
+        self.mrn_max, self.given_max, self.family_max = lengths["mrn"], lengths["given_name"], lengths["family_name"]
+
+    @staticmethod
+    def _memo(memo, key, compute):
+        got = memo.get(key)
+        if got is None:
+            if len(memo) >= _MEMO_SIZE:
+                memo.clear()
+            got = memo[key] = compute()
+        return got
+
+    def patient(self, row, mrn, given, family, birth, sex):
+        dated = self._memo(self.patient_dates, (birth, sex),
+                           lambda: _full_clean(Patient(mrn="M", birth_date=birth, sex=sex), exclude=[]))
+        if (not dated and 0 < len(mrn) <= self.mrn_max and len(given) <= self.given_max
+                and len(family) <= self.family_max and not _CONTROL.search(mrn) and not _CONTROL.search(given)
+                and not _CONTROL.search(family)):
+            return
+        p = Patient(mrn=mrn, given_name=given, family_name=family, birth_date=birth, sex=sex)
+        _report(row, _full_clean(p, exclude=[]))
+
+    def course(self, row, values, texts):
+        """``values``: the Course fields set from the row; ``texts``: the row's cells they came from (the key)."""
+        errors = self._memo(self.courses, texts,
+                            lambda: _full_clean(Course(**values), exclude=["patient", "diagnosis"]))
+        if errors:
+            _report(row, errors, rename={"dose_per_fraction_gy": "total_dose_gy"})
 
 
 @contextmanager
@@ -309,16 +401,19 @@ def _text(source):
         wrapper.detach()  # leave the caller's file open for the next pass
 
 
-def _rows(source, errors, check_header=False, dictionary=None, registry_code=None):
+def _rows(source, errors, check_header=False, dictionary=None, registry_code=None, types=None):
     """``_Row`` per record, streamed; unreadable text or CSV becomes one error on the line where it happened.
-    ``dictionary``: the registry's variables by column name (extra columns it declares are accepted)."""
+    ``dictionary``: the registry's variables by column name (extra columns it declares are accepted); ``types``:
+    only the records of these types. Read as ``csv.DictReader`` would (blank lines skipped; a repeated column
+    name: its last cell), without a dict per row."""
     with _text(source) as stream:
-        reader = csv.DictReader(stream)
+        reader = csv.reader(stream)
         try:
-            header = [h.strip() for h in (reader.fieldnames or [])]
+            first = next(reader, None)
         except (UnicodeDecodeError, csv.Error) as exc:
             errors.append(RowError(1, "file", "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else f"unreadable CSV: {exc}"))
             return
+        header = [h.strip() for h in (first or [])]
         if check_header:
             if "record_type" not in header:
                 errors.append(RowError(1, "record_type", "missing column (header row)"))
@@ -334,10 +429,11 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
                                        "registry chosen (registry=<code>)"))
         elif "record_type" not in header:
             return
-        reader.fieldnames = header
+        index = _Index((h, i) for i, h in enumerate(header))
+        at = index["record_type"]
         while True:
             try:
-                data = next(reader)
+                cells = next(reader)
             except StopIteration:
                 return
             except UnicodeDecodeError:
@@ -346,49 +442,59 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
             except csv.Error as exc:
                 errors.append(RowError(reader.line_num, "file", f"unreadable CSV: {exc}"))
                 return
-            yield _Row(reader.line_num, data, errors)
+            if cells and (types is None or (at < len(cells) and cells[at].strip() in types)):
+                yield _Row(reader.line_num, cells, index, errors)
 
 
-def _patient_objects(row, check=True):
-    p = Patient(mrn=row.get("mrn"), given_name=row.get("given_name"), family_name=row.get("family_name"),
-                birth_date=row.date("birth_date"), sex=row.choice("sex", SEXES, Sex.UNKNOWN))
-    if check:  # the import builds the objects of rows validation already checked
-        _model_errors(row, p, exclude=[])
-    d = Diagnosis(site=row.choice("site", SITES), diagnosed_on=row.date("diagnosed_on"),
-                  histology=row.get("histology"), stage=row.get("stage"))
-    if p.birth_date and d.diagnosed_on and d.diagnosed_on < p.birth_date:
+# --- One function per record type: a row's values, checked (errors on the row) -----------------------------------
+# Validation calls them with ``checks`` (the models' own validation too) and keeps only what later rows are checked
+# against (``_Plan``); the import calls them again on the same, valid, rows for the values it inserts.
+
+def _patient_record(row, checks=None):
+    """``(mrn, given_name, family_name, birth_date, sex, site, diagnosed_on, histology, stage, treatments)``, with
+    ``treatments`` a list of ``(kind, surgery_type, agent, trial_arm, start_date)``."""
+    mrn, given, family = row.get("mrn"), row.get("given_name"), row.get("family_name")
+    birth, sex = row.date("birth_date"), row.choice("sex", SEXES, Sex.UNKNOWN)
+    if checks is not None:
+        checks.patient(row, mrn, given, family, birth, sex)
+    site, diagnosed_on = row.choice("site", SITES), row.date("diagnosed_on")
+    if birth and diagnosed_on and diagnosed_on < birth:
         row.err("diagnosed_on", "before the date of birth")
     treatments = []
     surgery = row.choice("surgery", SURGERIES)
     if surgery:
-        treatments.append(Treatment(kind=TreatmentKind.SURGERY, surgery_type=surgery,
-                                    start_date=row.date("surgery_date", required=True)))
-    if row.get("chemotherapy"):
-        treatments.append(Treatment(kind=TreatmentKind.CHEMOTHERAPY, agent=row.get("chemotherapy"),
-                                    start_date=row.date("chemotherapy_date", required=True)))
-    if row.get("trial_arm"):
-        treatments.append(Treatment(kind=TreatmentKind.TRIAL, agent="registry trial", trial_arm=row.get("trial_arm"),
-                                    start_date=d.diagnosed_on))
-    return p, d, treatments
+        treatments.append((TreatmentKind.SURGERY, surgery, "", "", row.date("surgery_date", required=True)))
+    chemo = row.get("chemotherapy")
+    if chemo:
+        treatments.append((TreatmentKind.CHEMOTHERAPY, "", chemo, "", row.date("chemotherapy_date", required=True)))
+    arm = row.get("trial_arm")
+    if arm:
+        treatments.append((TreatmentKind.TRIAL, "", "registry trial", arm, diagnosed_on))
+    return (mrn, given, family, birth, sex, site, diagnosed_on, row.get("histology"), row.get("stage"), treatments)
 
 
-def _course_object(row, check=True):
+def _course_record(row, checks=None):
+    """``(mrn, course_ref, intent, technique, treated_site, total_dose_gy, fractions, dose_per_fraction_gy, name,
+    rt_start, rt_end)``; the dose per fraction is the total over the fractions to 0.01 Gy."""
     ref = row.get("course_ref")
     total, n = row.dose("total_dose_gy"), row.count("fractions")
-    c = Course(intent=row.choice("intent", INTENTS), technique=row.choice("technique", TECHNIQUES),
-               treated_site=row.get("treated_site"), total_dose_gy=total, fractions_planned=n,
-               dose_per_fraction_gy=(total / n).quantize(Decimal("0.01")) if total and n else None,
-               status=CourseStatus.COMPLETED, name=f"Registry {ref}"[:80])
+    intent, technique = row.choice("intent", INTENTS), row.choice("technique", TECHNIQUES)
+    site = row.get("treated_site")
+    per_fraction = (total / n).quantize(Decimal("0.01")) if total and n else None
+    name = f"Registry {ref}"[:80]
     start, end = row.date("rt_start"), row.date("rt_end")
     if start and end and end < start:
         row.err("rt_end", "before rt_start")
-    if check and all(v is not None for v in (c.intent, c.technique, total, n)) and row.get("treated_site"):
-        _model_errors(row, c, exclude=["patient", "diagnosis"], rename={"dose_per_fraction_gy": "total_dose_gy"})
-    c.completed_on = end
-    return c, start, end
+    if checks is not None and all(v is not None for v in (intent, technique, total, n)) and site:
+        checks.course(row, {"intent": intent, "technique": technique, "treated_site": site, "total_dose_gy": total,
+                            "fractions_planned": n, "dose_per_fraction_gy": per_fraction,
+                            "status": CourseStatus.COMPLETED, "name": name},
+                      (intent, technique, site, row.get("total_dose_gy"), n, name))
+    return (row.get("mrn"), ref, intent, technique, site, total, n, per_fraction, name, start, end)
 
 
 def _followup_fields(row):
+    """A follow-up row's own values, checked: an imaging follow-up (a response needs its imaging) or a contact."""
     imaging = row.choice("imaging", IMAGING)
     resp = row.choice("response", RESPONSES)
     if resp and not imaging:
@@ -401,12 +507,21 @@ def _followup_fields(row):
     }
 
 
+def _death_record(row):
+    """``(mrn, date, cause)``."""
+    cause = row.choice("cause", CAUSES, CauseOfDeath.UNKNOWN)
+    return row.get("mrn"), row.date("date"), cause
+
+
 def _covariate_values(row, rtype, dictionary):
     """[(variable, number, level)] of the row's covariate cells (blank = no value). A patient-level variable
     belongs on the patient row, a course-level one on the course row; values are checked against the dictionary."""
     out = []
-    for name, var in dictionary.items():
-        text = row.get(name)
+    cells = row.cells
+    for name, var, i in row.index.covariates(dictionary):
+        if i >= len(cells):
+            continue
+        text = cells[i].strip()
         if not text:
             continue
         if rtype != var.level:
@@ -448,19 +563,117 @@ class _Plan:
         self.existing = set()  # MRNs of patients already in RadPath that rows refer to
         self.existing_courses = {}  # (mrn, ref) -> (course_id, patient_id) or None
         self.registry, self.dictionary = None, {}
-        self.unknown_followup_mrns = {}  # mrn of a course-less follow-up not in the file -> not in RadPath either
-        self.has_course = {}  # mrn -> has an RT course (file or RadPath), for course-less follow-ups
-        self.patient_followups = set()  # MRNs with follow-up rows outside any course
+        self.followups = _FollowUpPlan()
+
+
+class _FollowUpPlan:
+    """Follow-up rows, summarised for the checks against the whole file (one entry per course and per patient, not
+    per row): a follow-up's course must exist (in the file or RadPath), it may not be more than a year before the
+    course's start, and neither its date nor its last-known-alive date may be after the patient's death."""
+
+    def __init__(self):
+        self.first = {}  # (mrn, ref) -> the earliest follow-up date of that course (None: no valid date)
+        self.last = {}  # mrn -> (latest follow-up date, latest last-known-alive date)
+        self.without_course = set()  # MRNs with follow-up rows without course_ref (a patient without radiotherapy)
+        self.refused = set()  # of those: MRNs unknown, or of a patient who has an RT course
+        self.unknown = set()  # of those: MRNs neither in the file nor in RadPath
+
+    def note(self, row, plan, today):
+        """Check one follow-up row on its own and remember what the whole-file checks need."""
+        f = _followup_fields(row)
+        date, alive = f["date"], f["last_known_alive"]
+        if date and date > today:
+            row.err("date", "in the future")
+        mrn, ref = row.get("mrn"), row.get("course_ref")
+        if not ref and mrn:
+            self.without_course.add(mrn)
+        key = (mrn, ref)
+        first = self.first.get(key)
+        if first is None or (date and date < first):
+            self.first[key] = date or first
+        last, last_alive = self.last.get(mrn, (None, None))
+        if date and (last is None or date > last):
+            last = date
+        if alive and (last_alive is None or alive > last_alive):
+            last_alive = alive
+        self.last[mrn] = (last, last_alive)
+
+    def any_problem(self, plan):
+        """Whether some follow-up row fails a whole-file check (then ``errors`` lists each one by line). Looks up
+        the courses follow-ups name that are not in the file (one query per course), for the import too."""
+        problem = self._check_without_course(plan)
+        for (mrn, ref), first in self.first.items():
+            key = (mrn, ref)
+            if key not in plan.courses and ref:
+                if key not in plan.existing_courses:
+                    plan.existing_courses[key] = Course.objects.filter(
+                        patient__mrn=mrn, name=f"Registry {ref}").values_list("pk", "patient_id").first()
+                problem = problem or plan.existing_courses[key] is None
+            c = plan.courses.get(key)
+            if c and c[1] and first and first < c[1] - dt.timedelta(days=365):
+                problem = True
+        for mrn, (last, alive) in self.last.items():
+            d = plan.deaths.get(mrn)
+            if d and d[1] and ((last and last > d[1]) or (alive and alive > d[1])):
+                problem = True
+        return problem
+
+    def _check_without_course(self, plan):
+        """The patients of follow-up rows without ``course_ref`` must be in the file or in RadPath (then they are
+        the import's ``existing`` patients too) and have no RT course in either; the others go to ``refused``."""
+        mrns = self.without_course
+        if not mrns:
+            return False
+        with_course = {mrn for mrn, _ref in plan.courses}
+        elsewhere = [m for m in mrns if m not in plan.patients]
+        known = set()
+        for chunk in _chunks(elsewhere):
+            known.update(Patient.objects.filter(mrn__in=chunk).values_list("mrn", flat=True))
+        for chunk in _chunks(known):
+            with_course.update(Course.objects.filter(patient__mrn__in=chunk, voided_at__isnull=True)
+                               .values_list("patient__mrn", flat=True))
+        plan.existing.update(known)
+        self.refused = {m for m in mrns if m in with_course or (m not in plan.patients and m not in known)}
+        self.unknown = {m for m in self.refused if m not in plan.patients and m not in known}
+        return bool(self.refused)
+
+    def report(self, source, plan, errors):
+        """Second pass, only when ``any_problem``: each follow-up row failing a whole-file check, by line."""
+        for row in _rows(source, _Errors(), types=("followup",)):
+            mrn, ref = row.get("mrn"), row.get("course_ref")
+            key = (mrn, ref)
+            quiet = _Row(row.line, row.cells, row.index, [])
+            date, alive = quiet.date("date"), quiet.date("last_known_alive")
+            if not ref and mrn in self.refused:
+                if mrn in self.unknown:
+                    errors.append(RowError(row.line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))
+                else:
+                    errors.append(RowError(row.line, "course_ref", f"required: patient {_shown(mrn)} has an RT course; "
+                                           "name it (a blank course_ref is the follow-up of a patient without "
+                                           "radiotherapy)"))
+            if key not in plan.courses and ref and plan.existing_courses.get(key) is None:
+                errors.append(RowError(row.line, "course_ref", f"no course {_shown(ref)} for {_shown(mrn)} in this file or in RadPath"))
+            c = plan.courses.get(key)
+            if c and c[1] and date and date < c[1] - dt.timedelta(days=365):
+                errors.append(RowError(row.line, "date", "more than a year before the course's rt_start"))
+            d = plan.deaths.get(mrn)
+            if d and d[1] and date and date > d[1]:
+                errors.append(RowError(row.line, "date", f"after the patient's death on {d[1]} (line {d[0]})"))
+            if d and d[1] and alive and alive > d[1]:
+                errors.append(RowError(row.line, "last_known_alive", f"after the patient's death on {d[1]}"))
 
 
 def validate(source, registry=None):
-    """Stream the file twice (rows, then follow-ups against the courses and deaths it lists) and return the plan, or
-    raise ``RegistryImportError`` with the first ``MAX_ERRORS_LISTED`` problems and their count. ``registry``
-    (a ``Registry`` or its code): extra columns its data dictionary declares are imported as covariates."""
+    """Stream the file once and return the plan, or raise ``RegistryImportError`` with the first
+    ``MAX_ERRORS_LISTED`` problems and their count. Follow-ups are checked against the courses and deaths of the
+    whole file from a summary per course and patient; only a file where one fails is read a second time, to list
+    those rows by line. ``registry`` (a ``Registry`` or its code): extra columns its data dictionary declares are
+    imported as covariates."""
     errors = _Errors()
     plan = _Plan()
     registry, dictionary = _dictionary(registry)
     plan.registry, plan.dictionary = registry, dictionary
+    checks = _ModelChecks()
     today = dt.date.today()
     for row in _rows(source, errors, check_header=True, dictionary=dictionary,
                      registry_code=registry.code if registry else None):
@@ -478,8 +691,8 @@ def validate(source, registry=None):
             if mrn in plan.patients:
                 row.err("mrn", f"patient {_shown(mrn)} already listed on line {plan.patients[mrn][0]}")
                 continue
-            p, _d, _t = _patient_objects(row)
-            plan.patients[mrn] = (row.line, p.birth_date)
+            p = _patient_record(row, checks)
+            plan.patients[mrn] = (row.line, p[3])
             plan.course_mrn_lines.pop(mrn, None)
         elif rtype == "course":
             ref = row.get("course_ref")
@@ -489,18 +702,16 @@ def validate(source, registry=None):
                 continue
             if mrn and mrn not in plan.patients:
                 plan.course_mrn_lines.setdefault(mrn, []).append(row.line)
-            _c, start, _end = _course_object(row)
-            plan.courses[key] = (row.line, start)
+            c = _course_record(row, checks)
+            plan.courses[key] = (row.line, c[9])
         elif rtype == "followup":
-            f = _followup_fields(row)
-            if f["date"] and f["date"] > today:
-                row.err("date", "in the future")
+            plan.followups.note(row, plan, today)
         elif rtype == "death":
             if mrn in plan.deaths:
                 row.err("mrn", f"second death for {_shown(mrn)} (line {plan.deaths[mrn][0]})")
                 continue
-            row.choice("cause", CAUSES, CauseOfDeath.UNKNOWN)
-            plan.deaths[mrn] = (row.line, row.date("date"))
+            _m, date, _cause = _death_record(row)
+            plan.deaths[mrn] = (row.line, date)
     if errors.total and not plan.patients and not plan.courses and errors.on_line(1) & {"record_type", "file"}:
         errors.raise_if_any()  # no header or not a CSV: nothing else to say
     # patients already in RadPath: refused as duplicates, accepted as the owner of other rows
@@ -513,6 +724,13 @@ def validate(source, registry=None):
         if mrn not in plan.existing:
             for line in lines:
                 errors.append(RowError(line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))
+    # a death for a patient already in RadPath who has one (one live death per patient)
+    dead = [m for m in plan.deaths if m in plan.existing and m not in plan.patients]
+    for chunk in _chunks(dead):
+        for mrn, date in Death.objects.filter(patient__mrn__in=chunk, voided_at__isnull=True).values_list(
+                "patient__mrn", "date"):
+            errors.append(RowError(plan.deaths[mrn][0], "mrn", f"second death for {_shown(mrn)}: RadPath already "
+                                                               f"records one on {date}"))
     courses_of = {}
     for (mrn, _ref), (line, start) in plan.courses.items():
         courses_of.setdefault(mrn, []).append((line, start))
@@ -525,189 +743,199 @@ def validate(source, registry=None):
         for c_line, start in courses_of.get(mrn, []):
             if date and start and date < start:
                 errors.append(RowError(line, "date", f"before the start of RT on {start} (line {c_line})"))
-    # second pass: follow-ups against the courses and deaths of the whole file
-    for row in _rows(source, _Errors()):
-        if row.get("record_type") != "followup":
-            continue
-        mrn, ref = row.get("mrn"), row.get("course_ref")
-        key = (mrn, ref)
-        quiet = _Row(row.line, row.data, [])
-        date, alive = quiet.date("date"), quiet.date("last_known_alive")
-        if not ref and mrn:  # the follow-up of a patient without radiotherapy
-            _check_patient_followup(plan, row.line, mrn, courses_of, errors)
-        if key not in plan.courses and ref:
-            if key not in plan.existing_courses:
-                plan.existing_courses[key] = Course.objects.filter(patient__mrn=mrn, name=f"Registry {ref}").values_list(
-                    "pk", "patient_id").first()
-            if plan.existing_courses[key] is None:
-                errors.append(RowError(row.line, "course_ref", f"no course {_shown(ref)} for {_shown(mrn)} in this file or in RadPath"))
-        c = plan.courses.get(key)
-        if c and c[1] and date and date < c[1] - dt.timedelta(days=365):
-            errors.append(RowError(row.line, "date", "more than a year before the course's rt_start"))
-        d = plan.deaths.get(mrn)
-        if d and d[1] and date and date > d[1]:
-            errors.append(RowError(row.line, "date", f"after the patient's death on {d[1]} (line {d[0]})"))
-        if d and d[1] and alive and alive > d[1]:
-            errors.append(RowError(row.line, "last_known_alive", f"after the patient's death on {d[1]}"))
+    if plan.followups.any_problem(plan):
+        plan.followups.report(source, plan, errors)
     errors.raise_if_any()
+    plan.followups = None
     return plan
 
 
-def _check_patient_followup(plan, line, mrn, courses_of, errors):
-    """A follow-up row without ``course_ref``: its patient must be in the file or in RadPath and have no RT course
-    (a patient with one is followed up on it); RadPath's courses are asked for once per patient."""
-    if mrn not in plan.patients and mrn not in plan.existing:
-        if mrn not in plan.unknown_followup_mrns:
-            plan.unknown_followup_mrns[mrn] = not Patient.objects.filter(mrn=mrn).exists()
-        if plan.unknown_followup_mrns[mrn]:
-            errors.append(RowError(line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))
-            return
-        plan.existing.add(mrn)
-    if mrn not in plan.has_course:
-        plan.has_course[mrn] = bool(courses_of.get(mrn)) or Course.objects.filter(
-            patient__mrn=mrn, voided_at__isnull=True).exists()
-    if plan.has_course[mrn]:
-        errors.append(RowError(line, "course_ref", f"required: patient {_shown(mrn)} has an RT course; name it "
-                                                   "(a blank course_ref is the follow-up of a patient without radiotherapy)"))
-    else:
-        plan.patient_followups.add(mrn)
+class _Import:
+    """The import of a validated file, read once for its patients, once for its courses and once for its
+    follow-ups and deaths (whatever their order in the file, every row's patient or course id is then known when
+    it is written; a pass parses only its own rows). Rows are parsed again (they are valid) into compact tuples,
+    buffered per record type and written ``BATCH`` at a time (``outcomes.bulk.insert_rows``: multi-row INSERTs
+    with their audit history rows), so every INSERT but a type's last has the same length."""
+
+    PASSES = (("patient",), ("course",), ("followup", "death"))
+
+    def __init__(self, plan, user):
+        self.plan, self.user, self.dictionary = plan, user, plan.dictionary
+        self.summary = ImportSummary()
+        self.patient_ids, self.diagnosis_ids = {}, {}  # mrn -> id
+        self.course_ids = {}  # (mrn, ref) -> (course_id, patient_id)
+        self.new_courses = {}  # course_id -> (patient_id, rt_start, rt_end): derived after the import
+        self.followed = set()  # patient ids with a new follow-up or death (their other courses are recomputed)
+        self.patients, self.courses, self.followups, self.deaths = [], [], [], []
+        self.quiet = _Errors()
+        self.user_id = getattr(user, "pk", None)
+
+    def run(self, source):
+        plan = self.plan
+        for chunk in _chunks(plan.existing):
+            self.patient_ids.update(Patient.objects.filter(mrn__in=chunk).values_list("mrn", "pk"))
+        self.course_ids.update({k: v for k, v in plan.existing_courses.items() if v is not None})
+        for types in self.PASSES:
+            self._pass(source, types)
+        derive_registry_outcomes(self.new_courses)
+        # patients without radiotherapy: the file's new ones get their outcome row; RadPath's are recomputed
+        with_course = {pid for pid, _start, _end in self.new_courses.values()}
+        new = {self.patient_ids[m] for m in plan.patients}
+        derive_registry_patient_outcomes(new - with_course)
+        for pid in sorted(self.followed - new):
+            recompute_patient_outcome(Patient(pk=pid))
+        touched = set(self.new_courses)
+        # courses already in RadPath whose follow-up or last contact this file changed: recomputed one by one
+        for chunk in _chunks(self.followed):
+            for pk in Course.objects.filter(patient_id__in=chunk).values_list("pk", flat=True):
+                if pk not in self.new_courses:
+                    recompute_course(Course(pk=pk))
+                    touched.add(pk)
+        self.summary.course_ids = sorted(touched)
+        return self.summary
+
+    def _pass(self, source, types):
+        dictionary = self.dictionary
+        writers = {"patient": (self.patients, self._write_patients), "course": (self.courses, self._write_courses),
+                   "followup": (self.followups, lambda batch: _write_followups(self, batch)),
+                   "death": (self.deaths, self._write_deaths)}
+        for row in _rows(source, self.quiet, types=types):
+            rtype = row.get("record_type")
+            if rtype == "patient":
+                self.patients.append((_patient_record(row),
+                                      _covariate_values(row, "patient", dictionary) if dictionary else ()))
+            elif rtype == "course":
+                self.courses.append((_course_record(row),
+                                     _covariate_values(row, "course", dictionary) if dictionary else ()))
+            elif rtype == "followup":
+                self.followups.append(_followup_row(row))
+            else:
+                self.deaths.append(_death_record(row))
+            buffer, write = writers[rtype]
+            if len(buffer) >= BATCH:
+                write(buffer)
+                buffer.clear()
+        for rtype in types:
+            buffer, write = writers[rtype]
+            if buffer:
+                write(buffer)
+                buffer.clear()
+
+    def _insert(self, model, attnames, rows):
+        return insert_rows(model, attnames, rows, history_user=self.user)
+
+    def _covariates(self, values):
+        """``values``: ``(variable, patient_id, course_id, number, level)``."""
+        if values:
+            self._insert(CovariateValue, ("variable_id", "patient_id", "course_id", "number", "level"),
+                         [(v.pk, p, c, num, lvl) for v, p, c, num, lvl in values])
+            self.summary.covariate_values += len(values)
+
+    def _write_patients(self, batch):
+        pids = self._insert(Patient, ("mrn", "given_name", "family_name", "birth_date", "sex"),
+                            [p[:5] for p, _cov in batch])
+        dids = self._insert(Diagnosis, ("patient_id", "site", "diagnosed_on", "histology", "stage"),
+                            [(pid, *p[5:9]) for (p, _cov), pid in zip(batch, pids)])
+        treatments, values = [], []
+        for (p, cov), pid, did in zip(batch, pids, dids):
+            mrn = p[0]
+            self.patient_ids[mrn], self.diagnosis_ids[mrn] = pid, did
+            treatments += [(pid, did, *t) for t in p[9]]
+            values += [(var, pid, None, num, lvl) for var, num, lvl in cov]
+        self._insert(Treatment, ("patient_id", "diagnosis_id", "kind", "surgery_type", "agent", "trial_arm",
+                                 "start_date"), treatments)
+        self._covariates(values)
+        self.summary.patients += len(batch)
+
+    def _diagnosis_of(self, mrn, patient_id):
+        """The new diagnosis of the file's patient; for a patient already in RadPath, their latest one."""
+        if mrn not in self.diagnosis_ids:
+            d = Diagnosis.objects.filter(patient_id=patient_id).order_by("-diagnosed_on").values_list("pk", flat=True)
+            self.diagnosis_ids[mrn] = d.first()
+        return self.diagnosis_ids[mrn]
+
+    def _write_courses(self, batch):
+        rows = []
+        for c, _cov in batch:
+            mrn, _ref, intent, technique, site, total, n, per_fraction, name, _start, end = c
+            pid = self.patient_ids[mrn]
+            rows.append((pid, self._diagnosis_of(mrn, pid), intent, technique, site, total, n, per_fraction,
+                         CourseStatus.COMPLETED, name, end))
+        # without post_save: a course's care path starts on post_save, but a completed (registry) course gets none
+        # (``workflow.carepaths.needs_path``), so there is nothing to start
+        cids = self._insert(Course, ("patient_id", "diagnosis_id", "intent", "technique", "treated_site",
+                                     "total_dose_gy", "fractions_planned", "dose_per_fraction_gy", "status", "name",
+                                     "completed_on"), rows)
+        values = []
+        for (c, cov), row, cid in zip(batch, rows, cids):
+            pid = row[0]
+            self.course_ids[(c[0], c[1])] = (cid, pid)
+            self.new_courses[cid] = (pid, c[9], c[10])  # its CourseOutcome comes with its derivation
+            values += [(var, pid, cid, num, lvl) for var, num, lvl in cov]
+        self._covariates(values)
+        self.summary.courses += len(batch)
+
+    def _write_deaths(self, batch):
+        rows = []
+        for mrn, date, cause in batch:
+            pid = self.patient_ids[mrn]
+            self.followed.add(pid)
+            rows.append((pid, date, cause))
+        self._insert(Death, ("patient_id", "date", "cause"), rows)
+        self.summary.deaths += len(rows)
 
 
-def _bulk(model, objs, user):
-    """Insert a batch with its audit history rows (the ``+`` rows ``bulk_create_with_history`` would write),
-    returning the objects with their pks (``outcomes.bulk.insert``)."""
-    return insert(model, objs, history_user=user)
+# --- Follow-up rows in the import: kept apart (the row's values, then the batch written against its courses) ------
+
+FOLLOWUP_COLUMNS = ("patient_id", "course_id", "kind", "date", "imaging", "failure_site", "last_known_alive",
+                    "override_response", "override_reason", "override_by_id", "derived_response", "response",
+                    "disease_status")
 
 
-def _of_type(source, rtype):
-    for row in _rows(source, _Errors()):
-        if row.get("record_type") == rtype:
-            yield row
+def _followup_row(row):
+    """``(mrn, course_ref, fields)`` of a valid follow-up row (``fields``: ``_followup_fields``)."""
+    return row.get("mrn"), row.get("course_ref"), _followup_fields(row)
 
 
-def _batched(rows, n=BATCH):
-    batch = []
-    for row in rows:
-        batch.append(row)
-        if len(batch) >= n:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
+def _write_followups(imp, batch):
+    """Insert a batch of follow-ups on their courses (new in this file or already in RadPath). A recorded response
+    is stored as the assessment's override, with the reason ``REGISTRY_REASON``, by the importing user; the
+    derived fields are ``registry_followup_fields``' (a recurrence is found later, over the course's sequence);
+    a contact (no imaging) has none."""
+    rows = []
+    blank = ("", "", "")
+    for mrn, ref, f in batch:
+        if ref:
+            course_id, patient_id = imp.course_ids[(mrn, ref)]
+        else:  # a patient without radiotherapy: the follow-up is the patient's
+            course_id, patient_id = None, imp.patient_ids[mrn]
+        imp.followed.add(patient_id)
+        resp = f["response"]
+        if f["kind"] == AssessmentKind.FOLLOWUP:
+            d = registry_followup_fields(resp)
+            derived = (d["derived_response"], d["response"], d["disease_status"])
+        else:
+            derived = blank
+        rows.append((patient_id, course_id, f["kind"], f["date"], f["imaging"], f["failure_site"],
+                     f["last_known_alive"], resp, REGISTRY_REASON if resp else "", imp.user_id if resp else None,
+                     *derived))
+    imp._insert(FollowUpAssessment, FOLLOWUP_COLUMNS, rows)
+    imp.summary.followups += len(rows)
 
 
 def import_registry(source, *, user=None, registry=None):
     """Validate then import a registry CSV (``str``, ``bytes``, a file object or an upload) in one transaction;
     ``registry`` (a ``Registry`` or its code) makes the columns of its data dictionary importable covariates.
 
-    Streamed: validation reads the file twice row by row keeping one small tuple per patient, course and death;
-    the import reads it once per record type and inserts in batches of ``BATCH`` (``bulk_create`` with history
-    rows), so memory does not grow with the number of follow-up rows. Any error: nothing is written.
+    Streamed: validation reads the file once (twice when a follow-up fails a whole-file check) keeping one small
+    tuple per patient, course and death; the import reads it once more (once per record type when rows come
+    before the patient or course they refer to) and inserts in batches of ``BATCH`` rows with their history rows,
+    so memory does not grow with the number of follow-up rows. Any error: nothing is written.
     """
     plan = validate(source, registry)
-    dictionary = plan.dictionary
-    summary = ImportSummary()
     with transaction.atomic():
-        patient_ids, diagnosis_ids = {}, {}
-        for rows in _batched(_of_type(source, "patient")):
-            built = [(row.get("mrn"), *_patient_objects(_Row(row.line, row.data, []), check=False)) for row in rows]
-            pats = _bulk(Patient, [p for _m, p, _d, _t in built], user)
-            for (mrn, _p, d, _t), p in zip(built, pats):
-                patient_ids[mrn] = p.pk
-                d.patient_id = p.pk
-            diags = _bulk(Diagnosis, [d for _m, _p, d, _t in built], user)
-            treatments = []
-            for (mrn, _p, _d, ts), d in zip(built, diags):
-                diagnosis_ids[mrn] = d.pk
-                for t in ts:
-                    t.patient_id, t.diagnosis_id = patient_ids[mrn], d.pk
-                    treatments.append(t)
-            _bulk(Treatment, treatments, user)
-            if dictionary:
-                values = [CovariateValue(variable=var, patient_id=patient_ids[row.get("mrn")], number=num, level=lvl)
-                          for row in rows
-                          for var, num, lvl in _covariate_values(_Row(row.line, row.data, []), "patient", dictionary)]
-                _bulk(CovariateValue, values, user)
-                summary.covariate_values += len(values)
-            summary.patients += len(pats)
-        for chunk in _chunks(plan.existing):
-            for mrn, pk in Patient.objects.filter(mrn__in=chunk).values_list("mrn", "pk"):
-                patient_ids[mrn] = pk
-        course_ids, new_courses = {}, {}
-        for rows in _batched(_of_type(source, "course")):
-            built = []
-            for row in rows:
-                mrn, ref = row.get("mrn"), row.get("course_ref")
-                c, start, end = _course_object(_Row(row.line, row.data, []), check=False)
-                c.patient_id = patient_ids[mrn]
-                if mrn in diagnosis_ids:
-                    c.diagnosis_id = diagnosis_ids[mrn]
-                else:
-                    c.diagnosis = Diagnosis.objects.filter(patient_id=c.patient_id).order_by("-diagnosed_on").first()
-                built.append((mrn, ref, c, start, end))
-            # bulk, without post_save: a course's care path starts on post_save, but a completed (registry) course
-            # gets none (``workflow.carepaths.needs_path``), so there is nothing to start
-            courses = _bulk(Course, [c for _m, _r, c, _s, _e in built], user)
-            for (mrn, ref, _c, start, end), c in zip(built, courses):
-                course_ids[(mrn, ref)] = (c.pk, c.patient_id)
-                new_courses[c.pk] = (c.patient_id, start, end)  # its CourseOutcome comes with its derivation
-            if dictionary:
-                values = [CovariateValue(variable=var, patient_id=patient_ids[row.get("mrn")],
-                                         course_id=course_ids[(row.get("mrn"), row.get("course_ref"))][0],
-                                         number=num, level=lvl)
-                          for row in rows
-                          for var, num, lvl in _covariate_values(_Row(row.line, row.data, []), "course", dictionary)]
-                _bulk(CovariateValue, values, user)
-                summary.covariate_values += len(values)
-            summary.courses += len(rows)
-        course_ids.update({k: v for k, v in plan.existing_courses.items() if v is not None})
-        followed = set()
-        for rows in _batched(_of_type(source, "followup")):
-            objs = []
-            for row in rows:
-                f = _followup_fields(_Row(row.line, row.data, []))
-                if row.get("course_ref"):
-                    course_id, patient_id = course_ids[(row.get("mrn"), row.get("course_ref"))]
-                else:  # a patient without radiotherapy
-                    course_id, patient_id = None, patient_ids[row.get("mrn")]
-                followed.add(patient_id)
-                derived = registry_followup_fields(f["response"]) if f["kind"] == AssessmentKind.FOLLOWUP else {}
-                objs.append(FollowUpAssessment(
-                    patient_id=patient_id, course_id=course_id, kind=f["kind"], date=f["date"], imaging=f["imaging"],
-                    failure_site=f["failure_site"], last_known_alive=f["last_known_alive"],
-                    override_response=f["response"], override_reason=REGISTRY_REASON if f["response"] else "",
-                    override_by=user if f["response"] else None, **derived,
-                ))
-            _bulk(FollowUpAssessment, objs, user)
-            summary.followups += len(objs)
-        for rows in _batched(_of_type(source, "death")):
-            objs = []
-            for row in rows:
-                quiet = _Row(row.line, row.data, [])
-                patient_id = patient_ids[row.get("mrn")]
-                followed.add(patient_id)
-                objs.append(Death(patient_id=patient_id, date=quiet.date("date"),
-                                  cause=quiet.choice("cause", CAUSES, CauseOfDeath.UNKNOWN)))
-            _bulk(Death, objs, user)
-            summary.deaths += len(objs)
-        derive_registry_outcomes(new_courses)
-        # patients without radiotherapy (no course in the file or in RadPath): their outcome row, new or recomputed
-        with_course = {pid for pid, _s, _e in new_courses.values()}
-        new_patients = [pid for mrn, pid in patient_ids.items() if mrn in plan.patients and pid not in with_course]
-        derive_registry_patient_outcomes(new_patients)
-        for mrn in plan.existing:
-            pid = patient_ids.get(mrn)
-            if pid is not None and pid not in with_course and (pid in followed):
-                recompute_patient_outcome(Patient(pk=pid))
-        touched = set(new_courses)
-        # courses already in RadPath whose follow-up or last contact this file changed: recomputed one by one
-        for chunk in _chunks(followed):
-            for pk in Course.objects.filter(patient_id__in=chunk).values_list("pk", flat=True):
-                if pk not in new_courses:
-                    recompute_course(Course(pk=pk))
-                    touched.add(pk)
-        summary.course_ids = sorted(touched)
-    return summary
+        return _Import(plan, user).run(source)
+
 
 def template_csv():
     """A header line and one example row per record type (offered as a download on the import page)."""

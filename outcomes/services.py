@@ -354,6 +354,60 @@ def registry_followup_fields(override_response):
     return {"derived_response": rs.NE, "response": eff, "disease_status": status}
 
 
+def _registry_follow_ups(qs, key):
+    """A registry unit's imaging follow-ups in date order, ``{unit id: [follow-up]}``, from one columnar query;
+    ``key``: the unit's column (``course_id`` or ``patient_id``)."""
+    from types import SimpleNamespace
+
+    rows = fetch_columns(qs.filter(voided_at__isnull=True, kind=AssessmentKind.FOLLOWUP),
+                         {"pk": ("pk", "int"), key: (key, "int"), "date": ("date", "date"),
+                          "override_response": ("override_response", "text"), "failure_site": ("failure_site", "text")})
+    order = np.lexsort((rows["pk"], rows["date"], rows[key]))
+    # whole columns to Python values at once (datetime64[D] -> datetime.date), in the units' order
+    pks, units = rows["pk"][order].tolist(), rows[key][order].tolist()
+    dates = rows["date"][order].astype(object).tolist()
+    responses, sites = rows["override_response"][order].tolist(), rows["failure_site"][order].tolist()
+    out = {}
+    for pk, unit, date, resp, site in zip(pks, units, dates, responses, sites):
+        out.setdefault(unit, []).append(SimpleNamespace(pk=pk, date=date, override_response=resp, failure_site=site))
+    return out
+
+
+def _registry_last_contacts(patient_ids):
+    """``{patient id: last date known alive}``: the latest assessment or last-known-alive date of any unit."""
+    contact = {}
+    for pid, d, alive in FollowUpAssessment.objects.filter(patient_id__in=patient_ids, voided_at__isnull=True) \
+            .order_by().values("patient_id").annotate(d=Max("date"), a=Max("last_known_alive")) \
+            .values_list("patient_id", "d", "a"):
+        dates = [x for x in (d, alive) if x is not None]
+        contact[pid] = max(dates) if dates else None
+    return contact
+
+
+REGISTRY_DERIVED = ("criteria", "baseline_date", "baseline_sum_mm", "best_response", "best_response_date",
+                    "first_response_date", "first_complete_remission_date", "first_progression_date", "recurrence_date",
+                    "current_status", "first_local_failure_date", "last_assessment_date", "last_contact_date",
+                    "derivation_issue", "computed_at")
+
+
+def _registry_derived(follow, last_contact, now, recurrences):
+    """The ``REGISTRY_DERIVED`` values of one registry unit (no baseline, no measurement: ``_fallback_derived``
+    on its follow-ups); the ids of its follow-ups that are a recurrence are added to ``recurrences``."""
+    derived = _fallback_derived(None, follow)
+    recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
+    derived.update(
+        first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
+                                       and a.failure_site == FailureSite.LOCAL), None),
+        last_assessment_date=follow[-1].date if follow else None, last_contact_date=last_contact,
+        derivation_issue="no baseline assessment" if follow else "", computed_at=now)
+    return tuple(derived[k] for k in REGISTRY_DERIVED)
+
+
+def _mark_recurrences(ids):
+    for i in range(0, len(ids), 500):
+        FollowUpAssessment.objects.filter(pk__in=ids[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
+
+
 def derive_registry_outcomes(new_courses, *, chunk=2000):
     """Create the ``CourseOutcome`` rows of courses a registry import just created, with what ``recompute_course``
     would derive, in a few queries per ``chunk`` instead of a dozen per course.
@@ -362,89 +416,39 @@ def derive_registry_outcomes(new_courses, *, chunk=2000):
     no lesion measurement and no delivered fraction, so its derivation is ``_fallback_derived`` on its follow-ups
     (effective = the recorded response), RT dates are the recorded ones and last contact is the patient's latest
     assessment or last-known-alive date. Its follow-ups were inserted with ``registry_followup_fields``; the
-    few that turn out to be a recurrence (PD after a CR) are updated in one query."""
-    from types import SimpleNamespace
-
+    few that turn out to be a recurrence (PD after a CR) are updated in one query. The rows are written as tuples
+    (``bulk.insert_rows``), not as model instances."""
     ids = sorted(new_courses)
     now = timezone.now()
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
-        rows = fetch_columns(
-            FollowUpAssessment.objects.filter(course_id__in=part, voided_at__isnull=True, kind=AssessmentKind.FOLLOWUP),
-            {"pk": ("pk", "int"), "course_id": ("course_id", "int"), "date": ("date", "date"),
-             "override_response": ("override_response", "text"), "failure_site": ("failure_site", "text")})
-        order = np.lexsort((rows["pk"], rows["date"], rows["course_id"]))
-        by_course = {}
-        for i in order:
-            by_course.setdefault(int(rows["course_id"][i]), []).append(SimpleNamespace(
-                pk=int(rows["pk"][i]), date=rows["date"][i].astype(object), override_response=rows["override_response"][i],
-                failure_site=rows["failure_site"][i]))
-        patients = {new_courses[c][0] for c in part}
-        contact = {}
-        for pid, d, alive in FollowUpAssessment.objects.filter(patient_id__in=patients, voided_at__isnull=True) \
-                .order_by().values("patient_id").annotate(d=Max("date"), a=Max("last_known_alive")) \
-                .values_list("patient_id", "d", "a"):
-            dates = [x for x in (d, alive) if x is not None]
-            contact[pid] = max(dates) if dates else None
+        by_course = _registry_follow_ups(FollowUpAssessment.objects.filter(course_id__in=part), "course_id")
+        contact = _registry_last_contacts({new_courses[c][0] for c in part})
         outcomes, recurrences = [], []
         for cid in part:
             patient_id, rt_start, rt_end = new_courses[cid]
-            follow = by_course.get(cid, [])
-            derived = _fallback_derived(None, follow)
-            recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
-            outcomes.append(CourseOutcome(
-                course_id=cid, patient_id=patient_id, rt_start_recorded=rt_start, rt_end_recorded=rt_end,
-                rt_start=rt_start, rt_end=rt_end, **derived,
-                first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
-                                               and a.failure_site == FailureSite.LOCAL), None),
-                last_assessment_date=follow[-1].date if follow else None, last_contact_date=contact.get(patient_id),
-                derivation_issue="no baseline assessment" if follow else "", computed_at=now))
-        bulk.insert(CourseOutcome, outcomes)
-        for i in range(0, len(recurrences), 500):
-            FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
+            outcomes.append((cid, patient_id, rt_start, rt_end, rt_start, rt_end,
+                             *_registry_derived(by_course.get(cid, []), contact.get(patient_id), now, recurrences)))
+        bulk.insert_rows(CourseOutcome, ["course_id", "patient_id", "rt_start_recorded", "rt_end_recorded", "rt_start",
+                                         "rt_end", *REGISTRY_DERIVED], outcomes)
+        _mark_recurrences(recurrences)
 
 
 def derive_registry_patient_outcomes(patient_ids, *, chunk=2000):
     """Create the ``PatientOutcome`` rows of patients without radiotherapy a registry import just created, with what
-    :func:`recompute_patient_outcome` would derive, in a few queries per ``chunk``: such a patient has no baseline
-    and no measurement, so the derivation is ``_fallback_derived`` on the follow-ups outside any course (effective
-    = the recorded response) and last contact is the latest assessment or last-known-alive date."""
-    from types import SimpleNamespace
-
+    :func:`recompute_patient_outcome` would derive, in a few queries per ``chunk``: as for a registry course
+    (:func:`derive_registry_outcomes`), on the patient's follow-ups outside any course."""
     ids = sorted(patient_ids)
     now = timezone.now()
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
-        own = FollowUpAssessment.objects.filter(patient_id__in=part, voided_at__isnull=True)
-        rows = fetch_columns(
-            own.filter(course__isnull=True, kind=AssessmentKind.FOLLOWUP),
-            {"pk": ("pk", "int"), "patient_id": ("patient_id", "int"), "date": ("date", "date"),
-             "override_response": ("override_response", "text"), "failure_site": ("failure_site", "text")})
-        order = np.lexsort((rows["pk"], rows["date"], rows["patient_id"]))
-        by_patient = {}
-        for i in order:
-            by_patient.setdefault(int(rows["patient_id"][i]), []).append(SimpleNamespace(
-                pk=int(rows["pk"][i]), date=rows["date"][i].astype(object), override_response=rows["override_response"][i],
-                failure_site=rows["failure_site"][i]))
-        contact = {}
-        for pid, d, alive in own.order_by().values("patient_id").annotate(d=Max("date"), a=Max("last_known_alive")) \
-                .values_list("patient_id", "d", "a"):
-            dates = [x for x in (d, alive) if x is not None]
-            contact[pid] = max(dates) if dates else None
-        outcomes, recurrences = [], []
-        for pid in part:
-            follow = by_patient.get(pid, [])
-            derived = _fallback_derived(None, follow)
-            recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
-            outcomes.append(PatientOutcome(
-                patient_id=pid, **derived,
-                first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
-                                               and a.failure_site == FailureSite.LOCAL), None),
-                last_assessment_date=follow[-1].date if follow else None, last_contact_date=contact.get(pid),
-                derivation_issue="no baseline assessment" if follow else "", computed_at=now))
-        bulk.insert(PatientOutcome, outcomes)
-        for i in range(0, len(recurrences), 500):
-            FollowUpAssessment.objects.filter(pk__in=recurrences[i:i + 500]).update(disease_status=rs.STATUS_RECURRENCE)
+        by_patient = _registry_follow_ups(FollowUpAssessment.objects.filter(patient_id__in=part, course__isnull=True),
+                                          "patient_id")
+        contact = _registry_last_contacts(part)
+        recurrences = []
+        outcomes = [(pid, *_registry_derived(by_patient.get(pid, []), contact.get(pid), now, recurrences)) for pid in part]
+        bulk.insert_rows(PatientOutcome, ["patient_id", *REGISTRY_DERIVED], outcomes)
+        _mark_recurrences(recurrences)
 
 
 def _rt_dates(course):
