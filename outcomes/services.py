@@ -1140,9 +1140,16 @@ def _design(df, group_by, terms, variables=None, group_order=None, labels=None, 
         elif term == group_by and "group" in terms:
             continue  # already in the model as the grouping
         elif term == "sex":
-            if "sex" in df.columns and df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
+            if "sex" not in df.columns:
+                continue
+            if df["sex"].isin(["M", "F"]).all() and df["sex"].nunique() == 2:
                 data["sex=M"] = (df["sex"] == "M").astype(float)
                 covs.append("sex=M")
+            elif notes is not None:
+                shown = sorted(str(v) for v in df["sex"].dropna().unique())
+                why = (f"every patient is {shown[0]}" if len(shown) == 1 else
+                       f"sex is coded {', '.join(shown)}, not only M and F")
+                notes.append(f"Cox model: sex is left out ({why}).")
         elif numeric(term):
             values = df[f"{term}__num"] if f"{term}__num" in df.columns else df[term]
             if values.nunique() > 1:

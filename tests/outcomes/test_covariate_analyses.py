@@ -222,3 +222,13 @@ def test_the_methods_design_takes_a_numeric_covariate_as_its_value_and_a_categor
     assert covs == ["gbsg2.tsize", "gbsg2.tgrade=II", "gbsg2.tgrade=III", "age_years"]
     assert data["gbsg2.tsize"].tolist()[:3] == [18.0, 25.0, 40.0] and pd.isna(data["gbsg2.tsize"].iloc[3])
     assert data["gbsg2.tgrade=III"].tolist() == [0.0, 0.0, 1.0, 0.0]
+
+
+def test_default_cox_model_says_when_sex_is_left_out(gbsg2):
+    cohort, _ = gbsg2  # GBSG2: a breast cancer trial, every patient female
+    body = services.analyze(cohort, endpoint="os", time_zero="diagnosis", group_by="gbsg2.horth").to_dict()
+    assert [t["covariate"] for t in body["cox"]["terms"]] == ["gbsg2.horth=yes", "age_years"]
+    assert "Cox model: sex is left out (every patient is F)." in body["notes"]
+    chosen = services.analyze(cohort, endpoint="os", time_zero="diagnosis", group_by="gbsg2.horth",
+                              cox_terms="group,age").to_dict()
+    assert not any("sex is left out" in n for n in chosen["notes"])
