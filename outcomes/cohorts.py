@@ -181,17 +181,22 @@ class CohortFilter:
               .exclude(Exists(Course.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)))
               .annotate(dx_id=Subquery(first_dx.values("pk")[:1]), dx_site=Subquery(first_dx.values("site")[:1]),
                         dx_date=Subquery(first_dx.values("diagnosed_on")[:1])))
+        if self.multimodal:  # surgery + chemotherapy + RT: never without RT
+            return qs.none()
+        return self._patient_filters(qs, "dx_site", "dx_date")
+
+    def _patient_filters(self, qs, site, diagnosed_on):
+        """The filters on the patient and diagnosis, shared by both parts: site and diagnosis dates (the lookups
+        ``site`` and ``diagnosed_on``), treatments received, trial arm and patient-level covariates."""
         if self.sites:
-            qs = qs.filter(dx_site__in=self.sites)
+            qs = qs.filter(**{f"{site}__in": self.sites})
         if self.diagnosed_from:
-            qs = qs.filter(dx_date__gte=self.diagnosed_from)
+            qs = qs.filter(**{f"{diagnosed_on}__gte": self.diagnosed_from})
         if self.diagnosed_to:
-            qs = qs.filter(dx_date__lte=self.diagnosed_to)
+            qs = qs.filter(**{f"{diagnosed_on}__lte": self.diagnosed_to})
         tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
         for kind in self.treatments:
             qs = qs.filter(Exists(tx.filter(kind=kind)))
-        if self.multimodal:  # surgery + chemotherapy + RT: never without RT
-            return qs.none()
         if self.trial_arm:
             qs = qs.filter(Exists(tx.filter(kind=TreatmentKind.TRIAL, trial_arm=self.trial_arm)))
         for cov in self.covariates:
@@ -201,12 +206,7 @@ class CohortFilter:
     def queryset(self, base=None):
         """The filtered RT courses (``Course`` queryset)."""
         qs = (base if base is not None else Course.objects.all()).filter(voided_at__isnull=True, patient__voided_at__isnull=True)
-        if self.sites:
-            qs = qs.filter(diagnosis__site__in=self.sites)
-        if self.diagnosed_from:
-            qs = qs.filter(diagnosis__diagnosed_on__gte=self.diagnosed_from)
-        if self.diagnosed_to:
-            qs = qs.filter(diagnosis__diagnosed_on__lte=self.diagnosed_to)
+        qs = self._patient_filters(qs, "diagnosis__site", "diagnosis__diagnosed_on")
         if self.rt_start_from:
             qs = qs.filter(outcome__rt_start__gte=self.rt_start_from)
         if self.rt_start_to:
@@ -215,14 +215,10 @@ class CohortFilter:
             qs = qs.filter(intent__in=self.intents)
         if self.techniques:
             qs = qs.filter(technique__in=self.techniques)
-        tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
-        for kind in self.treatments:
-            qs = qs.filter(Exists(tx.filter(kind=kind)))
         if self.multimodal is not None:
+            tx = Treatment.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)
             both = Exists(tx.filter(kind=TreatmentKind.SURGERY)) & Exists(tx.filter(kind=TreatmentKind.CHEMOTHERAPY))
             qs = qs.filter(both) if self.multimodal else qs.exclude(both)
-        if self.trial_arm:
-            qs = qs.filter(Exists(tx.filter(kind=TreatmentKind.TRIAL, trial_arm=self.trial_arm)))
         tox = toxicity_model()
         if tox is not None:
             ev = tox.objects.filter(course=OuterRef("pk"), voided_at__isnull=True, baseline=False)
@@ -230,8 +226,6 @@ class CohortFilter:
                 qs = qs.filter(Exists(ev.filter(worst_grade__gte=self.min_toxicity_grade)))
             if self.no_toxicity_grade:
                 qs = qs.exclude(Exists(ev.filter(worst_grade__gte=self.no_toxicity_grade)))
-        for cov in self.covariates:
-            qs = cov.apply(qs)
         return qs
 
 
