@@ -1215,6 +1215,7 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=N
     df = endpoint_frame(courses, time_zero, columns={"mrn", "multimodal"}).dropna(subset=["os_days"])
     disclosure.check_cohort_size(len(df))
     disclosure.record_release(user, [df["patient_id"].to_numpy()], kind="swimmer")
+    n_cohort = len(df)
     df = df.sort_values("os_days", ascending=False).head(limit)
     # each lane's assessments: its course's, or (no radiotherapy) the patient's outside any course
     t0 = dict(zip(df["patient_id"], df["time_zero_date"]))
@@ -1239,9 +1240,13 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=N
             ev.append((row.os_days / ep.DAYS_PER_MONTH, "death"))
         lanes.append(figures.SwimmerLane(
             label=deidentify.pseudonym(row.mrn, settings.RADPATH_PSEUDONYM_KEY),
-            end=max(row.os_days / ep.DAYS_PER_MONTH, 0.01), events=ev, alive=row.os_event != 1, group=row.multimodal,
+            end=max(row.os_days / ep.DAYS_PER_MONTH, 0.01), events=ev, alive=row.os_event != 1,
+            group=group_label("multimodal", row.multimodal),
         ))
-    return figures.swimmer_figure(lanes, fmt=fmt, xlabel=f"Months from {'start of RT' if time_zero == 'rt_start' else 'diagnosis'}")
+    shown = (f"The {len(lanes)} of {n_cohort} patients with the longest overall survival time"
+             if len(lanes) < n_cohort else f"All {n_cohort} patients")
+    return figures.swimmer_figure(lanes, fmt=fmt, title=shown,
+                                  xlabel=f"Months from {'start of RT' if time_zero == 'rt_start' else 'diagnosis'}")
 
 
 TOXICITY_TIMES_MONTHS = (3, 6, 12, 24)

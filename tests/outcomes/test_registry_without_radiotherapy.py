@@ -128,3 +128,10 @@ def test_a_follow_up_without_course_ref_for_a_patient_with_a_course_is_refused(o
     assert errors[(4, "course_ref")].startswith("required: patient X1 has an RT course")
     assert errors[(5, "mrn")] == "no patient NOBODY in this file or in RadPath"
     assert not Course.objects.exists() and not FollowUpAssessment.objects.exists()
+
+
+def test_swimmer_plot_says_which_patients_it_shows(gbsg2):
+    cohort = CohortFilter.from_params({"site": "breast"}).cohort()
+    svg = services.swimmer_figure(cohort, time_zero="diagnosis", fmt="svg", limit=40).decode()
+    assert "The 40 of 686 patients with the longest overall survival time" in svg
+    assert "Not multimodal" in svg and ">other<" not in svg
