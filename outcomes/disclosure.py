@@ -141,10 +141,26 @@ def small_atoms(sets, k):
     return sorted(int(c) for c in counts if c < k)
 
 
-def record_release(user, patient_sets, *, kind):
+def _blame(previous, packed, new, labels, k):
+    """" The part that does: ..." naming the labelled new sets that single out patients on their own, or that it
+    is their combination; "" without labels."""
+    if not labels:
+        return ""
+    label_of = {digest: label for (_arr, digest, _blob), label in zip(packed, labels)}
+    alone = [label_of[d] for arr, d, _b in new if small_atoms(previous + [arr], k)]
+    if alone:
+        parts = ", ".join(dict.fromkeys(alone))
+        return f" The part that does: {parts}." if len(alone) == 1 else f" The parts that do: {parts}."
+    return (" No part does on its own; their combination does ("
+            + ", ".join(dict.fromkeys(label_of[d] for _a, d, _b in new)) + ").")
+
+
+def record_release(user, patient_sets, *, kind, labels=None):
     """Check and record one research release for ``user``: ``patient_sets`` are the patient-id sets it reveals
-    (the cohort, and each group shown). Users with identified-data access are not ledgered. Raises
-    :class:`CohortTooSmall` (nothing recorded) when the release would leave an atom below the minimum."""
+    (the cohort, and each group shown), ``labels`` what each is, in the researcher's words ("group Post", "the
+    landmark's at-risk set"). Users with identified-data access are not ledgered. Raises :class:`CohortTooSmall`
+    (nothing recorded) when the release would leave an atom below the minimum, naming the parts that do so on
+    their own (each checked alone against the earlier releases)."""
     if not restricted(user):
         return
     from .models import CohortRelease
@@ -164,8 +180,9 @@ def record_release(user, patient_sets, *, kind):
         if small_atoms(previous + [arr for arr, _d, _b in new], k):
             raise CohortTooSmall(
                 f"Together with the cohorts you were already given, this result would single out fewer than {k} "
-                "patients (for example it differs from an earlier cohort by only a few patients). Choose filters that "
-                "differ from earlier ones by whole groups of patients, or repeat an earlier cohort."
+                "patients (for example it differs from an earlier cohort by only a few patients)."
+                + _blame(previous, packed, new, labels, k) + " Choose filters that differ from earlier ones by whole "
+                "groups of patients, or repeat an earlier cohort."
             )
         seen = set()
         for arr, digest, blob in new:

@@ -844,6 +844,7 @@ class AnalysisResult:
     suppressed_groups: list = field(default_factory=list)
     methods: dict = field(default_factory=dict)  # rmst / landmark / competing / iptw (``add_methods``)
     extra_sets: list = field(default_factory=list)  # patient sets of further outputs (the landmark's at-risk set)
+    extra_labels: list = field(default_factory=list)  # what each of ``extra_sets`` is, for the ledger's refusal
     covariates: list = field(default_factory=list)  # the data-dictionary entries of the covariates used
     term_labels: dict = field(default_factory=dict)
     variables: dict = field(default_factory=dict)  # key -> RegistryVariable of every covariate the analysis uses
@@ -857,6 +858,12 @@ class AnalysisResult:
             return [pid, *self.extra_sets]
         labels = self.frame[self.group_by].astype(str).to_numpy()
         return [pid[labels == str(g)] for g in self.curves] + list(self.extra_sets)
+
+    def released_labels(self):
+        """What each of :meth:`released_sets` is, in the page's words."""
+        if not self.group_by:
+            return ["the whole cohort", *self.extra_labels]
+        return [f"group {group_label(self.group_by, g)}" for g in self.curves] + list(self.extra_labels)
 
     def landmark_days(self):
         return [y * YEAR_DAYS for y in LANDMARK_YEARS]
@@ -1070,7 +1077,7 @@ def analyze(courses, *, endpoint="os", time_zero="rt_start", group_by="", conf_t
     add_methods(result, rmst_tau=methods["rmst_tau"], landmark_days=methods["landmark_days"],
                 competing=methods["competing"], iptw_covariates=methods["iptw_covariates"], cox_terms=cox_terms,
                 min_group=min_group, landmark_by=methods["landmark_by"])
-    disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}")
+    disclosure.record_release(user, result.released_sets(), kind=f"analysis:{endpoint}", labels=result.released_labels())
     return result
 
 
@@ -1436,9 +1443,13 @@ def _landmark_block(result, usable, dcol, ecol, landmark, k, landmark_by=""):
                                groups=None if g is None else g[keep | ~at_risk], conf_type=result.conf_type)
     pid = usable["patient_id"].to_numpy()
     sets = [pid[keep]]
+    months = f"{landmark / ep.DAYS_PER_MONTH:.3g} months"
+    names = [f"the landmark's at-risk set at {months}"]
     if g is not None:
         sets += [pid[keep & (pd.Series(g).astype(str).to_numpy() == lbl)] for lbl in res.curves]
+        names += [f"landmark group {label_of(lbl)} at {months}" for lbl in res.curves]
     result.extra_sets.extend(sets)
+    result.extra_labels.extend(names)
     times = [y * YEAR_DAYS for y in LANDMARK_YEARS]
     out = res.to_dict(times)
     for label, grp in out["groups"].items():

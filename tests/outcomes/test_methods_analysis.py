@@ -255,3 +255,17 @@ def test_landmark_by_response_status_matches_r_heart_transplant(oncologist):
     with pytest.raises(services.RuleViolation) as exc:
         services.analyze(cohort, endpoint="os", landmark_by="response", cox=False)
     assert exc.value.field == "landmark_by"
+
+
+def test_a_ledger_refusal_names_the_part_that_singles_patients_out(lung_cohort, users):
+    """R's lung data: 2 patients have an OS time under 12 days (5 and 11). After the whole cohort, a landmark at
+    day 12 would reveal its at-risk set, all but those 2: refused, naming the landmark set; nothing recorded."""
+    from outcomes.models import CohortRelease
+
+    researcher = users["researcher"]
+    services.analyze(lung_cohort, endpoint="os", cox=False, user=researcher)
+    before = CohortRelease.objects.filter(user=researcher).count()
+    with pytest.raises(services.disclosure.CohortTooSmall) as exc:
+        services.analyze(lung_cohort, endpoint="os", cox=False, landmark_days=12, user=researcher)
+    assert "The part that does: the landmark's at-risk set at 0.394 months." in str(exc.value)
+    assert CohortRelease.objects.filter(user=researcher).count() == before
