@@ -1460,9 +1460,11 @@ def _landmark_block(result, usable, dcol, ecol, landmark, k, landmark_by=""):
             row["years"] = years
     out["groups"] = list(out["groups"].values())
     out["group_rule"] = LANDMARK_BY[landmark_by]
+    grouping = ("groups by the grouping, as at time zero" if not landmark_by else
+                f"groups by {LANDMARK_BY[landmark_by]}, decided at the landmark: a response after it counts as none "
+                "(no immortal-time bias; Anderson et al., J Clin Oncol 1983)")
     out["rule"] = ("Patients still under observation at the landmark (time >= landmark); time restarts at the "
-                   f"landmark; groups by {LANDMARK_BY[landmark_by]}, fixed at the landmark, so a response after it "
-                   "counts as none (no immortal-time bias; Anderson et al., J Clin Oncol 1983).")
+                   f"landmark; {grouping}.")
     if res.logrank and res.logrank.note:
         notes.append(f"Landmark log-rank: {res.logrank.note}.")
     out["notes"] = notes
