@@ -624,17 +624,16 @@ class _FollowUpPlan:
         mrns = self.without_course
         if not mrns:
             return False
-        with_course = {mrn for mrn, _ref in plan.courses}
-        elsewhere = [m for m in mrns if m not in plan.patients]
-        known = set()
-        for chunk in _chunks(elsewhere):
+        known = mrns & plan.existing  # RadPath's patients validation already looked up
+        for chunk in _chunks(mrns - known - set(plan.patients)):
             known.update(Patient.objects.filter(mrn__in=chunk).values_list("mrn", flat=True))
+        with_course = {mrn for mrn, _ref in plan.courses}
         for chunk in _chunks(known):
             with_course.update(Course.objects.filter(patient__mrn__in=chunk, voided_at__isnull=True)
                                .values_list("patient__mrn", flat=True))
         plan.existing.update(known)
-        self.refused = {m for m in mrns if m in with_course or (m not in plan.patients and m not in known)}
-        self.unknown = {m for m in self.refused if m not in plan.patients and m not in known}
+        self.unknown = mrns - known - set(plan.patients)
+        self.refused = self.unknown | (mrns & with_course)
         return bool(self.refused)
 
     def report(self, source, plan, errors):
