@@ -10,8 +10,8 @@ see ``outcomes.covariates``). ``CohortFilter.from_params`` reads the same names 
 analysis page and the exports share one definition.
 
 A filter only a course can meet (intent, technique, RT start dates, a grade >= N toxicity event, a course-level
-covariate, ``radiotherapy=yes``) leaves the patients without radiotherapy out; ``no_toxicity_grade`` keeps them (they
-have no toxicity event). A patient without radiotherapy is taken with their earliest live diagnosis.
+covariate, ``multimodal=yes``, ``radiotherapy=yes``) leaves the patients without radiotherapy out;
+``no_toxicity_grade`` and ``multimodal=no`` keep them (they have no toxicity event and are not multimodal). A patient without radiotherapy is taken with their earliest live diagnosis.
 """
 
 from __future__ import annotations
@@ -167,11 +167,12 @@ class CohortFilter:
     def course_only(self):
         """True when a filter only a radiotherapy course can meet is set (patients without RT cannot match)."""
         return bool(self.radiotherapy or self.intents or self.techniques or self.rt_start_from or self.rt_start_to
-                    or self.min_toxicity_grade or any(c.variable.level == "course" for c in self.covariates))
+                    or self.min_toxicity_grade or self.multimodal  # surgery + chemotherapy + RT
+                    or any(c.variable.level == "course" for c in self.covariates))
 
     def without_rt_queryset(self):
         """``PatientOutcome`` rows of live patients without a live RT course, with their earliest live diagnosis
-        annotated (``dx_id``, ``dx_site``, ``dx_date``), filtered like the courses."""
+        annotated (``dx_site``, ``dx_date``), filtered like the courses."""
         from .models import PatientOutcome
 
         if self.course_only():
@@ -179,10 +180,8 @@ class CohortFilter:
         first_dx = Diagnosis.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True).order_by("diagnosed_on", "pk")
         qs = (PatientOutcome.objects.filter(patient__voided_at__isnull=True)
               .exclude(Exists(Course.objects.filter(patient=OuterRef("patient_id"), voided_at__isnull=True)))
-              .annotate(dx_id=Subquery(first_dx.values("pk")[:1]), dx_site=Subquery(first_dx.values("site")[:1]),
+              .annotate(dx_site=Subquery(first_dx.values("site")[:1]),
                         dx_date=Subquery(first_dx.values("diagnosed_on")[:1])))
-        if self.multimodal:  # surgery + chemotherapy + RT: never without RT
-            return qs.none()
         return self._patient_filters(qs, "dx_site", "dx_date")
 
     def _patient_filters(self, qs, site, diagnosed_on):
