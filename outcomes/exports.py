@@ -38,6 +38,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 from django.conf import settings
+from django.db.models import F
 from django.utils import timezone
 
 from workflow.errors import RuleViolation
@@ -46,7 +47,7 @@ from workflow.models import Patient
 from . import covariates, deidentify, disclosure
 from .cohorts import as_cohort
 from .models import FollowUpAssessment
-from .services import cohort_patient_ids, endpoint_frame
+from .services import cohort_patient_ids, endpoint_frame, unit_assessments
 
 FORMATS = {"csv": "text/csv", "parquet": "application/vnd.apache.parquet", "json": "application/json"}
 TABLES = ("patients", "assessments", "toxicity", "timing", "dvh")
@@ -87,24 +88,16 @@ def identified_frames(courses, time_zero="rt_start"):
         cols += [v.key for v in variables if df[v.key].notna().any()]
     patients = df[[c for c in cols if c in df.columns]].copy() if not df.empty else pd.DataFrame(columns=cols)
     patients["time_zero"] = time_zero
-    # a course's assessments; a patient without radiotherapy's assessments outside any course
-    with_rt = df["course_id"].notna() if not df.empty else pd.Series(dtype=bool)
-    courses = df[with_rt] if not df.empty else df
-    others = df[~with_rt] if not df.empty else df
+    # each row's course's assessments, then those of the patients without radiotherapy (outside any course)
     rows = list(
-        FollowUpAssessment.objects.active().filter(course_id__in=[int(c) for c in courses["course_id"]])
-        .order_by("course_id", "date", "pk").values_list("patient_id", *ASSESSMENT_COLUMNS)
+        FollowUpAssessment.objects.active().filter(unit_assessments(df))
+        .order_by(F("course_id").asc(nulls_last=True), "patient_id", "date", "pk")
+        .values_list("patient_id", *ASSESSMENT_COLUMNS)
     )
-    if not others.empty:
-        rows += list(
-            FollowUpAssessment.objects.active().filter(patient_id__in=[int(p) for p in others["patient_id"]],
-                                                      course__isnull=True)
-            .order_by("patient_id", "date", "pk").values_list("patient_id", *ASSESSMENT_COLUMNS)
-        )
     a = pd.DataFrame.from_records(rows, columns=["patient_id", *ASSESSMENT_COLUMNS])
     a["course_id"] = a["course_id"].astype("Int64")
-    t0 = dict(zip(df["patient_id"], df["time_zero_date"])) if not df.empty else {}
-    mrn = dict(zip(df["patient_id"], df["mrn"])) if not df.empty else {}
+    t0 = dict(zip(df["patient_id"], df["time_zero_date"]))
+    mrn = dict(zip(df["patient_id"], df["mrn"]))
     a.insert(0, "mrn", a["patient_id"].map(mrn))
     a.insert(2, "time_zero_date", pd.to_datetime(a["patient_id"].map(t0)))
     a = a.drop(columns="patient_id")

@@ -101,8 +101,11 @@ def group_label(group_by, value):
     return text
 
 
-def covariate_label(covariate):
-    """``site=pleural_mesothelioma`` -> ``Diagnosis site: Pleural mesothelioma (vs reference)``; age and sex named."""
+def covariate_label(covariate, labels=None):
+    """``site=pleural_mesothelioma`` -> ``Diagnosis site: Pleural mesothelioma (vs reference)``; age and sex named.
+    ``labels``: an analysis' own names for its covariate terms (``_design``'s), which take precedence."""
+    if labels and covariate in labels:
+        return labels[covariate]
     if covariate == "age_years":
         return "Age (per year)"
     if covariate == "sex=M":
@@ -373,7 +376,7 @@ def _registry_follow_ups(qs, key):
     return out
 
 
-def _registry_last_contacts(patient_ids):
+def _last_contacts(patient_ids):
     """``{patient id: last date known alive}``: the latest assessment or last-known-alive date of any unit."""
     contact = {}
     for pid, d, alive in FollowUpAssessment.objects.filter(patient_id__in=patient_ids, voided_at__isnull=True) \
@@ -390,16 +393,21 @@ REGISTRY_DERIVED = ("criteria", "baseline_date", "baseline_sum_mm", "best_respon
                     "derivation_issue", "computed_at")
 
 
+def _follow_up_dates(follow):
+    """A unit's first local failure (the first PD whose failure site is local) and last assessment, from its
+    follow-ups in date order with their effective responses."""
+    return {"first_local_failure_date": next((a.date for a in follow if a.response == rs.PD
+                                              and a.failure_site == FailureSite.LOCAL), None),
+            "last_assessment_date": follow[-1].date if follow else None}
+
+
 def _registry_derived(follow, last_contact, now, recurrences):
     """The ``REGISTRY_DERIVED`` values of one registry unit (no baseline, no measurement: ``_fallback_derived``
     on its follow-ups); the ids of its follow-ups that are a recurrence are added to ``recurrences``."""
     derived = _fallback_derived(None, follow)
     recurrences += [a.pk for a in follow if a.disease_status == rs.STATUS_RECURRENCE]
-    derived.update(
-        first_local_failure_date=next((a.date for a in follow if a.response == rs.PD
-                                       and a.failure_site == FailureSite.LOCAL), None),
-        last_assessment_date=follow[-1].date if follow else None, last_contact_date=last_contact,
-        derivation_issue="no baseline assessment" if follow else "", computed_at=now)
+    derived.update(_follow_up_dates(follow), last_contact_date=last_contact,
+                   derivation_issue="no baseline assessment" if follow else "", computed_at=now)
     return tuple(derived[k] for k in REGISTRY_DERIVED)
 
 
@@ -423,7 +431,7 @@ def derive_registry_outcomes(new_courses, *, chunk=2000):
     for start in range(0, len(ids), chunk):
         part = ids[start:start + chunk]
         by_course = _registry_follow_ups(FollowUpAssessment.objects.filter(course_id__in=part), "course_id")
-        contact = _registry_last_contacts({new_courses[c][0] for c in part})
+        contact = _last_contacts({new_courses[c][0] for c in part})
         outcomes, recurrences = [], []
         for cid in part:
             patient_id, rt_start, rt_end = new_courses[cid]
@@ -444,7 +452,7 @@ def derive_registry_patient_outcomes(patient_ids, *, chunk=2000):
         part = ids[start:start + chunk]
         by_patient = _registry_follow_ups(FollowUpAssessment.objects.filter(patient_id__in=part, course__isnull=True),
                                           "patient_id")
-        contact = _registry_last_contacts(part)
+        contact = _last_contacts(part)
         recurrences = []
         outcomes = [(pid, *_registry_derived(by_patient.get(pid, []), contact.get(pid), now, recurrences)) for pid in part]
         bulk.insert_rows(PatientOutcome, ["patient_id", *REGISTRY_DERIVED], outcomes)
@@ -461,9 +469,7 @@ def _rt_dates(course):
 
 
 def _last_contact(patient_id):
-    agg = FollowUpAssessment.objects.active().filter(patient_id=patient_id).aggregate(d=Max("date"), a=Max("last_known_alive"))
-    dates = [d for d in (agg["d"], agg["a"]) if d is not None]
-    return max(dates) if dates else None
+    return _last_contacts([patient_id]).get(patient_id)
 
 
 def _derive(assessments):
@@ -527,10 +533,7 @@ def _derive(assessments):
             ["target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct", "target_response",
              "derived_response", "response", "disease_status"],
         )
-    derived["first_local_failure_date"] = next(
-        (a.date for a in follow if a.response == rs.PD and a.failure_site == FailureSite.LOCAL), None)
-    derived["last_assessment_date"] = follow[-1].date if follow else None
-    derived["derivation_issue"] = issue[:300]
+    derived.update(_follow_up_dates(follow), derivation_issue=issue[:300])
     return derived, follow
 
 
@@ -727,11 +730,7 @@ def cohort_frame(cohort, time_zero="rt_start", columns=None, inputs=None):
     inputs = list(ENDPOINT_INPUTS) if inputs is None else list(inputs)
     names = inputs + [n for n in COURSE_COLUMNS if n in wanted and n not in inputs]
     spec = {n: COURSE_COLUMNS[n] for n in names}
-    # the live death (at most one per patient, a constraint) as a LEFT JOIN: PostgreSQL hash-joins it
-    courses = cohort.courses.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
-    spec["death_date"] = ("live_death__date", "date")
-    if "death_cause" in wanted:
-        spec["death_cause"] = ("live_death__cause", "text")
+    courses = _with_live_death(cohort.courses, spec, "death_cause" in wanted)
     tox = toxicity_model()
     if tox is not None and "grade3_toxicity" in wanted:
         g3 = tox.objects.filter(course=OuterRef("pk"), voided_at__isnull=True, baseline=False, worst_grade__gte=3)
@@ -755,6 +754,25 @@ def cohort_frame(cohort, time_zero="rt_start", columns=None, inputs=None):
     return df
 
 
+def _with_live_death(qs, spec, cause):
+    """``qs`` (courses or patient outcomes, both with a ``patient``) with the patient's live death (at most one, a
+    constraint) as a LEFT JOIN, which PostgreSQL hash-joins; its date (and ``cause``) added to the columnar ``spec``."""
+    spec["death_date"] = ("live_death__date", "date")
+    if cause:
+        spec["death_cause"] = ("live_death__cause", "text")
+    return qs.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
+
+
+def unit_assessments(frame):
+    """A ``Q`` of the assessments of a cohort frame's rows: each course's, and for a patient without radiotherapy
+    (no ``course_id``) the patient's outside any course."""
+    with_rt = frame["course_id"].notna()
+    units = Q(course_id__in=[int(c) for c in frame["course_id"][with_rt]])
+    if (~with_rt).any():
+        units |= Q(patient_id__in=[int(p) for p in frame["patient_id"][~with_rt]], course__isnull=True)
+    return units
+
+
 def _without_rt_frame(patients, course_spec):
     """The patients-without-radiotherapy part of :func:`cohort_frame` with the course part's columns (None when
     there are none): what a course has and they lack is NULL (dates NaT, numbers NaN, text None, no toxicity)."""
@@ -764,11 +782,7 @@ def _without_rt_frame(patients, course_spec):
     for name, (_expr, kind) in course_spec.items():
         if name in WITHOUT_RT_COLUMNS:
             spec[name] = WITHOUT_RT_COLUMNS[name]
-    patients = patients.annotate(live_death=FilteredRelation("patient__deaths", condition=Q(patient__deaths__voided_at__isnull=True)))
-    if "death_date" in course_spec:
-        spec["death_date"] = ("live_death__date", "date")
-    if "death_cause" in course_spec:
-        spec["death_cause"] = ("live_death__cause", "text")
+    patients = _with_live_death(patients, spec, "death_cause" in course_spec)
     arrays = fetch_columns(patients, spec)
     n = len(arrays["patient_id"])
     if n == 0:
@@ -879,7 +893,7 @@ class AnalysisResult:
         cox = self.cox.to_dict()
         cox["strata"] = list(self.cox_strata)  # the model as fitted: without them a stratified fit reads as plain
         for term in cox.get("terms", []):
-            term["label"] = self.term_labels.get(term["covariate"]) or covariate_label(term["covariate"])
+            term["label"] = covariate_label(term["covariate"], self.term_labels)
         return cox
 
     def to_dict(self, include_points=True):
@@ -1224,15 +1238,10 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=N
     disclosure.record_release(user, [df["patient_id"].to_numpy()], kind="swimmer")
     n_cohort = len(df)
     df = df.sort_values("os_days", ascending=False).head(limit)
-    # each lane's assessments: its course's, or (no radiotherapy) the patient's outside any course
     t0 = dict(zip(df["patient_id"], df["time_zero_date"]))
-    with_rt = df["course_id"].notna()
-    units = Q(course_id__in=[int(c) for c in df["course_id"][with_rt]])
-    if (~with_rt).any():
-        units |= Q(patient_id__in=[int(p) for p in df["patient_id"][~with_rt]], course__isnull=True)
     events = {}
     for pid, date, resp, status in FollowUpAssessment.objects.active().filter(
-        units, kind=AssessmentKind.FOLLOWUP
+        unit_assessments(df), kind=AssessmentKind.FOLLOWUP
     ).exclude(response="").values_list("patient_id", "date", "response", "disease_status"):
         kind = "recurrence" if status == rs.STATUS_RECURRENCE else resp
         if kind not in figures.MARKERS:
@@ -1278,9 +1287,8 @@ def toxicity_analysis(courses, *, times_months=TOXICITY_TIMES_MONTHS, user=None)
     CIs; cumulative incidence of grade >= 3 toxicity from the start of RT with death as a competing risk
     (Aalen-Johansen). Aggregates only: no row identifies a patient.
     """
-    from .toxicity_analysis import toxicity_summary
-
     from .cohorts import as_cohort
+    from .toxicity_analysis import toxicity_summary
 
     courses = as_cohort(courses).courses  # toxicity is graded per RT course
     patients = cohort_patient_ids(courses)
@@ -1369,12 +1377,6 @@ def parse_methods(rmst_tau=None, landmark_days=None, competing=None, iptw_covari
         raise RuleViolation("landmark_by needs landmark_days.", field="landmark_by")
     return {"rmst_tau": _positive_days(rmst_tau, "rmst_tau"), "landmark_days": landmark, "landmark_by": landmark_by,
             "competing": bool(competing), "iptw_covariates": covs, "iptw_variables": iptw_variables}
-
-
-def _model_design(df, group_by, terms, variables=None, group_order=None, labels=None):
-    """The methods' (Fine-Gray, IPTW) model columns for ``terms``: :func:`_design`, as the Cox model codes them
-    (with the analysis' ``variables`` a categorical covariate's reference is its dictionary's first level)."""
-    return _design(df, group_by, terms, variables, group_order, labels)
 
 
 def _competing_causes(df, endpoint, dcol, ecol):
@@ -1527,7 +1529,7 @@ def _competing_block(result, usable, dcol, ecol, terms):
         out["gray"] = [dict(cr.gray_test(t, cause, g, code).to_dict(), cause_label=name)
                        for code, name in ((1, names[0]), (2, names[1]))]
     labels = dict(result.term_labels)
-    design, covs = _model_design(usable, result.group_by, list(COX_DEFAULT_TERMS if terms is None else terms),
+    design, covs = _design(usable, result.group_by, list(COX_DEFAULT_TERMS if terms is None else terms),
                                  result.variables, result.group_order, labels)
     events = int((cause == 1).sum())
     if not covs or events < 5 * len(covs):
@@ -1541,7 +1543,7 @@ def _competing_block(result, usable, dcol, ecol, terms):
             cs = sv.cox_ph(frame.assign(_cs=(cause == 1).astype(int)), "_t", "_cs", covs)
         out["cause_specific"] = cs.to_dict()
         for term in out["cause_specific"]["terms"]:
-            term["label"] = labels.get(term["covariate"]) or covariate_label(term["covariate"])
+            term["label"] = covariate_label(term["covariate"], labels)
     except Exception as exc:  # noqa: BLE001 - reported, as for the Cox model
         logger.info("cause-specific Cox failed: %s", exc)
         out["cause_specific_error"] = COX_FAILED.replace("Cox model", "cause-specific Cox model")
@@ -1553,7 +1555,7 @@ def _competing_block(result, usable, dcol, ecol, terms):
         return out
     fgd = fg.to_dict()
     for term in fgd["terms"]:
-        term["label"] = labels.get(term["covariate"]) or covariate_label(term["covariate"])
+        term["label"] = covariate_label(term["covariate"], labels)
     out["fine_gray"] = fgd
     return out
 
@@ -1567,7 +1569,7 @@ def _iptw_block(result, usable, dcol, ecol, terms):
         raise RuleViolation("IPTW-weighted curves compare exactly two groups: choose a grouping with two groups "
                             "shown.", field="iptw_covariates")
     labels = {}
-    design, covs = _model_design(usable, result.group_by, terms, result.variables, labels=labels)
+    design, covs = _design(usable, result.group_by, terms, result.variables, labels=labels)
     if not covs:
         raise RuleViolation("none of the chosen iptw_covariates varies in this cohort.", field="iptw_covariates")
     frame = design.assign(_t=usable[dcol].to_numpy(dtype=float), _e=usable[ecol].to_numpy(),
@@ -1587,7 +1589,7 @@ def _iptw_block(result, usable, dcol, ecol, terms):
         grp["median_months"] = {k2: (None if med.get(k2) is None else med[k2] / ep.DAYS_PER_MONTH)
                                 for k2 in ("median", "lower", "upper")}
     out["groups"] = list(out["groups"].values())
-    out["covariate_labels"] = [labels.get(c) or covariate_label(c) for c in covs]
+    out["covariate_labels"] = [covariate_label(c, labels) for c in covs]
     out["covariates"] = covs
     out["method"] = ("propensity by logistic regression, stabilised weights; weighted Kaplan-Meier with "
                      "infinitesimal-jackknife SE (R survfit with weights); marginal HR from the weighted Cox model "
@@ -1622,7 +1624,7 @@ def forest_rows(result):
 
     if not result.cox:
         raise RuleViolation(result.cox_error or "No Cox model for this analysis.", field="cox_terms")
-    return [figures.ForestRow(result.term_labels.get(t.covariate) or covariate_label(t.covariate), t.hazard_ratio,
+    return [figures.ForestRow(covariate_label(t.covariate, result.term_labels), t.hazard_ratio,
                               t.hr_lower, t.hr_upper, t.p_value) for t in result.cox.terms]
 
 

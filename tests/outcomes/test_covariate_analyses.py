@@ -218,7 +218,7 @@ def test_the_methods_design_takes_a_numeric_covariate_as_its_value_and_a_categor
 
     df = pd.DataFrame({"gbsg2.tsize": [18.0, 25.0, 40.0, float("nan")],
                        "gbsg2.tgrade": ["I", "II", "III", "II"], "age_years": [50.0, 61.0, 45.0, 70.0]})
-    data, covs = services._model_design(df, "", ["gbsg2.tsize", "gbsg2.tgrade", "age"])
+    data, covs = services._design(df, "", ["gbsg2.tsize", "gbsg2.tgrade", "age"])
     assert covs == ["gbsg2.tsize", "gbsg2.tgrade=II", "gbsg2.tgrade=III", "age_years"]
     assert data["gbsg2.tsize"].tolist()[:3] == [18.0, 25.0, 40.0] and pd.isna(data["gbsg2.tsize"].iloc[3])
     assert data["gbsg2.tgrade=III"].tolist() == [0.0, 0.0, 1.0, 0.0]
