@@ -57,6 +57,21 @@ def use_redis():
     return os.environ.get("RADPATH_CI_REDIS") == "1"
 
 
+def redis_url():
+    """REDIS_URL with a database of this pytest-xdist worker's own (gw0 -> 1, gw1 -> 2, ...).
+
+    Every worker process listens on a queue named "default"; on one shared Redis database an RQ worker started
+    by one xdist process took the other's jobs (and then ran them on the wrong test database), so each xdist
+    process gets its own numbered database. Database 0 stays the clinic's.
+    """
+    base = os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0")
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")
+    index = int(worker[2:]) if worker[2:].isdigit() else 0
+    scheme, _, rest = base.partition("://")
+    host = rest.split("/", 1)[0]
+    return f"{scheme}://{host}/{1 + index % 15}"
+
+
 def database_url():
     s = connection.settings_dict
     if s["ENGINE"].endswith("sqlite3"):
@@ -75,7 +90,10 @@ class Workers:
         self.extra_env = {}
         self.redis = use_redis() if redis is None else redis
         if self.redis:
+            self.extra_env["REDIS_URL"] = redis_url()
             settings.TASKS = {"default": {"BACKEND": "django_tasks_rq.RQBackend", "QUEUES": ["default"]}}
+            # django_rq reads RQ_QUEUES on every get_queue(), so this override reaches the backend and the reaper
+            settings.RQ_QUEUES = {"default": {"URL": self.extra_env["REDIS_URL"], "DEFAULT_TIMEOUT": 3600}}
             import django_rq
 
             django_rq.get_queue("default").empty()
@@ -134,13 +152,21 @@ class Workers:
         proc.wait(timeout=20)
 
     def stop(self):
+        """SIGTERM each live worker (RQ's warm shutdown may wait for a job); SIGKILL what is still up after 10 s.
+
+        No worker may outlive its test: a leftover one would take the next test's jobs.
+        """
         for proc in self.procs:
             if proc.poll() is None:
-                self.kill(proc, signal.SIGTERM)
                 try:
-                    proc.wait(timeout=10)
-                except subprocess.TimeoutExpired:
-                    self.kill(proc)
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        for proc in self.procs:
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.kill(proc)
 
     def logs(self):
         return "\n".join(p.read_text(errors="replace")[-3000:] for p in sorted(self.media_root.parent.glob("worker-*.log")))
