@@ -77,14 +77,26 @@ def test_grade_3_hold_blocks_delivery_until_decision(api, booked_course):
     assert not CourseHold.objects.filter(decision="").exists()
 
 
+def due_today(course):
+    """The reviews after review 1 whose fraction (5k) is booked today: due today, not yet delivered. The course is
+    booked from a Monday three weeks ago, so fraction 15 falls on today when a clinic holiday came in between."""
+    from workflow.pathway.scheduling import local_day
+
+    today = timezone.localdate()
+    return [f.number // 5 for f in course.fractions.filter(status="scheduled").order_by("number")
+            if f.number % 5 == 0 and f.number > 5 and local_day(f.starts_at) == today]
+
+
 def test_review_worklist_and_complete(api, booked_course, therapist):
     from workflow.pathway.delivery import deliver_fraction
 
     today = timezone.localdate()
     for f in booked_course.fractions.filter(status="scheduled").order_by("number")[:6]:
         deliver_fraction(f, user=therapist)
+    later = due_today(booked_course)
     rows = api("oncologist").get("/api/weekly-reviews/worklist/").json()
-    assert [r["number"] for r in rows] == [1] and rows[0]["status"] == "overdue"  # 6 delivered: review 2 waits
+    # 6 delivered: review 1 (fraction 5) is overdue, review 2 waits for fraction 10
+    assert [(r["number"], r["status"]) for r in rows] == [(1, "overdue")] + [(k, "due") for k in later]
     assert rows[0]["mrn"] == booked_course.patient.mrn
     r = api("therapist").post("/api/weekly-reviews/complete/", {"course": booked_course.pk, "number": 1, "findings": "ok"}, format="json")
     assert r.status_code == 403
@@ -92,7 +104,7 @@ def test_review_worklist_and_complete(api, booked_course, therapist):
     assert r.status_code == 201 and r.json()["review_date"] == str(today)
     r = api("oncologist").post("/api/weekly-reviews/complete/", {"course": booked_course.pk, "number": 1, "findings": "again"}, format="json")
     assert r.status_code == 409
-    assert api("oncologist").get("/api/weekly-reviews/worklist/").json() == []
+    assert [r["number"] for r in api("oncologist").get("/api/weekly-reviews/worklist/").json()] == later
     assert api("oncologist").get("/api/weekly-reviews/worklist/", {"date": "bad"}).status_code == 400
     assert api("therapist").get("/api/weekly-reviews/", {"course": booked_course.pk}).json()["count"] == 1
 
