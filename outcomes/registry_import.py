@@ -81,6 +81,7 @@ from workflow.models import (
     Treatment,
     TreatmentKind,
 )
+from workflow.params import in_window, window_message
 
 from .bulk import insert_rows
 from .covariates import parse_value, registry_by_code
@@ -146,6 +147,10 @@ class RegistryImportError(Exception):
 
 MAX_ERRORS_LISTED = 100
 # Choice values, computed once (``TextChoices.values`` rebuilds its list on every access: per row, that dominated)
+TEXT_MAX = {"histology": Diagnosis._meta.get_field("histology").max_length,
+            "stage": Diagnosis._meta.get_field("stage").max_length,
+            "agent": Treatment._meta.get_field("agent").max_length,
+            "trial_arm": Treatment._meta.get_field("trial_arm").max_length}
 SEXES, SITES, SURGERIES = tuple(Sex.values), tuple(DiseaseSite.values), tuple(SurgeryType.values)
 INTENTS, TECHNIQUES, IMAGING = tuple(Intent.values), tuple(Technique.values), tuple(ImagingModality.values)
 RESPONSES, FAILURE_SITES = tuple(Response.values), tuple(v for v in FailureSite.values if v)
@@ -178,6 +183,9 @@ _DECIMAL = re.compile(r"^\d{1,4}(\.\d{1,3})?$")
 _INTEGER = re.compile(r"^\d{1,3}$")
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")  # what ``workflow.params.has_control_characters`` refuses
 _MEMO_SIZE = 10_000  # distinct entries a validation memo holds before it starts afresh
+DATE_LABELS = {"diagnosed_on": "Diagnosis date", "surgery_date": "Surgery date",
+               "chemotherapy_date": "Chemotherapy date", "rt_start": "RT start", "rt_end": "RT end",
+               "last_known_alive": "Last known alive"}
 
 
 class _Errors:
@@ -265,16 +273,29 @@ class _Row:
         self.errors.append(RowError(self.line, name, msg))
 
     def date(self, name, required=False):
+        """An ISO date in the clinic's window (``workflow.params``; the birth date's window is ``Patient``'s own
+        check, with its message)."""
         v = self.get(name)
         if not v:
             if required:
                 self.err(name, "required")
             return None
         try:
-            return dt.date.fromisoformat(v)
+            day = dt.date.fromisoformat(v)
         except ValueError:
             self.err(name, f"'{_shown(v)}' is not a date (YYYY-MM-DD)")
             return None
+        if name != "birth_date" and not in_window(day):
+            self.err(name, window_message(DATE_LABELS.get(name, "Date")))
+            return None
+        return day
+
+    def text(self, name, max_length):
+        """Free text of at most ``max_length`` characters (the model field's), with Django's wording."""
+        v = self.get(name)
+        if len(v) > max_length:
+            self.err(name, f"Ensure this value has at most {max_length} characters (it has {len(v)}).")
+        return v
 
     def choice(self, name, allowed, default=None):
         v = self.get(name)
@@ -463,14 +484,23 @@ def _patient_record(row, checks=None):
     treatments = []
     surgery = row.choice("surgery", SURGERIES)
     if surgery:
-        treatments.append((TreatmentKind.SURGERY, surgery, "", "", row.date("surgery_date", required=True)))
-    chemo = row.get("chemotherapy")
+        treatments.append((TreatmentKind.SURGERY, surgery, "", "", _after_birth(row, "surgery_date", birth)))
+    chemo = row.text("chemotherapy", TEXT_MAX["agent"])
     if chemo:
-        treatments.append((TreatmentKind.CHEMOTHERAPY, "", chemo, "", row.date("chemotherapy_date", required=True)))
-    arm = row.get("trial_arm")
+        treatments.append((TreatmentKind.CHEMOTHERAPY, "", chemo, "", _after_birth(row, "chemotherapy_date", birth)))
+    arm = row.text("trial_arm", TEXT_MAX["trial_arm"])
     if arm:
         treatments.append((TreatmentKind.TRIAL, "", "registry trial", arm, diagnosed_on))
-    return (mrn, given, family, birth, sex, site, diagnosed_on, row.get("histology"), row.get("stage"), treatments)
+    return (mrn, given, family, birth, sex, site, diagnosed_on, row.text("histology", TEXT_MAX["histology"]),
+            row.text("stage", TEXT_MAX["stage"]), treatments)
+
+
+def _after_birth(row, name, birth):
+    """The row's required date ``name``, refused when before the patient's birth date."""
+    day = row.date(name, required=True)
+    if day and birth and day < birth:
+        row.err(name, "before the date of birth")
+    return day
 
 
 def _course_record(row, checks=None):
@@ -559,6 +589,7 @@ class _Plan:
         self.patients = {}  # mrn -> (line, birth_date)
         self.courses = {}  # (mrn, ref) -> (line, rt_start)
         self.deaths = {}  # mrn -> (line, date)
+        self.radpath_deaths = {}  # mrn -> date: RadPath's live death of a patient the file follows up
         self.course_mrn_lines = {}  # mrn of a course row without (yet) a patient row -> [lines]
         self.existing = set()  # MRNs of patients already in RadPath that rows refer to
         self.existing_courses = {}  # (mrn, ref) -> (course_id, patient_id) or None
@@ -612,11 +643,25 @@ class _FollowUpPlan:
             c = plan.courses.get(key)
             if c and c[1] and first and first < c[1] - dt.timedelta(days=365):
                 problem = True
+        in_radpath = [m for m in self.last if m not in plan.patients and m not in plan.deaths]
+        for chunk in _chunks(in_radpath):
+            plan.radpath_deaths.update(Death.objects.filter(patient__mrn__in=chunk, voided_at__isnull=True)
+                                       .values_list("patient__mrn", "date"))
         for mrn, (last, alive) in self.last.items():
-            d = plan.deaths.get(mrn)
-            if d and d[1] and ((last and last > d[1]) or (alive and alive > d[1])):
+            d = self._death(plan, mrn)
+            if d and ((last and last > d[0]) or (alive and alive > d[0])):
                 problem = True
         return problem
+
+    @staticmethod
+    def _death(plan, mrn):
+        """``(date, where)`` of the patient's death in the file (``where``: its line) or in RadPath, or None."""
+        d = plan.deaths.get(mrn)
+        if d and d[1]:
+            return d[1], f"line {d[0]}"
+        if mrn in plan.radpath_deaths:
+            return plan.radpath_deaths[mrn], "recorded in RadPath"
+        return None
 
     def _check_without_course(self, plan):
         """The patients of follow-up rows without ``course_ref`` must be in the file or in RadPath (then they are
@@ -655,11 +700,19 @@ class _FollowUpPlan:
             c = plan.courses.get(key)
             if c and c[1] and date and date < c[1] - dt.timedelta(days=365):
                 errors.append(RowError(row.line, "date", "more than a year before the course's rt_start"))
-            d = plan.deaths.get(mrn)
-            if d and d[1] and date and date > d[1]:
-                errors.append(RowError(row.line, "date", f"after the patient's death on {d[1]} (line {d[0]})"))
-            if d and d[1] and alive and alive > d[1]:
-                errors.append(RowError(row.line, "last_known_alive", f"after the patient's death on {d[1]}"))
+            d = self._death(plan, mrn)
+            if d and date and date > d[0]:
+                errors.append(RowError(row.line, "date", f"after the patient's death on {d[0]} ({d[1]})"))
+            if d and alive and alive > d[0]:
+                errors.append(RowError(row.line, "last_known_alive", f"after the patient's death on {d[0]} ({d[1]})"))
+
+
+def _refuse_nul(row):
+    """NUL in any cell is refused on its column (PostgreSQL cannot store it in text)."""
+    names = {i: name for name, i in row.index.items()}
+    for i, cell in enumerate(row.cells):
+        if "\x00" in cell:
+            row.err(names.get(i, f"column {i + 1}"), "NUL characters are not allowed.")
 
 
 def validate(source, registry=None):
@@ -680,6 +733,8 @@ def validate(source, registry=None):
         if rtype not in RECORD_TYPES:
             row.err("record_type", f"'{_shown(rtype)}' is not one of {', '.join(RECORD_TYPES)}")
             continue
+        if "\x00" in "".join(row.cells):
+            _refuse_nul(row)
         for col in REQUIRED[rtype]:
             if not row.get(col):
                 row.err(col, "required")
@@ -733,6 +788,11 @@ def validate(source, registry=None):
     courses_of = {}
     for (mrn, _ref), (line, start) in plan.courses.items():
         courses_of.setdefault(mrn, []).append((line, start))
+    for mrn, courses in courses_of.items():
+        birth = plan.patients.get(mrn, (None, None))[1]
+        for c_line, start in courses:
+            if birth and start and start < birth:
+                errors.append(RowError(c_line, "rt_start", "before the date of birth"))
     for mrn, (line, date) in plan.deaths.items():
         if mrn and mrn not in plan.patients and mrn not in plan.existing:
             errors.append(RowError(line, "mrn", f"no patient {_shown(mrn)} in this file or in RadPath"))

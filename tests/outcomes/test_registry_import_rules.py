@@ -99,7 +99,7 @@ def test_followups_are_checked_against_the_whole_file_whatever_the_row_order(onc
     assert errors_of(rows, user=oncologist) == [
         (2, "date", "after the patient's death on 2021-05-02 (line 6)"),
         (3, "date", "more than a year before the course's rt_start"),
-        (4, "last_known_alive", "after the patient's death on 2021-05-02"),
+        (4, "last_known_alive", "after the patient's death on 2021-05-02 (line 6)"),
         (5, "course_ref", "no course 2 for R1 in this file or in RadPath"),
     ]
     assert FollowUpAssessment.objects.count() == 0 and Patient.objects.count() == 0
@@ -147,3 +147,83 @@ def test_insert_rows_gives_defaults_time_stamps_and_audit_rows(oncologist):
 def test_inserts_are_split_into_statements_of_at_most_two_lengths(n, limit, sizes):
     assert _statement_sizes(n, limit) == sizes
     assert len({len(set(_statement_sizes(BATCH, lim))) for lim in range(50, 2000, 7)} - {1, 2}) == 0
+
+
+LONG_TEXT = [
+    # (column, model field it fills, its max_length)
+    ("histology", "histology", 120), ("stage", "stage", 40), ("chemotherapy", "agent", 120), ("trial_arm", "trial_arm", 60),
+]
+
+
+@pytest.mark.parametrize("column, model_field, limit", LONG_TEXT)
+def test_free_text_longer_than_its_field_is_refused_on_its_line(oncologist, column, model_field, limit):
+    """Histology, stage, chemotherapy agent and trial arm have the length of their model field: one character over
+    is refused by line and column with Django's own wording (PostgreSQL raised a DataError, a 500, and SQLite
+    stored it), and a value at the limit imports."""
+    over = dict(PATIENT, **{column: "x" * (limit + 1)})
+    assert errors_of([over], user=oncologist) == [
+        (2, column, f"Ensure this value has at most {limit} characters (it has {limit + 1}).")]
+    assert Patient.objects.count() == 0
+    at = dict(PATIENT, **{column: "x" * limit})
+    assert import_registry(csv_text([at]), user=oncologist).patients == 1
+    from workflow.models import Diagnosis, Treatment
+
+    stored = (Diagnosis.objects.values_list(model_field, flat=True) if column in ("histology", "stage")
+              else Treatment.objects.exclude(**{model_field: ""}).values_list(model_field, flat=True))
+    assert "x" * limit in list(stored)
+
+
+def test_a_nul_character_is_refused_on_its_column(oncologist):
+    """NUL cannot be stored in a PostgreSQL text column (it was a 500); any cell holding one is refused by name."""
+    rows = [dict(PATIENT, histology="epithelioid\x00"), dict(GOOD[1], treated_site="Left\x00hemithorax")]
+    assert errors_of(rows, user=oncologist) == [(2, "histology", "NUL characters are not allowed."),
+                                               (3, "treated_site", "NUL characters are not allowed.")]
+    assert Patient.objects.count() == 0
+
+
+@pytest.mark.parametrize("column, label", [
+    ("diagnosed_on", "Diagnosis date"), ("surgery_date", "Surgery date"), ("chemotherapy_date", "Chemotherapy date"),
+])
+def test_clinical_dates_outside_the_clinics_window_are_refused(oncologist, column, label):
+    """Every clinical date lies in the clinic's window (1900-01-01 to 30 years ahead), as in the models."""
+    from workflow.params import window_message
+
+    row = dict(PATIENT, birth_date="", **{column: "1899-12-31"})
+    assert errors_of([row], user=oncologist) == [(2, column, window_message(label))]
+
+
+@pytest.mark.parametrize("column, record, label", [("rt_start", 1, "RT start"), ("date", 2, "Date"), ("date", 4, "Date")])
+def test_course_followup_and_death_dates_outside_the_window_are_refused(oncologist, column, record, label):
+    from workflow.params import window_message
+
+    rows = [dict(r) for r in GOOD]
+    rows[record][column] = "1899-12-31"
+    got = errors_of(rows, user=oncologist)
+    assert (record + 2, column, window_message(label)) in got, got
+
+
+def test_treatments_and_courses_before_birth_are_refused(oncologist):
+    """Nothing clinical happens before the patient was born (``workflow.pathway.date_rules``)."""
+    rows = [dict(r) for r in GOOD]
+    rows[0].update(birth_date="2019-03-01", diagnosed_on="2019-03-10", surgery_date="2019-02-20",
+                   chemotherapy_date="2019-04-01")
+    rows[1].update(rt_start="2019-02-01", rt_end="2019-03-12")
+    rows[2:] = []
+    assert errors_of(rows, user=oncologist) == [(2, "surgery_date", "before the date of birth"),
+                                               (3, "rt_start", "before the date of birth")]
+
+
+def test_followups_after_a_death_radpath_already_records_are_refused(oncologist):
+    """A follow-up (or last-known-alive date) for a patient RadPath records as dead must not be after the death,
+    as within one file: it was imported and made the patient alive after their death."""
+    import_registry(csv_text(GOOD), user=oncologist)  # R1 died on 2021-05-02
+    later = [{"record_type": "followup", "mrn": "R1", "course_ref": "1", "date": "2021-06-01", "imaging": "CT",
+              "response": "SD"},
+             {"record_type": "followup", "mrn": "R1", "course_ref": "1", "date": "2021-04-01",
+              "last_known_alive": "2021-07-01"},
+             {"record_type": "followup", "mrn": "R1", "course_ref": "1", "date": "2021-04-20"}]
+    assert errors_of(later, user=oncologist) == [
+        (2, "date", "after the patient's death on 2021-05-02 (recorded in RadPath)"),
+        (3, "last_known_alive", "after the patient's death on 2021-05-02 (recorded in RadPath)")]
+    assert FollowUpAssessment.objects.count() == 2
+    assert import_registry(csv_text(later[2:]), user=oncologist).followups == 1
