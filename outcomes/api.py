@@ -47,12 +47,13 @@ COHORT_PARAMS = [
         "low.. or ..high open-ended) or <registry>.<variable>:level1,level2 (categorical)")),
     OpenApiParameter("time_zero", str, enum=["rt_start", "diagnosis"]),
 ]
-ANALYSIS_PARAMS = COHORT_PARAMS + [
-    OpenApiParameter("endpoint", str, enum=list(services.ENDPOINTS)),
+GROUP_PARAMS = [
     OpenApiParameter("group_by", str, description="One of " + ", ".join(g for g in services.GROUPINGS if g)
                      + ", or a covariate <registry>.<variable> (see /api/outcomes/registries/)"),
     OpenApiParameter("group_cuts", str, description="Grouping by a numeric covariate: increasing cut-points "
                      "(3,10: groups < 3, 3 to < 10, >= 10) or 'median' (the cohort's median split)"),
+]
+ANALYSIS_PARAMS = COHORT_PARAMS + [OpenApiParameter("endpoint", str, enum=list(services.ENDPOINTS))] + GROUP_PARAMS + [
     OpenApiParameter("conf_type", str, enum=list(services.CI_METHODS)),
     OpenApiParameter("cox_terms", str, description="Cox model terms, comma-separated, from: "
                      + ", ".join(services.COX_TERMS) + " (default: group,age,sex; 'group' is the grouping) and "
@@ -268,9 +269,11 @@ class SurvivalPlotView(APIView):
 class SwimmerPlotView(APIView):
     required_perms = {"read": ANALYSIS}
 
-    @extend_schema(parameters=COHORT_PARAMS, responses=FIGURE_RESPONSES)
+    @extend_schema(parameters=COHORT_PARAMS + GROUP_PARAMS, responses=FIGURE_RESPONSES)
     def get(self, request, fmt):
-        data = services.swimmer_figure(cohort_from(request), time_zero=request.query_params.get("time_zero", "rt_start"), fmt=fmt,
+        q = request.query_params
+        data = services.swimmer_figure(cohort_from(request), time_zero=q.get("time_zero", "rt_start"),
+                                       group_by=q.get("group_by", ""), group_cuts=q.get("group_cuts"), fmt=fmt,
                                        user=request.user)
         return HttpResponse(data, content_type="image/png" if fmt == "png" else "image/svg+xml")
 

@@ -327,4 +327,15 @@ def term_label(covariate, variables):
         return None
     if lvl:
         return f"{key}: {lvl} (vs {v.levels[0]})"
-    return f"{key} (per {v.unit})" if v.unit else f"{key} (per unit)"
+    return f"{key} ({per_unit(v.unit)})"
+
+
+_PLURAL_WORD = re.compile(r"^[a-z][a-z-]*[^s]s$")
+
+
+def per_unit(unit):
+    """A hazard ratio's step: ``per mm``; a counted unit written as a plural word is one of it (``nodes`` ->
+    ``per node``, ``pack-years`` -> ``per pack-year``); ``per unit`` when the dictionary gives none."""
+    if not unit:
+        return "per unit"
+    return f"per {unit[:-1] if _PLURAL_WORD.match(unit) else unit}"

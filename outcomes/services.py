@@ -37,7 +37,7 @@ from django.db.models import Exists, FilteredRelation, Max, Min, OuterRef, Q
 from django.utils import timezone
 
 from workflow.errors import RuleViolation
-from workflow.models import AppointmentStatus, Course, Fraction, Treatment, TreatmentKind
+from workflow.models import AppointmentStatus, Course, Fraction, Patient, Treatment, TreatmentKind
 from workflow.pathway.scheduling import local_day
 
 from . import bulk, covariates, disclosure
@@ -1177,8 +1177,7 @@ def _design(df, group_by, terms, variables=None, group_order=None, labels=None, 
                 data[term] = values.astype(float)
                 covs.append(term)
                 if term in variables:
-                    unit = variables[term].unit
-                    labels[term] = f"{term} (per {unit})" if unit else f"{term} (per unit)"
+                    labels[term] = f"{term} ({covariates.per_unit(variables[term].unit)})"
         elif term in variables:
             dummies(term, variables[term].levels)
         else:
@@ -1227,17 +1226,24 @@ def km_figure(result, fmt="png"):
     )
 
 
-def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=None):
-    """Swimmer plot of up to ``limit`` patients (pseudonymous labels) from their stored assessments."""
+def swimmer_figure(courses, *, time_zero="rt_start", group_by="", group_cuts=None, fmt="png", limit=40, user=None):
+    """Swimmer plot of up to ``limit`` patients (pseudonymous labels) from their stored assessments.
+
+    The patients and their groups are the overall-survival analysis' (``analyze``) of the same cohort, time zero
+    and grouping (``group_by``, ``group_cuts``): its usable patients, its group labels and its disclosure control
+    (groups below the minimum cohort are not shown, and the title says so). Without a grouping the bars are one
+    colour, as the analysis has one curve."""
     from django.conf import settings
 
     from . import deidentify, figures
 
-    df = endpoint_frame(courses, time_zero, columns={"mrn", "multimodal"}).dropna(subset=["os_days"])
-    disclosure.check_cohort_size(len(df))
+    result = analyze(courses, endpoint="os", time_zero=time_zero, group_by=group_by, group_cuts=group_cuts,
+                     cox=False, user=None)
+    df = result.frame
     disclosure.record_release(user, [df["patient_id"].to_numpy()], kind="swimmer")
     n_cohort = len(df)
     df = df.sort_values("os_days", ascending=False).head(limit)
+    mrns = dict(Patient.objects.filter(pk__in=[int(p) for p in df["patient_id"]]).values_list("pk", "mrn"))
     t0 = dict(zip(df["patient_id"], df["time_zero_date"]))
     events = {}
     for pid, date, resp, status in FollowUpAssessment.objects.active().filter(
@@ -1249,18 +1255,22 @@ def swimmer_figure(courses, *, time_zero="rt_start", fmt="png", limit=40, user=N
         months = (pd.Timestamp(date) - t0[pid]).days / ep.DAYS_PER_MONTH
         if months >= 0:
             events.setdefault(pid, []).append((months, kind))
+    groups = df[group_by].to_numpy(dtype=object) if group_by else [None] * len(df)
     lanes = []
-    for row in df.itertuples():
+    for row, group in zip(df.itertuples(), groups):
         ev = list(events.get(row.patient_id, []))
         if row.os_event == 1:
             ev.append((row.os_days / ep.DAYS_PER_MONTH, "death"))
         lanes.append(figures.SwimmerLane(
-            label=deidentify.pseudonym(row.mrn, settings.RADPATH_PSEUDONYM_KEY),
+            label=deidentify.pseudonym(mrns[row.patient_id], settings.RADPATH_PSEUDONYM_KEY),
             end=max(row.os_days / ep.DAYS_PER_MONTH, 0.01), events=ev, alive=row.os_event != 1,
-            group=group_label("multimodal", row.multimodal),
+            group=group_label(group_by, group) if group_by else None,
         ))
     shown = (f"The {len(lanes)} of {n_cohort} patients with the longest overall survival time"
              if len(lanes) < n_cohort else f"All {n_cohort} patients")
+    if result.suppressed_groups:
+        shown += (f"\n(group(s) {', '.join(group_label(group_by, g) for g in result.suppressed_groups)} not shown: "
+                  f"fewer than {disclosure.min_cohort()} patients)")
     return figures.swimmer_figure(lanes, fmt=fmt, title=shown,
                                   xlabel=f"Months from {'start of RT' if time_zero == 'rt_start' else 'diagnosis'}")
 

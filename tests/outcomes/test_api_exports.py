@@ -86,6 +86,10 @@ def test_researcher_gets_analysis_and_exports_but_not_identified_data(cohort, re
     svg = c.get("/api/outcomes/survival/plot.svg")
     assert svg.status_code == 200 and b"<svg" in svg.content
     assert c.get("/api/outcomes/swimmer.png").status_code == 200
+    swimmer = c.get("/api/outcomes/swimmer.svg", {"group_by": "multimodal"})
+    assert swimmer.status_code == 200 and b"Not multimodal" in swimmer.content  # the analysis' groups, by label
+    bad = c.get("/api/outcomes/swimmer.svg", {"group_by": "shoe_size"})
+    assert bad.status_code == 400 and "group_by" in bad.json(), bad.content
     for table in ("patients", "assessments"):
         for fmt in ("csv", "parquet", "json"):
             assert c.get(f"/api/outcomes/exports/{table}.{fmt}").status_code == 200

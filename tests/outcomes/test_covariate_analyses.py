@@ -232,3 +232,15 @@ def test_default_cox_model_says_when_sex_is_left_out(gbsg2):
     chosen = services.analyze(cohort, endpoint="os", time_zero="diagnosis", group_by="gbsg2.horth",
                               cox_terms="group,age").to_dict()
     assert not any("sex is left out" in n for n in chosen["notes"])
+
+
+@pytest.mark.parametrize("unit, step", [
+    ("mm", "per mm"), ("nodes", "per node"), ("pack-years", "per pack-year"), ("days", "per day"),
+    ("mass", "per mass"), ("ms", "per ms"), ("fmol/l", "per fmol/l"), ("mmHg", "per mmHg"), ("", "per unit"),
+])
+def test_a_hazard_ratio_is_per_one_of_the_unit(unit, step):
+    """An HR of a numeric covariate is per one of its unit: a counted unit the dictionary writes as a plural word
+    (nodes) is named in the singular; symbols and compound units are left as written."""
+    from outcomes.covariates import per_unit
+
+    assert per_unit(unit) == step

@@ -159,7 +159,7 @@ def test_analysis_export_carries_the_forest_plot_of_the_chosen_cox_model(client,
         assert t["label"] in svg, t["label"]
         assert f"{t['hazard_ratio']:.2f} ({t['hr_lower']:.2f}–{t['hr_upper']:.2f})" in svg
     assert "2.15 (1.32–3.49), p = 0.002" in svg and "2.77 (1.66–4.64), p &lt; 0.001" in svg
-    assert "gbsg2.tgrade: II (vs I)" in svg and "gbsg2.pnodes (per nodes)" in svg
+    assert "gbsg2.tgrade: II (vs I)" in svg and "gbsg2.pnodes (per node)" in svg
     assert "stratified by gbsg2.horth" in svg and "n = 686, events = 299" in svg
     assert files["forest.png"][:8] == b"\x89PNG\r\n\x1a\n" and files["km.png"][:8] == b"\x89PNG\r\n\x1a\n"
     assert files["forest.svg"] == client.get("/api/outcomes/survival/forest.svg", BUNDLE_QUERY).content

@@ -132,6 +132,30 @@ def test_a_follow_up_without_course_ref_for_a_patient_with_a_course_is_refused(o
 
 def test_swimmer_plot_says_which_patients_it_shows(gbsg2):
     cohort = CohortFilter.from_params({"site": "breast"}).cohort()
-    svg = services.swimmer_figure(cohort, time_zero="diagnosis", fmt="svg", limit=40).decode()
+    svg = services.swimmer_figure(cohort, time_zero="diagnosis", group_by="multimodal", fmt="svg", limit=40).decode()
     assert "The 40 of 686 patients with the longest overall survival time" in svg
     assert "Not multimodal" in svg and ">other<" not in svg
+
+
+def test_swimmer_plot_follows_the_analysis_grouping(gbsg2, settings):
+    """The swimmer's patients and colours are the OS analysis' for the same grouping: none (one colour), the
+    radiotherapy groups (R's horTh here), and a group below the minimum cohort left out and named in the title."""
+    cohort = CohortFilter.from_params({"site": "breast"}).cohort()
+    plain = services.swimmer_figure(cohort, time_zero="diagnosis", fmt="svg", limit=40).decode()
+    assert "Not multimodal" not in plain and "radiotherapy" not in plain
+    # the 40 longest follow-up times (OS: no deaths, last contact = the follow-up): the groups surely among them
+    times = gbsg2.sort_values("time", ascending=False)["time"]
+    top = gbsg2[gbsg2["time"] > times.iloc[40]]
+    expected = {"yes": "Radiotherapy", "no": "No radiotherapy"}
+    by_rt = services.swimmer_figure(cohort, time_zero="diagnosis", group_by="radiotherapy", fmt="svg",
+                                    limit=40).decode()
+    assert set(top["horTh"]) and all(expected[arm] in by_rt for arm in set(top["horTh"]))  # "Radiotherapy": R
+    settings.RADPATH_MIN_COHORT = 300  # the 246 patients with RT fall below it
+    few = services.swimmer_figure(cohort, time_zero="diagnosis", group_by="radiotherapy", fmt="svg",
+                                  limit=40).decode()
+    assert "The 40 of 440 patients with the longest overall survival time" in few
+    assert "group(s) Radiotherapy not shown: fewer than 300 patients" in few
+    assert "No radiotherapy" in few
+    with pytest.raises(services.RuleViolation) as exc:
+        services.swimmer_figure(cohort, time_zero="diagnosis", group_by="shoe_size")
+    assert exc.value.field == "group_by"
