@@ -8,12 +8,19 @@ from tests.conftest import PASSWORD
 from workflow.pathway import calendar
 
 CHROMIUM = "/usr/bin/chromium"
+# Playwright's assertions wait 5 s by default; on the 2-core CI machine, with the other xdist process running the
+# API contract test, a page (and the query behind it) has taken longer, which failed a correct test.
+EXPECT_TIMEOUT_MS = 20_000
 ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--disable-sync", "--no-first-run"]
 
 
 def launch(playwright):
-    """Debian's Chromium, headless, without the background services a test does not need."""
+    """Debian's Chromium, headless, without the background services a test does not need; assertions wait up to
+    ``EXPECT_TIMEOUT_MS``."""
+    from playwright.sync_api import expect
+
+    expect.set_options(timeout=EXPECT_TIMEOUT_MS)
     return playwright.chromium.launch(executable_path=CHROMIUM, args=ARGS)
 
 
