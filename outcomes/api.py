@@ -190,7 +190,10 @@ class CourseOutcomeView(APIView):
         course = get_object_or_404(Course, pk=pk)
         outcome = course.outcome if hasattr(course, "outcome") else services.recompute_course(course)
         data = s.CourseOutcomeSerializer(outcome).data
-        data["timeline"] = s.AssessmentSerializer(services.timeline(course), many=True).data
+        rows = services.timeline(course)
+        data["timeline"] = s.AssessmentSerializer(rows, many=True).data
+        # the patient's baseline (no course) this course derives its responses from, when it has none of its own
+        data["carried_baseline"] = next((a.pk for a in rows if a.carried), None)
         return Response(data)
 
 

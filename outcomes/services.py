@@ -180,8 +180,8 @@ def save_assessment(*, course=None, user, data, measurements=(), assessment=None
         if patient is None:
             raise RuleViolation("Name the course followed up (or, for a patient without radiotherapy, the patient).",
                                 field="course")
-        live = Course.objects.active().filter(patient=patient).order_by("pk").first()
-        if live is not None:
+        live = Course.objects.active().filter(patient=patient).order_by("pk").first() if assessment is None else None
+        if live is not None:  # a correction of one logged before the course keeps it where it is
             raise RuleViolation(f"The patient has an RT course ({live}); log the follow-up on that course.",
                                 field="course")
     if assessment is None:
@@ -472,9 +472,10 @@ def _last_contact(patient_id):
     return _last_contacts([patient_id]).get(patient_id)
 
 
-def _derive(assessments):
+def _derive(assessments, borrowed=()):
     """Derive every value of one unit's active assessments (a course's, or a patient's without a course): write the
-    per-assessment derived fields (one bulk update) and return ``(outcome fields, follow-ups in date order)``."""
+    per-assessment derived fields (one bulk update) and return ``(outcome fields, follow-ups in date order)``.
+    ``borrowed``: ids of assessments the unit reads but does not own (a course's carried baseline), left unwritten."""
     items = list(assessments.exclude(kind=AssessmentKind.CONTACT).select_related("override_by").order_by("date", "pk"))
     ms_by = {}
     for m in LesionMeasurement.objects.active().filter(assessment__in=[a.pk for a in items]):
@@ -527,9 +528,10 @@ def _derive(assessments):
         )
     else:
         derived = _fallback_derived(baseline, follow)
-    if items:
+    owned = [a for a in items if a.pk not in borrowed]
+    if owned:
         FollowUpAssessment.objects.bulk_update(
-            items,
+            owned,
             ["target_sum_mm", "nadir_mm", "change_from_baseline_pct", "change_from_nadir_pct", "target_response",
              "derived_response", "response", "disease_status"],
         )
@@ -537,12 +539,49 @@ def _derive(assessments):
     return derived, follow
 
 
+CARRIED_BASELINE_DAYS = 90
+
+
+def carried_baseline(course, rt_start=None):
+    """The baseline imaging a course takes from its patient's follow-up outside radiotherapy, or None.
+
+    A baseline scan is often taken before the course is prescribed; logged then, it is the patient's (no course
+    existed), and the course had no baseline, so none of its responses could be derived. Rule: a course without a
+    baseline of its own uses the patient's latest course-less baseline dated on or before its reference day (the
+    start of RT; before RT has started, the day before its first follow-up; else today) and at most
+    ``CARRIED_BASELINE_DAYS`` (90) before it. The assessment stays the patient's; the course reads it (and its measurements) as its baseline."""
+    own = FollowUpAssessment.objects.active().filter(course=course)
+    if own.filter(kind=AssessmentKind.BASELINE).exists():
+        return None
+    first = own.filter(kind=AssessmentKind.FOLLOWUP).order_by("date").values_list("date", flat=True).first()
+    if rt_start is not None:
+        reference, before = rt_start, Q(date__lte=rt_start)
+    elif first is not None:
+        reference, before = first, Q(date__lt=first)  # a baseline precedes every follow-up
+    else:
+        reference = timezone.localdate()
+        before = Q(date__lte=reference)
+    return (FollowUpAssessment.objects.active()
+            .filter(before, patient_id=course.patient_id, course__isnull=True, kind=AssessmentKind.BASELINE,
+                    date__gte=reference - dt.timedelta(days=CARRIED_BASELINE_DAYS))
+            .order_by("-date", "-pk").first())
+
+
+def course_assessments(course, rt_start=None):
+    """``(queryset, carried)``: the active assessments a course is derived from (its own, and the baseline it
+    carries from the patient's follow-up outside radiotherapy, ``carried_baseline``) and that baseline or None."""
+    carried = carried_baseline(course, rt_start)
+    unit = Q(course=course) | Q(pk=carried.pk) if carried is not None else Q(course=course)
+    return FollowUpAssessment.objects.active().filter(unit), carried
+
+
 def recompute_course(course):
     """Rewrite every derived value of the course's assessments and its ``CourseOutcome`` row."""
     course = Course.objects.select_related("patient").get(pk=course.pk)
-    derived, _follow = _derive(FollowUpAssessment.objects.active().filter(course=course))
     outcome, _ = CourseOutcome.objects.get_or_create(course=course, defaults={"patient": course.patient})
     rt_start, rt_end = _rt_dates(course)
+    assessments, carried = course_assessments(course, rt_start or outcome.rt_start_recorded)
+    derived, _follow = _derive(assessments, borrowed={carried.pk} if carried is not None else ())
     for k, v in derived.items():
         setattr(outcome, k, v)
     outcome.rt_start = rt_start or outcome.rt_start_recorded
@@ -569,10 +608,14 @@ def recompute_patient_outcome(patient):
 
 
 def recompute_assessment_unit(assessment):
-    """Recompute what one assessment feeds: its course, or the patient's course-less outcome."""
+    """Recompute what one assessment feeds: its course, or the patient's course-less outcome (and the patient's
+    courses, one of which may carry it as its baseline)."""
     if assessment.course_id:
         return recompute_course(assessment.course)
-    return recompute_patient_outcome(assessment.patient)
+    out = recompute_patient_outcome(assessment.patient)
+    for course in Course.objects.active().filter(patient_id=assessment.patient_id):
+        recompute_course(course)
+    return out
 
 
 def set_recorded_rt_dates(course, rt_start, rt_end=None):
@@ -598,10 +641,13 @@ def patient_timeline(patient):
 
 
 def timeline(course):
-    """Disease-status timeline for display: baseline and each follow-up with derived and effective response."""
-    rows = []
-    for a in FollowUpAssessment.objects.active().filter(course=course).select_related("override_by").order_by("date", "pk"):
-        rows.append(a)
+    """Disease-status timeline for display: baseline and each follow-up with derived and effective response; a
+    baseline carried from the patient's follow-up outside radiotherapy is marked ``carried``."""
+    outcome = CourseOutcome.objects.filter(course=course).only("rt_start").first()
+    assessments, carried = course_assessments(course, outcome.rt_start if outcome else None)
+    rows = list(assessments.select_related("override_by").order_by("date", "pk"))
+    for a in rows:
+        a.carried = carried is not None and a.pk == carried.pk
     return rows
 
 

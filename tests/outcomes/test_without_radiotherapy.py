@@ -108,3 +108,52 @@ def test_cohort_filters_that_need_a_course_leave_patients_without_rt_out(no_rt_p
     with pytest.raises(RuleViolation) as exc:
         CohortFilter.from_params({"radiotherapy": "no", "technique": "IMRT"})
     assert exc.value.field == "technique"
+
+
+def test_a_baseline_logged_before_the_course_is_the_courses_baseline(no_rt_patient, oncologist, client):
+    """A baseline CT logged while the patient had no course is the patient's; a course prescribed later, with no
+    baseline of its own, derives its responses from it (RECIST: 50 mm -> 30 mm is -40 %, PR) when it is at most 90
+    days before the start of RT. It stays the patient's record, and a correction of it reaches the course."""
+    from outcomes.models import CourseOutcome
+    from tests.conftest import make_course
+
+    baseline = log_patient(no_rt_patient, oncologist, D(2025, 1, 20), [30, 20], kind="baseline")
+    course = make_course(no_rt_patient, no_rt_patient.diagnoses.get())
+    services.set_recorded_rt_dates(course, D(2025, 2, 3), D(2025, 3, 10))  # RT starts 14 days after the CT
+    follow = services.save_assessment(course=course, user=oncologist, data={"kind": "followup", "date": D(2025, 4, 20)},
+                                      measurements=[target("T1", 18), target("T2", 12)])
+    assert (follow.change_from_baseline_pct, follow.response) == (-40, "PR")
+    out = CourseOutcome.objects.get(course=course)
+    assert (out.baseline_date, out.baseline_sum_mm, out.best_response, out.derivation_issue) == (
+        D(2025, 1, 20), 50, "PR", "")
+    baseline.refresh_from_db()
+    assert baseline.course_id is None  # still the patient's record
+    rows = services.timeline(course)
+    assert [(a.date, a.carried) for a in rows] == [(D(2025, 1, 20), True), (D(2025, 4, 20), False)]
+    client.force_login(oncologist)
+    assert client.get(f"/api/outcomes/courses/{course.pk}/outcome/").json()["carried_baseline"] == baseline.pk
+    assert "logged before this course" in client.get(f"/outcomes/courses/{course.pk}/").content.decode()
+    # correcting the baseline (60 mm) is allowed although the patient now has a course, and reaches the course
+    services.save_assessment(assessment=baseline, user=oncologist, data={"kind": "baseline", "date": D(2025, 1, 20)},
+                             measurements=[target("T1", 40), target("T2", 20)])
+    follow.refresh_from_db()
+    assert (follow.change_from_baseline_pct, follow.response) == (-50, "PR")
+    assert CourseOutcome.objects.get(course=course).baseline_sum_mm == 60
+
+
+def test_a_baseline_more_than_90_days_before_rt_is_not_carried(no_rt_patient, oncologist):
+    from outcomes.models import CourseOutcome
+    from tests.conftest import make_course
+
+    log_patient(no_rt_patient, oncologist, D(2025, 1, 20), [30, 20], kind="baseline")
+    course = make_course(no_rt_patient, no_rt_patient.diagnoses.get())
+    services.set_recorded_rt_dates(course, D(2025, 4, 21), D(2025, 5, 30))  # 91 days after the CT
+    services.save_assessment(course=course, user=oncologist, data={"kind": "followup", "date": D(2025, 8, 1)},
+                             measurements=[target("T1", 18), target("T2", 12)])
+    assert CourseOutcome.objects.get(course=course).derivation_issue == "no baseline assessment"
+    assert not any(a.carried for a in services.timeline(course))
+    # the course's own baseline always comes first
+    services.save_assessment(course=course, user=oncologist, data={"kind": "baseline", "date": D(2025, 4, 14)},
+                             measurements=[target("T1", 36), target("T2", 24)])
+    out = CourseOutcome.objects.get(course=course)
+    assert (out.baseline_date, out.baseline_sum_mm, out.best_response) == (D(2025, 4, 14), 60, "PR")
