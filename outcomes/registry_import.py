@@ -151,6 +151,10 @@ TEXT_MAX = {"histology": Diagnosis._meta.get_field("histology").max_length,
             "stage": Diagnosis._meta.get_field("stage").max_length,
             "agent": Treatment._meta.get_field("agent").max_length,
             "trial_arm": Treatment._meta.get_field("trial_arm").max_length}
+# A registry course is named "Registry <course_ref>" (how a later file's follow-ups find it): the reference may be
+# no longer than the name leaves, or two references would share one truncated name.
+COURSE_NAME_PREFIX = "Registry "
+COURSE_REF_MAX = Course._meta.get_field("name").max_length - len(COURSE_NAME_PREFIX)
 SEXES, SITES, SURGERIES = tuple(Sex.values), tuple(DiseaseSite.values), tuple(SurgeryType.values)
 INTENTS, TECHNIQUES, IMAGING = tuple(Intent.values), tuple(Technique.values), tuple(ImagingModality.values)
 RESPONSES, FAILURE_SITES = tuple(Response.values), tuple(v for v in FailureSite.values if v)
@@ -506,19 +510,19 @@ def _after_birth(row, name, birth):
 def _course_record(row, checks=None):
     """``(mrn, course_ref, intent, technique, treated_site, total_dose_gy, fractions, dose_per_fraction_gy, name,
     rt_start, rt_end)``; the dose per fraction is the total over the fractions to 0.01 Gy."""
-    ref = row.get("course_ref")
+    ref = row.text("course_ref", COURSE_REF_MAX)
     total, n = row.dose("total_dose_gy"), row.count("fractions")
     intent, technique = row.choice("intent", INTENTS), row.choice("technique", TECHNIQUES)
     site = row.get("treated_site")
     per_fraction = (total / n).quantize(Decimal("0.01")) if total and n else None
-    name = f"Registry {ref}"[:80]
+    name = f"{COURSE_NAME_PREFIX}{ref}"
     start, end = row.date("rt_start"), row.date("rt_end")
     if start and end and end < start:
         row.err("rt_end", "before rt_start")
     if checks is not None and all(v is not None for v in (intent, technique, total, n)) and site:
         checks.course(row, {"intent": intent, "technique": technique, "treated_site": site, "total_dose_gy": total,
                             "fractions_planned": n, "dose_per_fraction_gy": per_fraction,
-                            "status": CourseStatus.COMPLETED, "name": name},
+                            "status": CourseStatus.COMPLETED, "name": name[:len(COURSE_NAME_PREFIX) + COURSE_REF_MAX]},
                       (intent, technique, site, row.get("total_dose_gy"), n, name))
     return (row.get("mrn"), ref, intent, technique, site, total, n, per_fraction, name, start, end)
 
@@ -638,7 +642,7 @@ class _FollowUpPlan:
             if key not in plan.courses and ref:
                 if key not in plan.existing_courses:
                     plan.existing_courses[key] = Course.objects.filter(
-                        patient__mrn=mrn, name=f"Registry {ref}").values_list("pk", "patient_id").first()
+                        patient__mrn=mrn, name=f"{COURSE_NAME_PREFIX}{ref}").values_list("pk", "patient_id").first()
                 problem = problem or plan.existing_courses[key] is None
             c = plan.courses.get(key)
             if c and c[1] and first and first < c[1] - dt.timedelta(days=365):

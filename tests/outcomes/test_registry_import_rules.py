@@ -227,3 +227,20 @@ def test_followups_after_a_death_radpath_already_records_are_refused(oncologist)
         (3, "last_known_alive", "after the patient's death on 2021-05-02 (recorded in RadPath)")]
     assert FollowUpAssessment.objects.count() == 2
     assert import_registry(csv_text(later[2:]), user=oncologist).followups == 1
+
+
+def test_a_course_ref_longer_than_its_course_name_allows_is_refused(oncologist):
+    """A registry course is named "Registry <course_ref>" (80 characters), which is how a later file's follow-ups
+    find it: a longer reference was cut, so two references sharing 71 characters became one name, and a later
+    follow-up naming the full reference found no course."""
+    from outcomes.registry_import import COURSE_REF_MAX
+
+    assert COURSE_REF_MAX == 71
+    rows = [PATIENT, dict(GOOD[1], course_ref="C" * 72)]
+    assert errors_of(rows, user=oncologist) == [(3, "course_ref", "Ensure this value has at most 71 characters (it has 72).")]
+    ok = [PATIENT, dict(GOOD[1], course_ref="C" * 71)]
+    assert import_registry(csv_text(ok), user=oncologist).courses == 1
+    later = [{"record_type": "followup", "mrn": "R1", "course_ref": "C" * 71, "date": "2019-11-01", "imaging": "CT",
+              "response": "PR"}]
+    assert import_registry(csv_text(later), user=oncologist).followups == 1
+    assert Course.objects.get().name == "Registry " + "C" * 71
