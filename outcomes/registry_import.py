@@ -81,7 +81,7 @@ from workflow.models import (
     Treatment,
     TreatmentKind,
 )
-from workflow.params import in_window, window_message
+from workflow.params import EARLIEST_DATE, latest_date, window_message
 
 from .bulk import insert_rows
 from .covariates import parse_value, registry_by_code
@@ -147,6 +147,11 @@ class RegistryImportError(Exception):
 
 MAX_ERRORS_LISTED = 100
 # Choice values, computed once (``TextChoices.values`` rebuilds its list on every access: per row, that dominated)
+SEXES, SITES, SURGERIES = tuple(Sex.values), tuple(DiseaseSite.values), tuple(SurgeryType.values)
+INTENTS, TECHNIQUES, IMAGING = tuple(Intent.values), tuple(Technique.values), tuple(ImagingModality.values)
+RESPONSES, FAILURE_SITES = tuple(Response.values), tuple(v for v in FailureSite.values if v)
+CAUSES = tuple(CauseOfDeath.values)
+# Free text is held to its model field's length (PostgreSQL refuses longer; SQLite would store it)
 TEXT_MAX = {"histology": Diagnosis._meta.get_field("histology").max_length,
             "stage": Diagnosis._meta.get_field("stage").max_length,
             "agent": Treatment._meta.get_field("agent").max_length,
@@ -155,10 +160,6 @@ TEXT_MAX = {"histology": Diagnosis._meta.get_field("histology").max_length,
 # no longer than the name leaves, or two references would share one truncated name.
 COURSE_NAME_PREFIX = "Registry "
 COURSE_REF_MAX = Course._meta.get_field("name").max_length - len(COURSE_NAME_PREFIX)
-SEXES, SITES, SURGERIES = tuple(Sex.values), tuple(DiseaseSite.values), tuple(SurgeryType.values)
-INTENTS, TECHNIQUES, IMAGING = tuple(Intent.values), tuple(Technique.values), tuple(ImagingModality.values)
-RESPONSES, FAILURE_SITES = tuple(Response.values), tuple(v for v in FailureSite.values if v)
-CAUSES = tuple(CauseOfDeath.values)
 
 
 def max_upload_bytes():
@@ -257,11 +258,12 @@ class _Index(dict):
 class _Row:
     """One CSV record: its line, its cells (``csv.reader``'s list) and the header's column positions."""
 
-    __slots__ = ("line", "cells", "index", "errors", "flagged")
+    __slots__ = ("line", "cells", "index", "errors", "flagged", "latest")
 
-    def __init__(self, line, cells, index, errors):
+    def __init__(self, line, cells, index, errors, latest=None):
         self.line, self.cells, self.index, self.errors = line, cells, index, errors
         self.flagged = ()
+        self.latest = latest or latest_date()  # the window's end, computed once per file (it reads the clock)
 
     def get(self, name):
         """The stripped cell of column ``name``; "" when the file has no such column or the row is short."""
@@ -289,7 +291,7 @@ class _Row:
         except ValueError:
             self.err(name, f"'{_shown(v)}' is not a date (YYYY-MM-DD)")
             return None
-        if name != "birth_date" and not in_window(day):
+        if name != "birth_date" and not EARLIEST_DATE <= day <= self.latest:
             self.err(name, window_message(DATE_LABELS.get(name, "Date")))
             return None
         return day
@@ -456,6 +458,7 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
             return
         index = _Index((h, i) for i, h in enumerate(header))
         at = index["record_type"]
+        latest = latest_date()
         while True:
             try:
                 cells = next(reader)
@@ -468,7 +471,7 @@ def _rows(source, errors, check_header=False, dictionary=None, registry_code=Non
                 errors.append(RowError(reader.line_num, "file", f"unreadable CSV: {exc}"))
                 return
             if cells and (types is None or (at < len(cells) and cells[at].strip() in types)):
-                yield _Row(reader.line_num, cells, index, errors)
+                yield _Row(reader.line_num, cells, index, errors, latest)
 
 
 # --- One function per record type: a row's values, checked (errors on the row) -----------------------------------
@@ -690,7 +693,7 @@ class _FollowUpPlan:
         for row in _rows(source, _Errors(), types=("followup",)):
             mrn, ref = row.get("mrn"), row.get("course_ref")
             key = (mrn, ref)
-            quiet = _Row(row.line, row.cells, row.index, [])
+            quiet = _Row(row.line, row.cells, row.index, [], row.latest)
             date, alive = quiet.date("date"), quiet.date("last_known_alive")
             if not ref and mrn in self.refused:
                 if mrn in self.unknown:
