@@ -8,6 +8,7 @@ Plan jobs are queued in that database and never run (no worker), so no request w
 import contextlib
 import os
 import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -51,13 +52,30 @@ def manage(env, *args):
     subprocess.run([sys.executable, "manage.py", *args], cwd=ROOT, env=env, check=True, capture_output=True, text=True)
 
 
-@contextlib.contextmanager
-def live_clinic(var_dir, patients=12):
-    """Yield the base URL of a seeded server; stop it afterwards."""
-    var_dir = Path(var_dir)
-    env = server_env(var_dir)
+def seed_clinic(var_dir, patients=12):
+    """Migrate a new clinic in ``var_dir`` and seed its demo patients (the database and any media files)."""
+    env = server_env(Path(var_dir))
     manage(env, "migrate", "--noinput")
     manage(env, "seed_demo", "--patients", str(patients))
+
+
+def copy_clinic(seeded_dir, var_dir):
+    """A clinic of its own in ``var_dir``: a copy of one ``seed_clinic`` made (cheaper than migrating and seeding
+    again, and the same data)."""
+    seeded_dir, var_dir = Path(seeded_dir), Path(var_dir)
+    shutil.copy2(seeded_dir / "contract.sqlite3", var_dir / "contract.sqlite3")
+    if (seeded_dir / "media").is_dir():
+        shutil.copytree(seeded_dir / "media", var_dir / "media", dirs_exist_ok=True)
+
+
+@contextlib.contextmanager
+def live_clinic(var_dir, patients=12, seeded=False):
+    """Yield the base URL of a seeded server; stop it afterwards. ``seeded``: ``var_dir`` already holds a clinic
+    (``copy_clinic``); otherwise it is migrated and seeded first."""
+    var_dir = Path(var_dir)
+    env = server_env(var_dir)
+    if not seeded:
+        seed_clinic(var_dir, patients)
     port = free_port()
     log = open(var_dir / "server.log", "w")
     proc = subprocess.Popen(

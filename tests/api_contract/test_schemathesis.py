@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from .live_clinic import ROOT, live_clinic, session_headers
+from .live_clinic import ROOT, copy_clinic, live_clinic, seed_clinic, session_headers
 
 pytestmark = pytest.mark.schemathesis
 
@@ -53,11 +53,14 @@ def contract_runs(tmp_path_factory):
     """Both roles' runs at once, each against a live clinic of its own (its own database, so neither run's
     stateful phase changes what the other sees): the wall time of one run, whichever worker holds this module."""
     timeout = int(os.environ.get("RADPATH_SCHEMATHESIS_TIMEOUT", "900"))
+    seeded = tmp_path_factory.mktemp("contract-seed")
+    seed_clinic(seeded)  # migrated and seeded once; each role's server runs on a copy
     with contextlib.ExitStack() as stack:
         runs = {}
         for role in ROLES:
             folder = tmp_path_factory.mktemp(f"contract-{role}")
-            base = stack.enter_context(live_clinic(folder))
+            copy_clinic(seeded, folder)
+            base = stack.enter_context(live_clinic(folder, seeded=True))
             out, err = stack.enter_context(open(folder / "st.out", "w+")), stack.enter_context(open(folder / "st.err", "w+"))
             command = schemathesis_command(base, session_headers(base, role), folder / "junit.xml")
             runs[role] = (subprocess.Popen(command, cwd=ROOT, stdout=out, stderr=err, text=True), out, err)
