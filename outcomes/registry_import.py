@@ -844,6 +844,15 @@ class _Import:
         for types in self.PASSES:
             self._pass(source, types)
         derive_registry_outcomes(self.new_courses)
+        # a new course of a patient already in RadPath may carry that patient's baseline logged outside any course
+        # (``services.carried_baseline``), which the bulk derivation does not read: those courses one by one
+        known = {self.patient_ids[m] for m in plan.existing if m in self.patient_ids}
+        carrying = set(FollowUpAssessment.objects.active().filter(
+            patient_id__in=known, course__isnull=True, kind=AssessmentKind.BASELINE,
+        ).values_list("patient_id", flat=True)) if known else set()
+        for cid, (pid, _start, _end) in self.new_courses.items():
+            if pid in carrying:
+                recompute_course(Course(pk=cid))
         # patients without radiotherapy: the file's new ones get their outcome row; RadPath's are recomputed
         with_course = {pid for pid, _start, _end in self.new_courses.values()}
         new = {self.patient_ids[m] for m in plan.patients}

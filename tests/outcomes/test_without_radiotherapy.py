@@ -157,3 +157,19 @@ def test_a_baseline_more_than_90_days_before_rt_is_not_carried(no_rt_patient, on
                              measurements=[target("T1", 36), target("T2", 24)])
     out = CourseOutcome.objects.get(course=course)
     assert (out.baseline_date, out.baseline_sum_mm, out.best_response) == (D(2025, 4, 14), 60, "PR")
+
+
+def test_a_registry_course_for_a_patient_with_a_baseline_outside_rt_carries_it(no_rt_patient, oncologist):
+    """A registry file giving a course to a patient RadPath follows up without RT: the new course takes the
+    patient's baseline CT (14 days before RT) like a course prescribed in the clinic."""
+    from outcomes.models import CourseOutcome
+    from outcomes.registry_import import import_registry
+
+    from .test_registry_import import csv_text
+
+    log_patient(no_rt_patient, oncologist, D(2025, 1, 20), [30, 20], kind="baseline")
+    rows = [{"record_type": "course", "mrn": "NORT01", "course_ref": "1", "intent": "adjuvant", "technique": "IMRT",
+             "treated_site": "Breast", "total_dose_gy": "50", "fractions": "25", "rt_start": "2025-02-03"}]
+    assert import_registry(csv_text(rows), user=oncologist).courses == 1
+    out = CourseOutcome.objects.get(course__patient=no_rt_patient)
+    assert (out.rt_start, out.baseline_date, out.baseline_sum_mm) == (D(2025, 2, 3), D(2025, 1, 20), 50)
