@@ -47,9 +47,12 @@ worker: install
 	$(BIN)/python manage.py db_worker --queue-name default
 
 # The suite on every core (pytest-xdist; each worker has its own test database). PYTEST_WORKERS=0 runs it serially.
+# Whole modules go to a worker in file order (--dist loadscope, not reordered): the API contract test, the longest
+# by far, starts first on one worker and nothing waits queued behind it while the other worker runs the rest.
 PYTEST_WORKERS ?= auto
+PYTEST_DIST ?= --dist loadscope --no-loadscope-reorder
 test: install browser
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) $(PYTEST_DIST) $(PYTEST_ARGS)
 
 bench-quick: install
 	@for b in benchmarks/[!_]*.py; do echo "== $$b"; $(BIN)/python $$b --quick || exit 1; done
