@@ -65,6 +65,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 
 from django.core.exceptions import ValidationError
+from django.core.validators import MaxLengthValidator
 from django.db import transaction
 
 from workflow.models import (
@@ -81,7 +82,7 @@ from workflow.models import (
     Treatment,
     TreatmentKind,
 )
-from workflow.params import EARLIEST_DATE, latest_date, window_message
+from workflow.params import in_window, latest_date, window_message
 
 from .bulk import insert_rows
 from .covariates import parse_value, registry_by_code
@@ -159,7 +160,8 @@ TEXT_MAX = {"histology": Diagnosis._meta.get_field("histology").max_length,
 # A registry course is named "Registry <course_ref>" (how a later file's follow-ups find it): the reference may be
 # no longer than the name leaves, or two references would share one truncated name.
 COURSE_NAME_PREFIX = "Registry "
-COURSE_REF_MAX = Course._meta.get_field("name").max_length - len(COURSE_NAME_PREFIX)
+COURSE_NAME_MAX = Course._meta.get_field("name").max_length
+COURSE_REF_MAX = COURSE_NAME_MAX - len(COURSE_NAME_PREFIX)
 
 
 def max_upload_bytes():
@@ -291,16 +293,20 @@ class _Row:
         except ValueError:
             self.err(name, f"'{_shown(v)}' is not a date (YYYY-MM-DD)")
             return None
-        if name != "birth_date" and not EARLIEST_DATE <= day <= self.latest:
+        if name != "birth_date" and not in_window(day, self.latest):
             self.err(name, window_message(DATE_LABELS.get(name, "Date")))
             return None
         return day
 
     def text(self, name, max_length):
-        """Free text of at most ``max_length`` characters (the model field's), with Django's wording."""
+        """Free text of at most ``max_length`` characters (the model field's), refused with the message of Django's
+        own ``MaxLengthValidator``."""
         v = self.get(name)
         if len(v) > max_length:
-            self.err(name, f"Ensure this value has at most {max_length} characters (it has {len(v)}).")
+            try:
+                MaxLengthValidator(max_length)(v)
+            except ValidationError as exc:
+                self.err(name, exc.messages[0])
         return v
 
     def choice(self, name, allowed, default=None):
@@ -525,7 +531,7 @@ def _course_record(row, checks=None):
     if checks is not None and all(v is not None for v in (intent, technique, total, n)) and site:
         checks.course(row, {"intent": intent, "technique": technique, "treated_site": site, "total_dose_gy": total,
                             "fractions_planned": n, "dose_per_fraction_gy": per_fraction,
-                            "status": CourseStatus.COMPLETED, "name": name[:len(COURSE_NAME_PREFIX) + COURSE_REF_MAX]},
+                            "status": CourseStatus.COMPLETED, "name": name[:COURSE_NAME_MAX]},
                       (intent, technique, site, row.get("total_dose_gy"), n, name))
     return (row.get("mrn"), ref, intent, technique, site, total, n, per_fraction, name, start, end)
 

@@ -549,7 +549,8 @@ def carried_baseline(course, rt_start=None):
     existed), and the course had no baseline, so none of its responses could be derived. Rule: a course without a
     baseline of its own uses the patient's latest course-less baseline dated on or before its reference day (the
     start of RT; before RT has started, the day before its first follow-up; else today) and at most
-    ``CARRIED_BASELINE_DAYS`` (90) before it. The assessment stays the patient's; the course reads it (and its measurements) as its baseline."""
+    ``CARRIED_BASELINE_DAYS`` (90) before it. The assessment stays the patient's; the course reads it (and its
+    measurements) as its baseline."""
     own = FollowUpAssessment.objects.active().filter(course=course)
     if own.filter(kind=AssessmentKind.BASELINE).exists():
         return None
@@ -580,11 +581,11 @@ def recompute_course(course):
     course = Course.objects.select_related("patient").get(pk=course.pk)
     outcome, _ = CourseOutcome.objects.get_or_create(course=course, defaults={"patient": course.patient})
     rt_start, rt_end = _rt_dates(course)
-    assessments, carried = course_assessments(course, rt_start or outcome.rt_start_recorded)
+    outcome.rt_start = rt_start or outcome.rt_start_recorded
+    assessments, carried = course_assessments(course, outcome.rt_start)
     derived, _follow = _derive(assessments, borrowed={carried.pk} if carried is not None else ())
     for k, v in derived.items():
         setattr(outcome, k, v)
-    outcome.rt_start = rt_start or outcome.rt_start_recorded
     outcome.rt_end = rt_end or outcome.rt_end_recorded or course.completed_on or course.stopped_on
     outcome.last_contact_date = _last_contact(course.patient_id)
     outcome.computed_at = timezone.now()
@@ -611,11 +612,9 @@ def recompute_assessment_unit(assessment):
     """Recompute what one assessment feeds: its course, or the patient's course-less outcome (and the patient's
     courses, one of which may carry it as its baseline)."""
     if assessment.course_id:
-        return recompute_course(assessment.course)
-    out = recompute_patient_outcome(assessment.patient)
-    for course in Course.objects.active().filter(patient_id=assessment.patient_id):
-        recompute_course(course)
-    return out
+        recompute_course(assessment.course)
+    else:
+        recompute_patient(assessment.patient)
 
 
 def set_recorded_rt_dates(course, rt_start, rt_end=None):

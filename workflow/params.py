@@ -30,10 +30,12 @@ def window_message(field_label="Date"):
     return f"{field_label} must be between {EARLIEST_DATE.isoformat()} and {latest_date().isoformat()}."
 
 
-def in_window(day):
+def in_window(day, latest=None):
+    """``latest``: the window's end when the caller has it (``latest_date()`` reads the clock; a file of a million
+    dates reads it once)."""
     if isinstance(day, dt.datetime):
         day = day.date()
-    return EARLIEST_DATE <= day <= latest_date()
+    return EARLIEST_DATE <= day <= (latest or latest_date())
 
 
 def validate_date_window(value):
